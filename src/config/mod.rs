@@ -1,0 +1,520 @@
+//! The topology file (`topology/*.yaml`) → a validated [`Topology`].
+//!
+//! Unknown keys are refused (a typo in a redaction rule must not become a
+//! leak), and every semantic problem is reported at once with the file and
+//! the path of the bad value. Runtime knobs (brokers, registry URL, secrets)
+//! are CLI flags, not topology keys.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::TagMap;
+use crate::pipeline::{
+    EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, SubjectNaming, Topics,
+    DEFAULT_SUBJECT_TEMPLATE,
+};
+use crate::record::Tier;
+use crate::validate::is_valid_event_type;
+
+/// The processing guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs, dead letters, changelog and offsets in one transaction.
+    #[default]
+    ExactlyOnce,
+    /// For brokers without transactions: outputs before offsets.
+    AtLeastOnce,
+}
+
+/// The topology file as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    /// Consumer group id and prefix of internal topics
+    /// (`<application_id>-entity-versions-changelog`).
+    #[serde(default = "default_application_id")]
+    pub application_id: String,
+    /// What is read.
+    #[serde(default)]
+    pub input: InputConfig,
+    /// Where records go.
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+    /// Delivery guarantee and commit cadence.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    /// Per-entity ordering.
+    #[serde(default)]
+    pub ordering: OrderingConfig,
+    /// Tag mapping and the declared-tier check.
+    #[serde(default)]
+    pub classification: ClassificationConfig,
+    /// Where writer schemas are found.
+    #[serde(default)]
+    pub schemas: SchemasConfig,
+    /// Settings for single event types.
+    #[serde(default)]
+    pub event_types: BTreeMap<String, EventTypeConfig>,
+}
+
+fn default_application_id() -> String {
+    "privacy-router".to_owned()
+}
+
+/// Input topics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Raw topics, read as one consumer group.
+    #[serde(default = "default_input_topics")]
+    pub topics: Vec<String>,
+}
+
+fn default_input_topics() -> Vec<String> {
+    vec!["events.raw".to_owned()]
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            topics: default_input_topics(),
+        }
+    }
+}
+
+/// Output topics and format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    /// Topic of the public tier (no PII at all).
+    #[serde(default = "default_public")]
+    pub public: String,
+    /// Topic of the internal tier (internal ids, no email/phone/IP).
+    #[serde(default = "default_internal")]
+    pub internal: String,
+    /// Topic of the restricted tier (everything).
+    #[serde(default = "default_restricted")]
+    pub restricted: String,
+    /// Dead-letter topic (holds raw PII: restricted).
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter: String,
+    /// `avro` (Confluent wire format, default) or `json`.
+    #[serde(default)]
+    pub format: OutputFormat,
+}
+
+fn default_public() -> String {
+    "events.public".to_owned()
+}
+fn default_internal() -> String {
+    "events.internal".to_owned()
+}
+fn default_restricted() -> String {
+    "events.restricted".to_owned()
+}
+fn default_dead_letter() -> String {
+    "events.dlq".to_owned()
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig {
+            public: default_public(),
+            internal: default_internal(),
+            restricted: default_restricted(),
+            dead_letter: default_dead_letter(),
+            format: OutputFormat::default(),
+        }
+    }
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// `exactly_once` (default) or `at_least_once`.
+    #[serde(default)]
+    pub guarantee: Guarantee,
+    /// How often the open transaction is committed, in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+}
+
+fn default_commit_interval_ms() -> u64 {
+    100
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            guarantee: Guarantee::default(),
+            commit_interval_ms: default_commit_interval_ms(),
+        }
+    }
+}
+
+/// Ordering settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderingConfig {
+    /// `emit` (default, with an `x-version-gap` header) or `dead_letter`.
+    #[serde(default)]
+    pub on_gap: GapPolicy,
+}
+
+/// Classification settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationConfig {
+    /// Confluent tag → tier (default `PII: restricted, INTERNAL: internal,
+    /// PUBLIC: public`). Replaces the default map when given.
+    #[serde(default)]
+    pub tags: TagMap,
+    /// `emit` (default: count, log and route) or `dead_letter`.
+    #[serde(default)]
+    pub on_tier_mismatch: MismatchPolicy,
+}
+
+/// Schema lookup settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemasConfig {
+    /// Subject of a JSON event's schema; `{topic}`, `{event_type}`,
+    /// `{domain}` and `{Type}` are filled in.
+    #[serde(default = "default_subject_template")]
+    pub subject_template: String,
+}
+
+fn default_subject_template() -> String {
+    DEFAULT_SUBJECT_TEMPLATE.to_owned()
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig {
+            subject_template: default_subject_template(),
+        }
+    }
+}
+
+/// Settings for one event type.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTypeConfig {
+    /// The only tiers it reaches (e.g. `[restricted]` for security events).
+    #[serde(default)]
+    pub tiers: Option<Vec<Tier>>,
+    /// Its subject, overriding the template.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// One problem in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the bad value, e.g. `outputs.public`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyError {
+    /// The file.
+    pub file: PathBuf,
+    /// The problems, in file order where known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} problem(s) in the topology:",
+            self.file.display(),
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {}: {}", p.path, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TopologyError {}
+
+/// A validated topology.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// As written (defaults filled in).
+    pub spec: TopologyFile,
+    /// What the engine needs.
+    pub engine: Arc<EngineConfig>,
+}
+
+impl Topology {
+    /// The changelog topic of the version store.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}-entity-versions-changelog", self.spec.application_id)
+    }
+
+    /// Reads and validates a topology file.
+    ///
+    /// # Errors
+    /// A [`TopologyError`] listing every problem.
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TopologyError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                path: "<file>".to_owned(),
+                message: e.to_string(),
+            }],
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates topology text; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// A [`TopologyError`] listing every problem.
+    pub fn parse(path: &Path, text: &str) -> Result<Topology, TopologyError> {
+        let spec: TopologyFile = if text.trim().is_empty() {
+            serde_saphyr::from_str("{}")
+        } else {
+            serde_saphyr::from_str(text)
+        }
+        .map_err(|e| TopologyError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                path: "<yaml>".to_owned(),
+                message: e.to_string(),
+            }],
+        })?;
+        let problems = check(&spec);
+        if !problems.is_empty() {
+            return Err(TopologyError {
+                file: path.to_owned(),
+                problems,
+            });
+        }
+        let engine = Arc::new(engine_config(&spec));
+        Ok(Topology {
+            file: path.to_owned(),
+            spec,
+            engine,
+        })
+    }
+
+    /// The default topology (what an empty file gives).
+    pub fn default_embedded() -> Topology {
+        Self::parse(Path::new("<default>"), "").expect("the default topology is valid")
+    }
+}
+
+fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check(spec: &TopologyFile) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| {
+        problems.push(Problem {
+            path: path.to_owned(),
+            message,
+        })
+    };
+    if !valid_topic(&spec.application_id) {
+        problem(
+            "application_id",
+            "must be 1-249 characters of letters, digits, '.', '_' or '-'".to_owned(),
+        );
+    }
+    if spec.input.topics.is_empty() {
+        problem("input.topics", "needs at least one topic".to_owned());
+    }
+    let mut seen: HashMap<&str, String> = HashMap::new();
+    let outputs = [
+        ("outputs.public", spec.outputs.public.as_str()),
+        ("outputs.internal", spec.outputs.internal.as_str()),
+        ("outputs.restricted", spec.outputs.restricted.as_str()),
+        ("outputs.dead_letter", spec.outputs.dead_letter.as_str()),
+    ];
+    let inputs = spec
+        .input
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("input.topics[{i}]"), t.as_str()));
+    for (path, topic) in inputs.chain(outputs.iter().map(|(p, t)| ((*p).to_owned(), *t))) {
+        if !valid_topic(topic) {
+            problem(
+                &path,
+                "is not a valid topic name (1-249 characters of letters, digits, '.', '_' or '-')"
+                    .to_owned(),
+            );
+        } else if let Some(other) = seen.get(topic) {
+            problem(
+                &path,
+                format!("is the same topic as {other}; every topic must be distinct"),
+            );
+        } else {
+            seen.insert(topic, path.clone());
+        }
+    }
+    if spec.processing.commit_interval_ms == 0 || spec.processing.commit_interval_ms > 60_000 {
+        problem(
+            "processing.commit_interval_ms",
+            "must be between 1 and 60000".to_owned(),
+        );
+    }
+    check_template(
+        &spec.schemas.subject_template,
+        "schemas.subject_template",
+        &mut problem,
+    );
+    for (event_type, cfg) in &spec.event_types {
+        let base = format!("event_types.{event_type}");
+        if !is_valid_event_type(event_type) {
+            problem(
+                &base,
+                "is not an event type (^[a-z]+\\.[a-z_]+$)".to_owned(),
+            );
+        }
+        if let Some(tiers) = &cfg.tiers {
+            if tiers.is_empty() {
+                problem(
+                    &format!("{base}.tiers"),
+                    "is empty: the event would reach no topic; list at least one tier".to_owned(),
+                );
+            }
+        }
+        if let Some(subject) = &cfg.subject {
+            check_template(subject, &format!("{base}.subject"), &mut problem);
+        }
+    }
+    problems
+}
+
+fn check_template(template: &str, path: &str, problem: &mut impl FnMut(&str, String)) {
+    if template.is_empty() {
+        problem(path, "is empty".to_owned());
+        return;
+    }
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else {
+            problem(path, "has an unclosed '{'".to_owned());
+            return;
+        };
+        let name = &rest[start + 1..start + end];
+        if !matches!(name, "topic" | "event_type" | "domain" | "Type") {
+            problem(
+                path,
+                format!("uses {{{name}}}; the placeholders are {{topic}}, {{event_type}}, {{domain}} and {{Type}}"),
+            );
+        }
+        rest = &rest[start + end + 1..];
+    }
+}
+
+fn engine_config(spec: &TopologyFile) -> EngineConfig {
+    let o = &spec.outputs;
+    EngineConfig {
+        topics: Topics {
+            tiers: [
+                Arc::from(o.public.as_str()),
+                Arc::from(o.internal.as_str()),
+                Arc::from(o.restricted.as_str()),
+            ],
+            dead_letter: Arc::from(o.dead_letter.as_str()),
+        },
+        format: o.format,
+        on_gap: spec.ordering.on_gap,
+        on_tier_mismatch: spec.classification.on_tier_mismatch,
+        tags: spec.classification.tags.clone(),
+        subjects: SubjectNaming {
+            template: spec.schemas.subject_template.clone(),
+            overrides: spec
+                .event_types
+                .iter()
+                .filter_map(|(t, c)| c.subject.clone().map(|s| (t.clone(), s)))
+                .collect(),
+        },
+        tier_limits: spec
+            .event_types
+            .iter()
+            .filter_map(|(t, c)| {
+                c.tiers
+                    .as_ref()
+                    .map(|tiers| (t.clone(), tiers.iter().copied().collect::<HashSet<Tier>>()))
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let t = Topology::default_embedded();
+        assert_eq!(t.spec.input.topics, ["events.raw"]);
+        assert_eq!(&*t.engine.topics.tiers[0], "events.public");
+        assert_eq!(
+            t.changelog_topic(),
+            "privacy-router-entity-versions-changelog"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Topology::parse(Path::new("t.yaml"), "outputs:\n  pubic: x\n").unwrap_err();
+        assert!(err.to_string().contains("pubic"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "
+outputs:
+  public: events.same
+  internal: events.same
+  dead_letter: 'bad topic'
+processing:
+  commit_interval_ms: 0
+schemas:
+  subject_template: '{topic}-{nope}'
+event_types:
+  User.Created: {tiers: []}
+";
+        let err = Topology::parse(Path::new("t.yaml"), text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "outputs.internal",
+                "outputs.dead_letter",
+                "processing.commit_interval_ms",
+                "schemas.subject_template",
+                "event_types.User.Created",
+                "event_types.User.Created.tiers"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("t.yaml: 6 problem(s)"));
+    }
+}

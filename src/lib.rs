@@ -1,0 +1,35 @@
+//! privacy-router: validates raw domain events against their Avro schemas,
+//! strips PII by privacy tier, and fans every event out to a public, an
+//! internal and a restricted topic, keyed by `entity_id`, after checking per
+//! entity that `entity_version` arrives in order.
+//!
+//! The modules in flow order:
+//!
+//! | stage | module | what |
+//! |---|---|---|
+//! | types | [`record`] | raw records, decoded values, tiers, outputs, reasons |
+//! | schema | [`schema`], [`classify`] | writer schema → compiled, classified nodes |
+//! | decode | [`schema::binary`], [`schema::json`] | Confluent-framed Avro or JSON → value |
+//! | validate | [`validate`] | seed 003 §6 rules, stable reason codes |
+//! | order | [`order`] | per-entity version verdicts, the version store |
+//! | project | [`project`] | derived tier schemas, projected bodies, pseudonyms |
+//! | route | [`route`] | tier records (topic, key, headers), dead letters |
+//! | chain | [`pipeline`] | the pure entry point: one raw record → outcome |
+//!
+//! At the edges: [`config`] (topology files), [`registry`] (schema sources),
+//! [`replay`] (the file-driven runner), [`sample`] (realistic events), and
+//! [`cli`].
+
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod order;
+pub mod pipeline;
+pub mod project;
+pub mod record;
+pub mod registry;
+pub mod replay;
+pub mod route;
+pub mod sample;
+pub mod schema;
+pub mod validate;

@@ -1,0 +1,629 @@
+//! The pure entry point: one raw record in, what to emit out.
+//!
+//! [`Engine::process`] chains the stages — decode → validate → tier check →
+//! order → project → route — over a [`VersionStore`] and a [`SchemaLookup`]
+//! handed in by the caller. It needs no Kafka: `replay`, the tests and the
+//! benchmarks call it directly, and the Kafka runtime calls it per record.
+//!
+//! Bad input never fails the call: it comes back as a dead letter. Only a
+//! registry that cannot be reached ([`EngineError::Transient`]: retry the same
+//! record later, skip nothing) or refuses a registration
+//! ([`EngineError::Fatal`]) is an error.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::classify::TagMap;
+use crate::order::{entity_key, verdict, Verdict, VersionStore};
+use crate::project::{derived_schema, Hasher, NoHashKey};
+use crate::record::{Datum, OutRecord, RawRecord, Reason, Rejection, Tier};
+use crate::route::{dead_letter, tier_record, Framing};
+use crate::schema::{binary, json, max_present_tier, CompiledSchema, Envelope};
+use crate::validate::{is_valid_event_type, validate};
+
+/// What a registry call can fail with, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LookupError {
+    /// The id or subject does not exist (poison: dead-letter the record).
+    #[error("not found in the schema registry")]
+    NotFound,
+    /// The registry cannot be reached or answered 5xx (transient: wait and
+    /// retry, skip nothing).
+    #[error("the schema registry is unavailable: {0}")]
+    Unavailable(String),
+    /// The registry refused a registration, e.g. as incompatible (fatal: an
+    /// operator must act).
+    #[error("the schema registry refused the request: {0}")]
+    Rejected(String),
+}
+
+/// A schema registry as the pipeline uses it. The engine caches what it gets,
+/// so each id or subject is looked up once.
+pub trait SchemaLookup {
+    /// The schema text registered under a global id.
+    ///
+    /// # Errors
+    /// [`LookupError`]
+    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, LookupError>;
+
+    /// The latest version of a subject: its id and text.
+    ///
+    /// # Errors
+    /// [`LookupError`]
+    fn latest(&mut self, subject: &str) -> Result<(u32, Arc<str>), LookupError>;
+
+    /// Registers a schema under a subject (idempotent) and returns its id.
+    ///
+    /// # Errors
+    /// [`LookupError`]
+    fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError>;
+}
+
+/// What happens to an event that skips versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapPolicy {
+    /// Emit it with an `x-version-gap` header (default).
+    #[default]
+    Emit,
+    /// Dead-letter it with reason `version_gap`; the entity's state stays.
+    DeadLetter,
+}
+
+/// What happens to an event holding data above its declared tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchPolicy {
+    /// Count and log it, and route it: projection removes what each tier may
+    /// not see whatever the declaration says (default).
+    #[default]
+    Emit,
+    /// Dead-letter it with reason `tier_mismatch` instead of routing it.
+    DeadLetter,
+}
+
+/// How tier records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Avro in Confluent wire format, with the derived schema registered
+    /// under `<tier topic>-<record name>` (default).
+    #[default]
+    Avro,
+    /// Plain JSON of the projected value.
+    Json,
+}
+
+/// How a JSON event's `event_type` maps to a registry subject.
+///
+/// The template may use `{topic}` (input topic), `{event_type}`, `{domain}`
+/// (the part before the dot) and `{Type}` (the event type in PascalCase:
+/// `user.login_failed` → `UserLoginFailed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectNaming {
+    /// The template used unless an event type overrides it.
+    pub template: String,
+    /// Subjects (templates too) for single event types.
+    pub overrides: HashMap<String, String>,
+}
+
+/// The default subject template: topic-record naming with our namespace.
+pub const DEFAULT_SUBJECT_TEMPLATE: &str = "{topic}-com.privacyrouter.events.{domain}.{Type}";
+
+impl Default for SubjectNaming {
+    fn default() -> Self {
+        SubjectNaming {
+            template: DEFAULT_SUBJECT_TEMPLATE.to_owned(),
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+/// `user.login_failed` → `UserLoginFailed`.
+pub fn pascal_case(event_type: &str) -> String {
+    event_type
+        .split(['.', '_'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+impl SubjectNaming {
+    /// The subject of an event type read from `topic`.
+    pub fn subject(&self, topic: &str, event_type: &str) -> String {
+        let template = self.overrides.get(event_type).unwrap_or(&self.template);
+        let domain = event_type.split('.').next().unwrap_or_default();
+        template
+            .replace("{topic}", topic)
+            .replace("{event_type}", event_type)
+            .replace("{domain}", domain)
+            .replace("{Type}", &pascal_case(event_type))
+    }
+}
+
+/// The topics records go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Tier topics, indexed by [`Tier::index`].
+    pub tiers: [Arc<str>; 3],
+    /// The dead-letter topic (restricted: it holds raw PII).
+    pub dead_letter: Arc<str>,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            tiers: [
+                Arc::from("events.public"),
+                Arc::from("events.internal"),
+                Arc::from("events.restricted"),
+            ],
+            dead_letter: Arc::from("events.dlq"),
+        }
+    }
+}
+
+/// Everything the engine needs to know, built from the topology.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Output topics.
+    pub topics: Topics,
+    /// Value format of tier records.
+    pub format: OutputFormat,
+    /// Gap handling.
+    pub on_gap: GapPolicy,
+    /// Declared-tier mismatch handling.
+    pub on_tier_mismatch: MismatchPolicy,
+    /// Confluent tag → tier mapping.
+    pub tags: TagMap,
+    /// JSON `event_type` → subject.
+    pub subjects: SubjectNaming,
+    /// Event types limited to some tiers; all others reach all three.
+    pub tier_limits: HashMap<String, HashSet<Tier>>,
+}
+
+/// Fatal or transient trouble: the record was not processed and must be
+/// offered again (transient) or the processor must stop (fatal).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EngineError {
+    /// Wait and retry the same record; skip nothing.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Stop cleanly; an operator must act.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// A version-store write the caller must persist (the changelog record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    /// `entity_type/entity_id`.
+    pub key: Vec<u8>,
+    /// The newly accepted version.
+    pub version: i64,
+}
+
+/// Facts about a routed event for telemetry: no payload values, only names
+/// from the schema and the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// Accepted, or a gap that was emitted.
+    pub verdict: Verdict,
+    /// One record per tier the event reaches.
+    pub records: Vec<OutRecord>,
+    /// The store write to persist with the records.
+    pub state: StateUpdate,
+    /// The schema path of a field above the declared tier, if any.
+    pub tier_mismatch: Option<String>,
+}
+
+/// What to do with one input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Emit these tier records and persist the state update.
+    Routed(Routed),
+    /// A duplicate or stale version: counted, not emitted.
+    Skipped(Verdict),
+    /// Produce this record to the dead-letter topic.
+    DeadLettered {
+        /// The dead-letter record (the original, plus error headers).
+        record: OutRecord,
+        /// Why.
+        rejection: Rejection,
+    },
+}
+
+/// A writer schema with what the engine derived from it.
+#[derive(Debug)]
+struct Writer {
+    schema: CompiledSchema,
+    derived: [DerivedTier; 3],
+}
+
+#[derive(Debug)]
+struct DerivedTier {
+    text: String,
+    /// Compiled only for JSON output.
+    compiled: Option<CompiledSchema>,
+    /// Registered lazily, once.
+    id: OnceLock<u32>,
+}
+
+type Cached = Result<Arc<Writer>, Rejection>;
+
+/// The pipeline with its caches. One per partition worker (it is `Send`,
+/// not shared).
+#[derive(Debug)]
+pub struct Engine {
+    config: Arc<EngineConfig>,
+    hasher: Option<Hasher>,
+    by_id: HashMap<u32, Cached>,
+    by_subject: HashMap<String, u32>,
+}
+
+impl Engine {
+    /// An engine with empty caches.
+    pub fn new(config: Arc<EngineConfig>, hasher: Option<Hasher>) -> Self {
+        Engine {
+            config,
+            hasher,
+            by_id: HashMap::new(),
+            by_subject: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Forgets which schema id each subject's latest version had, so a new
+    /// version registered for a JSON event type takes effect. Compiled
+    /// schemas by id are kept: an id's schema never changes.
+    pub fn forget_subjects(&mut self) {
+        self.by_subject.clear();
+    }
+
+    /// Compiles a schema the way `process` would, reporting why it cannot be
+    /// used: for start-up checks.
+    ///
+    /// # Errors
+    /// The rejection that records written with this schema would get.
+    pub fn check_schema(&self, text: &str) -> Result<CompiledSchema, Rejection> {
+        let w = self.compile(text)?;
+        Ok(w.schema)
+    }
+
+    /// Processes one raw record.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the registry is unavailable (transient) or
+    /// refuses to register a derived schema (fatal). The store is unchanged
+    /// then, and the same record must be offered again.
+    pub fn process(
+        &mut self,
+        raw: &RawRecord<'_>,
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Outcome, EngineError> {
+        let dl = |rejection: Rejection, topic: &Arc<str>| Outcome::DeadLettered {
+            record: dead_letter(raw, &rejection, topic),
+            rejection,
+        };
+        let topic = self.config.topics.dead_letter.clone();
+        let value = match raw.value {
+            Some(v) if !v.is_empty() => v,
+            _ => {
+                return Ok(dl(
+                    Rejection::new(Reason::EmptyValue, "the record has no value"),
+                    &topic,
+                ))
+            }
+        };
+        let json_doc;
+        let (writer, datum) = match value[0] {
+            0 => {
+                let Some(header) = value.get(1..5) else {
+                    return Ok(dl(
+                        Rejection::new(
+                            Reason::TruncatedFrame,
+                            "the frame is shorter than its 5-byte header",
+                        ),
+                        &topic,
+                    ));
+                };
+                let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
+                let writer = match self.writer_by_id(id, registry)? {
+                    Ok(w) => w,
+                    Err(r) => return Ok(dl(r, &topic)),
+                };
+                match binary::decode(&writer.schema, &value[5..]) {
+                    Ok(d) => (writer, d),
+                    Err(e) => {
+                        return Ok(dl(
+                            Rejection::new(Reason::MalformedAvro, e.to_string()),
+                            &topic,
+                        ))
+                    }
+                }
+            }
+            b'{' => {
+                json_doc = match serde_json::from_slice::<serde_json::Value>(value) {
+                    Ok(v) if v.is_object() => v,
+                    _ => {
+                        return Ok(dl(
+                            Rejection::new(Reason::MalformedJson, "the value is not a JSON object"),
+                            &topic,
+                        ))
+                    }
+                };
+                let event_type = json_doc
+                    .get("event_type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                if !is_valid_event_type(event_type) {
+                    return Ok(dl(
+                        Rejection::new(
+                            Reason::InvalidEventType,
+                            "event_type is missing or does not match ^[a-z]+\\.[a-z_]+$",
+                        ),
+                        &topic,
+                    ));
+                }
+                let writer =
+                    match self.writer_for_event_type(&raw.source.topic, event_type, registry)? {
+                        Ok(w) => w,
+                        Err(r) => return Ok(dl(r, &topic)),
+                    };
+                match json::resolve(&writer.schema, &json_doc) {
+                    Ok(d) => (writer, d),
+                    Err(e) => {
+                        return Ok(dl(
+                            Rejection::new(
+                                Reason::SchemaMismatch,
+                                format!("the JSON event does not fit its schema at {e}"),
+                            ),
+                            &topic,
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Ok(dl(
+                    Rejection::new(
+                        Reason::UnknownMagicByte,
+                        "the value is neither Confluent-framed Avro (0x00) nor a JSON object",
+                    ),
+                    &topic,
+                ))
+            }
+        };
+        match self.route(&writer, &datum, store, registry)? {
+            Ok(outcome) => Ok(outcome),
+            Err(r) => Ok(dl(r, &topic)),
+        }
+    }
+
+    fn route(
+        &self,
+        writer: &Writer,
+        datum: &Datum<'_>,
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Result<Outcome, Rejection>, EngineError> {
+        let schema = &writer.schema;
+        let env: &Envelope = match schema.envelope() {
+            Ok(e) => e,
+            Err(why) => return Ok(Err(Rejection::new(Reason::SchemaMismatch, why))),
+        };
+        if let Err(r) = validate(schema, env, datum) {
+            return Ok(Err(r));
+        }
+        let Datum::Record(values) = datum else {
+            return Ok(Err(Rejection::new(
+                Reason::SchemaMismatch,
+                "the event is not a record",
+            )));
+        };
+        let fields = schema.root_fields();
+        let Some(declared) = schema
+            .symbol(fields[env.privacy_tier].node, &values[env.privacy_tier])
+            .and_then(Tier::parse)
+        else {
+            return Ok(Err(Rejection::new(
+                Reason::SchemaMismatch,
+                "privacy_tier is not one of public, internal, restricted",
+            )));
+        };
+        let (present, path) = max_present_tier(schema, datum);
+        let tier_mismatch = (present > declared).then(|| path.unwrap_or_default());
+        if let Some(p) = &tier_mismatch {
+            if self.config.on_tier_mismatch == MismatchPolicy::DeadLetter {
+                return Ok(Err(Rejection::new(
+                    Reason::TierMismatch,
+                    format!(
+                        "{p} is classified {present}, above the declared privacy_tier {declared}"
+                    ),
+                )));
+            }
+        }
+
+        let entity_type = schema
+            .symbol(fields[env.entity_type].node, &values[env.entity_type])
+            .unwrap_or_default();
+        let entity_id = values[env.entity_id].as_str().unwrap_or_default();
+        let version = values[env.entity_version].as_i64().unwrap_or_default();
+        let key = entity_key(entity_type, entity_id);
+        let v = verdict(store.last_version(&key), version);
+        match v {
+            Verdict::Duplicate | Verdict::Stale => return Ok(Ok(Outcome::Skipped(v))),
+            Verdict::Gap { missing } if self.config.on_gap == GapPolicy::DeadLetter => {
+                return Ok(Err(Rejection::new(
+                    Reason::VersionGap,
+                    format!(
+                        "entity_version skips {missing} version(s) after the last accepted one"
+                    ),
+                )))
+            }
+            _ => {}
+        }
+
+        let event_type = values[env.event_type].as_str().unwrap_or_default();
+        let limit = self.config.tier_limits.get(event_type);
+        let mut records = Vec::with_capacity(3);
+        for tier in Tier::ALL {
+            if limit.is_some_and(|l| !l.contains(&tier)) {
+                continue;
+            }
+            let topic = &self.config.topics.tiers[tier.index()];
+            let derived = &writer.derived[tier.index()];
+            let framing = match self.config.format {
+                OutputFormat::Avro => {
+                    Framing::Avro(self.derived_id(schema, derived, topic, registry)?)
+                }
+                OutputFormat::Json => {
+                    Framing::Json(derived.compiled.as_ref().expect("compiled for JSON output"))
+                }
+            };
+            match tier_record(
+                schema,
+                env,
+                datum,
+                v,
+                tier,
+                topic,
+                framing,
+                self.hasher.as_ref(),
+            ) {
+                Ok(r) => records.push(r),
+                Err(NoHashKey) => {
+                    return Ok(Err(Rejection::new(
+                        Reason::RedactionUnavailable,
+                        format!(
+                            "tier {tier} needs a keyed pseudonym and no hash key is configured"
+                        ),
+                    )))
+                }
+            }
+        }
+        store.record(&key, version);
+        Ok(Ok(Outcome::Routed(Routed {
+            verdict: v,
+            records,
+            state: StateUpdate { key, version },
+            tier_mismatch,
+        })))
+    }
+
+    fn derived_id(
+        &self,
+        schema: &CompiledSchema,
+        derived: &DerivedTier,
+        topic: &str,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<u32, EngineError> {
+        if let Some(id) = derived.id.get() {
+            return Ok(*id);
+        }
+        let subject = format!("{topic}-{}", schema.fullname().unwrap_or("record"));
+        let id = registry
+            .register(&subject, &derived.text)
+            .map_err(|e| match e {
+                LookupError::Unavailable(m) => EngineError::Transient(m),
+                other => EngineError::Fatal(format!(
+                    "registering the derived schema under {subject}: {other}"
+                )),
+            })?;
+        Ok(*derived.id.get_or_init(|| id))
+    }
+
+    fn compile(&self, text: &str) -> Result<Writer, Rejection> {
+        let schema = CompiledSchema::compile(text, &self.config.tags)
+            .map_err(|e| Rejection::new(Reason::InvalidSchema, e.to_string()))?;
+        if schema.has_hash() && self.hasher.is_none() {
+            return Err(Rejection::new(
+                Reason::RedactionUnavailable,
+                "the schema asks for hashing and no hash key is configured",
+            ));
+        }
+        let derive = |tier: Tier| -> Result<DerivedTier, Rejection> {
+            let text = derived_schema(&schema, tier).to_string();
+            let compiled = match self.config.format {
+                OutputFormat::Json => Some(
+                    CompiledSchema::compile(&text, &self.config.tags).map_err(|e| {
+                        Rejection::new(Reason::InvalidSchema, format!("derived {tier} schema: {e}"))
+                    })?,
+                ),
+                OutputFormat::Avro => None,
+            };
+            Ok(DerivedTier {
+                text,
+                compiled,
+                id: OnceLock::new(),
+            })
+        };
+        let derived = [
+            derive(Tier::Public)?,
+            derive(Tier::Internal)?,
+            derive(Tier::Restricted)?,
+        ];
+        Ok(Writer { schema, derived })
+    }
+
+    fn writer_by_id(
+        &mut self,
+        id: u32,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Cached, EngineError> {
+        if let Some(c) = self.by_id.get(&id) {
+            return Ok(c.clone());
+        }
+        let cached = match registry.schema_by_id(id) {
+            Ok(text) => self.compile(&text).map(Arc::new),
+            Err(LookupError::NotFound) => Err(Rejection::new(
+                Reason::UnknownSchemaId,
+                format!("schema id {id} is not in the registry"),
+            )),
+            Err(LookupError::Unavailable(m)) => return Err(EngineError::Transient(m)),
+            Err(LookupError::Rejected(m)) => return Err(EngineError::Transient(m)),
+        };
+        self.by_id.insert(id, cached.clone());
+        Ok(cached)
+    }
+
+    fn writer_for_event_type(
+        &mut self,
+        topic: &str,
+        event_type: &str,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Cached, EngineError> {
+        let subject = self.config.subjects.subject(topic, event_type);
+        let id = match self.by_subject.get(&subject) {
+            Some(id) => *id,
+            None => match registry.latest(&subject) {
+                Ok((id, _)) => {
+                    self.by_subject.insert(subject, id);
+                    id
+                }
+                Err(LookupError::NotFound) => {
+                    return Ok(Err(Rejection::new(
+                        Reason::UnknownEventType,
+                        "no schema is registered for the event type's subject",
+                    )))
+                }
+                Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
+                    return Err(EngineError::Transient(m))
+                }
+            },
+        };
+        self.writer_by_id(id, registry)
+    }
+}

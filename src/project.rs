@@ -1,0 +1,328 @@
+//! Tier projection: a writer schema and a tier give a **derived schema** (the
+//! writer schema with the fields above the tier cut out, or turned into
+//! pseudonyms where the field asks for `redact: hash`), and a decoded value
+//! gives the Avro body of that tier's record.
+//!
+//! Both follow one rule, [`treatment`], so the body always matches the
+//! derived schema. A field is kept in tier `T` when its own tier is `<= T`;
+//! since a container above `T` is removed whole, a field inside a kept
+//! container has a path tier `<= T` exactly when its own tier is.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use thiserror::Error;
+
+use crate::classify::{FieldClass, Redact};
+use crate::record::{Datum, Tier};
+use crate::schema::binary::{encode, put_bytes, put_long};
+use crate::schema::{CompiledSchema, Field, Kind, NodeId};
+
+/// What happens to a field in one tier's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Carried unchanged.
+    Keep,
+    /// Replaced by its keyed pseudonym.
+    Hash,
+    /// Cut out.
+    Remove,
+}
+
+/// The one rule for fields in tier records and derived schemas.
+pub fn treatment(class: FieldClass, tier: Tier) -> Treatment {
+    if class.tier <= tier {
+        Treatment::Keep
+    } else if class.redact == Redact::Hash {
+        Treatment::Hash
+    } else {
+        Treatment::Remove
+    }
+}
+
+/// Shortest hash key accepted, in bytes.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// Keyed HMAC-SHA256 pseudonyms: the same value gives the same pseudonym in
+/// every event and field, so analytics can count and join without the value.
+#[derive(Clone)]
+pub struct Hasher {
+    keyed: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher(<key hidden>)")
+    }
+}
+
+/// A hash key that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("the hash key must be at least {MIN_KEY_LEN} bytes")]
+pub struct KeyTooShort;
+
+impl Hasher {
+    /// A hasher with this secret key.
+    ///
+    /// # Errors
+    /// [`KeyTooShort`] for keys under [`MIN_KEY_LEN`] bytes.
+    pub fn new(key: &[u8]) -> Result<Self, KeyTooShort> {
+        if key.len() < MIN_KEY_LEN {
+            return Err(KeyTooShort);
+        }
+        Ok(Hasher {
+            keyed: Hmac::<Sha256>::new_from_slice(key).map_err(|_| KeyTooShort)?,
+        })
+    }
+
+    /// The lowercase hex pseudonym of a value.
+    pub fn pseudonym(&self, value: &[u8]) -> String {
+        let mut mac = self.keyed.clone();
+        mac.update(value);
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// The derived schema of `tier` for a writer schema, as JSON.
+///
+/// Named types keep their full names; a named type whose definition sat in a
+/// removed field is defined at its first remaining use.
+pub fn derived_schema(schema: &CompiledSchema, tier: Tier) -> Value {
+    let mut defined = HashSet::new();
+    emit(schema, schema.root(), tier, &mut defined)
+}
+
+fn emit(s: &CompiledSchema, id: NodeId, tier: Tier, defined: &mut HashSet<NodeId>) -> Value {
+    let node = s.node(id);
+    if let Some(full) = &node.fullname {
+        if !defined.insert(id) {
+            return Value::String(full.clone());
+        }
+    }
+    match &node.kind {
+        Kind::Union(branches) => Value::Array(
+            branches
+                .iter()
+                .map(|b| emit(s, *b, tier, defined))
+                .collect(),
+        ),
+        Kind::Array(items) => with(&node.attrs, "items", emit(s, *items, tier, defined)),
+        Kind::Map(values) => with(&node.attrs, "values", emit(s, *values, tier, defined)),
+        Kind::Record(fields) => {
+            let mut out = Vec::with_capacity(fields.len());
+            for f in fields {
+                let ty = match treatment(f.class, tier) {
+                    Treatment::Keep => emit(s, f.node, tier, defined),
+                    Treatment::Hash => hashed_type(s, f),
+                    Treatment::Remove => continue,
+                };
+                let mut attrs = f.attrs.clone();
+                if treatment(f.class, tier) == Treatment::Hash
+                    && attrs.get("default").is_some_and(|d| !d.is_null())
+                {
+                    attrs.remove("default");
+                }
+                attrs.insert("type".to_owned(), ty);
+                out.push(Value::Object(attrs));
+            }
+            with(&node.attrs, "fields", Value::Array(out))
+        }
+        _ => node.attrs.clone(),
+    }
+}
+
+fn with(attrs: &Value, key: &str, child: Value) -> Value {
+    let mut o = attrs.as_object().cloned().unwrap_or_else(Map::new);
+    o.insert(key.to_owned(), child);
+    Value::Object(o)
+}
+
+/// A hashed field is a plain string, nullable where the original was.
+fn hashed_type(s: &CompiledSchema, f: &Field) -> Value {
+    match &s.node(f.node).kind {
+        Kind::Union(branches) => Value::Array(
+            branches
+                .iter()
+                .map(|b| match s.node(*b).kind {
+                    Kind::Null => Value::String("null".to_owned()),
+                    _ => Value::String("string".to_owned()),
+                })
+                .collect(),
+        ),
+        _ => Value::String("string".to_owned()),
+    }
+}
+
+/// A field that must be hashed but no hasher was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("the schema asks for hashing and no hash key is configured")]
+pub struct NoHashKey;
+
+/// Appends the Avro body of `tier`'s record for a decoded value.
+///
+/// # Errors
+/// [`NoHashKey`] when a field must be hashed for this tier and `hasher` is
+/// `None`; nothing useful is left in `out` then.
+pub fn encode_projection(
+    s: &CompiledSchema,
+    datum: &Datum<'_>,
+    tier: Tier,
+    hasher: Option<&Hasher>,
+    out: &mut Vec<u8>,
+) -> Result<(), NoHashKey> {
+    project_node(s, s.root(), datum, tier, hasher, out)
+}
+
+fn project_node(
+    s: &CompiledSchema,
+    id: NodeId,
+    d: &Datum<'_>,
+    tier: Tier,
+    hasher: Option<&Hasher>,
+    out: &mut Vec<u8>,
+) -> Result<(), NoHashKey> {
+    match (&s.node(id).kind, d) {
+        (Kind::Record(fields), Datum::Record(values)) => {
+            for (f, v) in fields.iter().zip(values) {
+                match treatment(f.class, tier) {
+                    Treatment::Keep => project_node(s, f.node, v, tier, hasher, out)?,
+                    Treatment::Hash => {
+                        let h = hasher.ok_or(NoHashKey)?;
+                        if let Datum::Union(i, _) = v {
+                            put_long(out, i64::from(*i));
+                        }
+                        if let Some(x) = v.as_str() {
+                            put_bytes(out, h.pseudonym(x.as_bytes()).as_bytes());
+                        }
+                    }
+                    Treatment::Remove => {}
+                }
+            }
+        }
+        (Kind::Union(branches), Datum::Union(i, inner)) => {
+            put_long(out, i64::from(*i));
+            if let Some(b) = branches.get(*i as usize) {
+                project_node(s, *b, inner, tier, hasher, out)?;
+            }
+        }
+        (Kind::Array(items), Datum::Array(xs)) => {
+            if !xs.is_empty() {
+                put_long(out, xs.len() as i64);
+                for x in xs {
+                    project_node(s, *items, x, tier, hasher, out)?;
+                }
+            }
+            out.push(0);
+        }
+        (Kind::Map(values), Datum::Map(entries)) => {
+            if !entries.is_empty() {
+                put_long(out, entries.len() as i64);
+                for (k, x) in entries {
+                    put_bytes(out, k.as_bytes());
+                    project_node(s, *values, x, tier, hasher, out)?;
+                }
+            }
+            out.push(0);
+        }
+        (_, leaf) => encode(leaf, out),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::TagMap;
+    use crate::schema::binary::decode;
+    use serde_json::json;
+
+    const TEXT: &str = r#"{"type":"record","name":"E","namespace":"t","fields":[
+        {"name":"id","type":"string","privacy":"public"},
+        {"name":"email","type":["null","string"],"privacy":"restricted","redact":"hash","default":null},
+        {"name":"billing","privacy":"restricted","type":{"type":"record","name":"Addr","fields":[
+            {"name":"city","type":"string","privacy":"public"},
+            {"name":"street","type":"string","privacy":"restricted"}]}},
+        {"name":"shipping","privacy":"internal","type":"Addr"},
+        {"name":"note","type":"string"}]}"#;
+
+    fn hasher() -> Hasher {
+        Hasher::new(b"0123456789abcdef-test").unwrap()
+    }
+
+    #[test]
+    fn removed_definition_is_redefined_at_first_remaining_use() {
+        let s = CompiledSchema::compile(TEXT, &TagMap::default()).unwrap();
+        let derived = derived_schema(&s, Tier::Internal);
+        let fields: Vec<&str> = derived["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["id", "email", "shipping"]);
+        assert_eq!(derived["fields"][2]["type"]["name"], json!("t.Addr"));
+        let cities: Vec<&str> = derived["fields"][2]["type"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(cities, ["city"]);
+        apache_avro::Schema::parse(&derived).expect("derived schema is valid Avro");
+    }
+
+    #[test]
+    fn projection_decodes_with_the_derived_schema() {
+        let s = CompiledSchema::compile(TEXT, &TagMap::default()).unwrap();
+        let v = json!({"id": "e1", "email": "a@b.example", "billing": {"city": "Oslo", "street": "Main 1"},
+                       "shipping": {"city": "Bergen", "street": "Side 2"}, "note": "unlabelled"});
+        let d = crate::schema::json::resolve(&s, &v).unwrap();
+        let h = hasher();
+        for tier in Tier::ALL {
+            let mut body = Vec::new();
+            encode_projection(&s, &d, tier, Some(&h), &mut body).unwrap();
+            let derived =
+                CompiledSchema::compile(&derived_schema(&s, tier).to_string(), &TagMap::default())
+                    .unwrap();
+            let back = crate::schema::json::render(
+                &derived,
+                derived.root(),
+                &decode(&derived, &body).unwrap(),
+            );
+            let expected = match tier {
+                Tier::Public => json!({"id": "e1", "email": h.pseudonym(b"a@b.example")}),
+                Tier::Internal => {
+                    json!({"id": "e1", "email": h.pseudonym(b"a@b.example"), "shipping": {"city": "Bergen"}})
+                }
+                Tier::Restricted => v.clone(),
+            };
+            assert_eq!(back, expected, "tier {tier}");
+        }
+    }
+
+    #[test]
+    fn hashing_without_a_key_is_an_error() {
+        let s = CompiledSchema::compile(TEXT, &TagMap::default()).unwrap();
+        let v = json!({"id": "e1", "email": "a@b.example", "billing": {"city": "c", "street": "s"},
+                       "shipping": {"city": "c", "street": "s"}, "note": "n"});
+        let d = crate::schema::json::resolve(&s, &v).unwrap();
+        assert_eq!(
+            encode_projection(&s, &d, Tier::Public, None, &mut Vec::new()),
+            Err(NoHashKey)
+        );
+        assert!(encode_projection(&s, &d, Tier::Restricted, None, &mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_and_keyed() {
+        let a = hasher();
+        let b = Hasher::new(b"another-key-of-16-bytes").unwrap();
+        assert_eq!(a.pseudonym(b"x"), a.pseudonym(b"x"));
+        assert_ne!(a.pseudonym(b"x"), b.pseudonym(b"x"));
+        assert_eq!(a.pseudonym(b"x").len(), 64);
+        assert_eq!(Hasher::new(b"short").unwrap_err(), KeyTooShort);
+    }
+}

@@ -1,0 +1,339 @@
+//! The types that flow through the pipeline: raw input records, decoded
+//! values ([`Datum`]), privacy tiers, and what the pipeline emits (tier
+//! records, dead letters, state updates).
+//!
+//! Nothing here does I/O; every stage imports these types and nothing from a
+//! later stage.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A privacy tier. Ordered: `Public < Internal < Restricted`.
+///
+/// A record for tier `T` holds only values classified `<= T`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// No PII at all: analytics, consumer APIs.
+    Public,
+    /// Internal ids and business metrics; never email, phone or IP.
+    Internal,
+    /// Everything, PII included: compliance and legal hold only.
+    Restricted,
+}
+
+impl Tier {
+    /// All tiers, least to most sensitive.
+    pub const ALL: [Tier; 3] = [Tier::Public, Tier::Internal, Tier::Restricted];
+
+    /// The lowercase name used in schemas, headers and topology files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Public => "public",
+            Tier::Internal => "internal",
+            Tier::Restricted => "restricted",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "public" => Some(Tier::Public),
+            "internal" => Some(Tier::Internal),
+            "restricted" => Some(Tier::Restricted),
+            _ => None,
+        }
+    }
+
+    /// Position in [`Tier::ALL`], for per-tier arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoded Avro value, positional (record fields in schema order), borrowing
+/// from the input buffer where it can.
+///
+/// Logical types are carried as their underlying Avro type (a `uuid` is a
+/// `String`); the compiled schema says what they mean.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum<'a> {
+    /// Avro `null`.
+    Null,
+    /// Avro `boolean`.
+    Boolean(bool),
+    /// Avro `int`.
+    Int(i32),
+    /// Avro `long`.
+    Long(i64),
+    /// Avro `float`.
+    Float(f32),
+    /// Avro `double`.
+    Double(f64),
+    /// Avro `bytes`.
+    Bytes(Cow<'a, [u8]>),
+    /// Avro `string`.
+    String(Cow<'a, str>),
+    /// Avro `fixed`.
+    Fixed(Cow<'a, [u8]>),
+    /// Avro `enum`: the symbol's index.
+    Enum(u32),
+    /// Avro `array`.
+    Array(Vec<Datum<'a>>),
+    /// Avro `map`, in wire order.
+    Map(Vec<(Cow<'a, str>, Datum<'a>)>),
+    /// Avro `union`: the branch index and its value.
+    Union(u32, Box<Datum<'a>>),
+    /// Avro `record`: field values in schema order.
+    Record(Vec<Datum<'a>>),
+}
+
+impl Datum<'_> {
+    /// The same value, owning its strings and bytes.
+    pub fn into_owned(self) -> Datum<'static> {
+        match self {
+            Datum::Null => Datum::Null,
+            Datum::Boolean(b) => Datum::Boolean(b),
+            Datum::Int(i) => Datum::Int(i),
+            Datum::Long(l) => Datum::Long(l),
+            Datum::Float(f) => Datum::Float(f),
+            Datum::Double(d) => Datum::Double(d),
+            Datum::Bytes(b) => Datum::Bytes(Cow::Owned(b.into_owned())),
+            Datum::String(s) => Datum::String(Cow::Owned(s.into_owned())),
+            Datum::Fixed(b) => Datum::Fixed(Cow::Owned(b.into_owned())),
+            Datum::Enum(i) => Datum::Enum(i),
+            Datum::Array(xs) => Datum::Array(xs.into_iter().map(Datum::into_owned).collect()),
+            Datum::Map(es) => Datum::Map(
+                es.into_iter()
+                    .map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned()))
+                    .collect(),
+            ),
+            Datum::Union(i, d) => Datum::Union(i, Box::new(d.into_owned())),
+            Datum::Record(xs) => Datum::Record(xs.into_iter().map(Datum::into_owned).collect()),
+        }
+    }
+
+    /// The value under any union wrappers.
+    pub fn unwrap_union(&self) -> &Self {
+        let mut d = self;
+        while let Datum::Union(_, inner) = d {
+            d = inner;
+        }
+        d
+    }
+
+    /// True for `null`, also inside a union.
+    pub fn is_null(&self) -> bool {
+        matches!(self.unwrap_union(), Datum::Null)
+    }
+
+    /// The string value, also inside a union.
+    pub fn as_str(&self) -> Option<&str> {
+        match self.unwrap_union() {
+            Datum::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// An `int` or `long` value, also inside a union.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self.unwrap_union() {
+            Datum::Int(i) => Some(i64::from(*i)),
+            Datum::Long(l) => Some(*l),
+            _ => None,
+        }
+    }
+}
+
+/// Where a raw record came from: enough to point at it from a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Input topic.
+    pub topic: Arc<str>,
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+}
+
+/// A record as it arrives from the input topic.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    /// Where it came from.
+    pub source: &'a Source,
+    /// The record key, if any.
+    pub key: Option<&'a [u8]>,
+    /// The record value; `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// The record headers, in order.
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// A header name: our own names are static, copied input headers are not.
+pub type HeaderName = Cow<'static, str>;
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` only for the dead letter of a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Record headers.
+    pub headers: Vec<(HeaderName, Vec<u8>)>,
+}
+
+impl OutRecord {
+    /// The first header with this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Why a record was dead-lettered: a stable code, written to the
+/// `x-error-reason` header and used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The record had no value, or an empty one.
+    EmptyValue,
+    /// The first byte is neither the Confluent magic byte `0x00` nor `{`.
+    UnknownMagicByte,
+    /// A Confluent frame shorter than its 5-byte header.
+    TruncatedFrame,
+    /// The frame names a schema id the registry does not hold.
+    UnknownSchemaId,
+    /// The registry holds a schema for this id or subject that is not valid Avro.
+    InvalidSchema,
+    /// The Avro body does not decode with its writer schema.
+    MalformedAvro,
+    /// The value starts like JSON but is not a JSON object.
+    MalformedJson,
+    /// The event does not have the shape of its schema, or the schema is not an
+    /// event envelope.
+    SchemaMismatch,
+    /// No schema is registered for the JSON event's `event_type`.
+    UnknownEventType,
+    /// `event_type` is missing or does not match `^[a-z]+\.[a-z_]+$`.
+    InvalidEventType,
+    /// `event_id` (or another `uuid` field) is not a UUID.
+    InvalidUuid,
+    /// `entity_id` is empty.
+    InvalidEntityId,
+    /// `entity_version < 1`.
+    InvalidEntityVersion,
+    /// `schema_version < 1`.
+    InvalidSchemaVersion,
+    /// A `*_cents` field is negative.
+    NegativeCents,
+    /// A `*_count` field is negative.
+    NegativeCount,
+    /// A `*_at` field is not an ISO 8601 UTC instant.
+    InvalidTimestamp,
+    /// A non-null field is classified above the declared `privacy_tier`
+    /// (dead-lettered only when the topology asks for it).
+    TierMismatch,
+    /// `entity_version` skips versions (dead-lettered only when the topology
+    /// asks for it).
+    VersionGap,
+    /// The schema asks for hashing (or the key must be pseudonymised) but no
+    /// hash key is configured.
+    RedactionUnavailable,
+}
+
+impl Reason {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [Reason; 20] = [
+        Reason::EmptyValue,
+        Reason::UnknownMagicByte,
+        Reason::TruncatedFrame,
+        Reason::UnknownSchemaId,
+        Reason::InvalidSchema,
+        Reason::MalformedAvro,
+        Reason::MalformedJson,
+        Reason::SchemaMismatch,
+        Reason::UnknownEventType,
+        Reason::InvalidEventType,
+        Reason::InvalidUuid,
+        Reason::InvalidEntityId,
+        Reason::InvalidEntityVersion,
+        Reason::InvalidSchemaVersion,
+        Reason::NegativeCents,
+        Reason::NegativeCount,
+        Reason::InvalidTimestamp,
+        Reason::TierMismatch,
+        Reason::VersionGap,
+        Reason::RedactionUnavailable,
+    ];
+
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::EmptyValue => "empty_value",
+            Reason::UnknownMagicByte => "unknown_magic_byte",
+            Reason::TruncatedFrame => "truncated_frame",
+            Reason::UnknownSchemaId => "unknown_schema_id",
+            Reason::InvalidSchema => "invalid_schema",
+            Reason::MalformedAvro => "malformed_avro",
+            Reason::MalformedJson => "malformed_json",
+            Reason::SchemaMismatch => "schema_mismatch",
+            Reason::UnknownEventType => "unknown_event_type",
+            Reason::InvalidEventType => "invalid_event_type",
+            Reason::InvalidUuid => "invalid_uuid",
+            Reason::InvalidEntityId => "invalid_entity_id",
+            Reason::InvalidEntityVersion => "invalid_entity_version",
+            Reason::InvalidSchemaVersion => "invalid_schema_version",
+            Reason::NegativeCents => "negative_cents",
+            Reason::NegativeCount => "negative_count",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::TierMismatch => "tier_mismatch",
+            Reason::VersionGap => "version_gap",
+            Reason::RedactionUnavailable => "redaction_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A rejection: a reason code and a detail text that names schema paths and
+/// limits but never quotes a payload value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable code.
+    pub reason: Reason,
+    /// Human-readable detail without payload values.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection with its detail.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}

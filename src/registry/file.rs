@@ -1,0 +1,178 @@
+//! The file-backed registry over `avro/`: the embedded default.
+//!
+//! `avro/envelope.avsc` is the canonical envelope; every
+//! `avro/events/<domain>/<event_type>.avsc` is one event type's payload. An
+//! event type's schema is the envelope renamed to
+//! `<envelope namespace>.<domain>.<EventType>` with `data` set to the payload,
+//! registered under the subject the topology's naming gives for each input
+//! topic. Ids are assigned in event-type order, so they are stable for a
+//! given `avro/` folder.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use super::MemoryRegistry;
+use crate::pipeline::{pascal_case, SchemaLookup, SubjectNaming};
+use crate::validate::is_valid_event_type;
+
+/// One event type found in the folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSchema {
+    /// `user.created`
+    pub event_type: String,
+    /// The composed record's full name.
+    pub fullname: String,
+    /// The payload file.
+    pub path: PathBuf,
+    /// The composed schema text.
+    pub text: String,
+    /// Its id in the registry.
+    pub id: u32,
+}
+
+/// The loaded folder.
+#[derive(Debug, Clone)]
+pub struct FileRegistry {
+    /// The registry holding every composed schema.
+    pub registry: MemoryRegistry,
+    /// The event types, sorted.
+    pub events: Vec<EventSchema>,
+}
+
+/// Why the folder cannot be loaded; names the file.
+#[derive(Debug, Error)]
+pub enum FileRegistryError {
+    /// A file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file is not a schema we can use.
+    #[error("{path}: {message}")]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> FileRegistryError {
+    FileRegistryError::Bad {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, FileRegistryError> {
+    let text = fs::read_to_string(path).map_err(|source| FileRegistryError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| bad(path, format!("not JSON: {e}")))
+}
+
+fn payload_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FileRegistryError> {
+    let entries = fs::read_dir(dir).map_err(|source| FileRegistryError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let path = entry
+            .map_err(|source| FileRegistryError::Io {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
+        if path.is_dir() {
+            payload_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "avsc") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The envelope renamed for `event_type`, with `data` set to `payload`.
+///
+/// # Errors
+/// A message when the envelope has no namespace or no `data` field.
+pub fn compose(
+    envelope: &Value,
+    event_type: &str,
+    payload: Value,
+) -> Result<(String, Value), String> {
+    let mut schema = envelope.clone();
+    let obj = schema
+        .as_object_mut()
+        .ok_or("the envelope is not a record")?;
+    let ns = obj
+        .get("namespace")
+        .and_then(Value::as_str)
+        .ok_or("the envelope needs a namespace")?
+        .to_owned();
+    let domain = event_type.split('.').next().unwrap_or_default();
+    let fullname = format!("{ns}.{domain}.{}", pascal_case(event_type));
+    obj.insert("name".into(), Value::String(fullname.clone()));
+    obj.remove("namespace");
+    let data = obj
+        .get_mut("fields")
+        .and_then(Value::as_array_mut)
+        .and_then(|fs| fs.iter_mut().find(|f| f["name"] == "data"))
+        .ok_or("the envelope has no data field")?;
+    data["type"] = payload;
+    Ok((fullname, schema))
+}
+
+/// Loads `dir` and registers every event type under the subjects `naming`
+/// gives for each of `topics`.
+///
+/// # Errors
+/// The first file that cannot be read or composed.
+pub fn load(
+    dir: &Path,
+    naming: &SubjectNaming,
+    topics: &[String],
+) -> Result<FileRegistry, FileRegistryError> {
+    let envelope_path = dir.join("envelope.avsc");
+    let envelope = read_json(&envelope_path)?;
+    let mut files = Vec::new();
+    payload_files(&dir.join("events"), &mut files)?;
+    files.sort_by_key(|p| p.file_stem().map(|s| s.to_owned()));
+    let mut registry = MemoryRegistry::default();
+    let mut events = Vec::with_capacity(files.len());
+    for path in files {
+        let event_type = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !is_valid_event_type(&event_type) {
+            return Err(bad(&path, "the file name must be <event_type>.avsc with event_type matching ^[a-z]+\\.[a-z_]+$"));
+        }
+        let payload = read_json(&path)?;
+        let (fullname, schema) =
+            compose(&envelope, &event_type, payload).map_err(|m| bad(&envelope_path, m))?;
+        let text = schema.to_string();
+        let mut id = 0;
+        for topic in topics {
+            id = registry
+                .register(&naming.subject(topic, &event_type), &text)
+                .map_err(|e| bad(&path, e.to_string()))?;
+        }
+        events.push(EventSchema {
+            event_type,
+            fullname,
+            path,
+            text,
+            id,
+        });
+    }
+    Ok(FileRegistry { registry, events })
+}

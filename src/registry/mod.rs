@@ -1,0 +1,93 @@
+//! Schema registries: where writer schemas come from and where derived tier
+//! schemas are registered.
+//!
+//! The pipeline sees a registry only through [`SchemaLookup`] (defined with
+//! the pipeline, implemented here); it caches what
+//! it gets, so a lookup happens once per schema id or subject.
+//! [`MemoryRegistry`] keeps Confluent's semantics (one id per distinct schema,
+//! versions per subject) in memory; [`file::load`] fills one from `avro/` for
+//! the embedded default.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use crate::pipeline::{LookupError, SchemaLookup};
+
+/// An in-memory registry with Confluent's id semantics: the same schema
+/// (compared as JSON) gets the same global id in every subject.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRegistry {
+    by_id: Vec<(Value, Arc<str>)>,
+    subjects: HashMap<String, Vec<u32>>,
+}
+
+impl MemoryRegistry {
+    /// Every subject with its versions' ids, sorted by subject.
+    pub fn subjects(&self) -> Vec<(&str, &[u32])> {
+        let mut v: Vec<_> = self
+            .subjects
+            .iter()
+            .map(|(s, ids)| (s.as_str(), ids.as_slice()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl SchemaLookup for MemoryRegistry {
+    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, LookupError> {
+        let i = (id as usize).checked_sub(1).ok_or(LookupError::NotFound)?;
+        self.by_id
+            .get(i)
+            .map(|(_, t)| t.clone())
+            .ok_or(LookupError::NotFound)
+    }
+
+    fn latest(&mut self, subject: &str) -> Result<(u32, Arc<str>), LookupError> {
+        let id = *self
+            .subjects
+            .get(subject)
+            .and_then(|v| v.last())
+            .ok_or(LookupError::NotFound)?;
+        Ok((id, self.schema_by_id(id)?))
+    }
+
+    fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError> {
+        let parsed: Value = serde_json::from_str(schema)
+            .map_err(|e| LookupError::Rejected(format!("not JSON: {e}")))?;
+        let id = match self.by_id.iter().position(|(v, _)| *v == parsed) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.by_id.push((parsed, Arc::from(schema)));
+                self.by_id.len() as u32
+            }
+        };
+        let versions = self.subjects.entry(subject.to_owned()).or_default();
+        if !versions.contains(&id) {
+            versions.push(id);
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_schema_same_id_across_subjects() {
+        let mut r = MemoryRegistry::default();
+        let a = r.register("a-value", r#"{"type":"string"}"#).unwrap();
+        let b = r.register("b-value", r#"{ "type" : "string" }"#).unwrap();
+        let c = r.register("a-value", r#""long""#).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(r.latest("a-value").unwrap().0, c);
+        assert_eq!(r.schema_by_id(0), Err(LookupError::NotFound));
+        assert_eq!(r.schema_by_id(99), Err(LookupError::NotFound));
+    }
+}

@@ -1,0 +1,302 @@
+//! JSON and [`Datum`]s.
+//!
+//! [`resolve`] reads a plain JSON value (as producers write it, not the Avro
+//! JSON encoding) against a schema: record fields by name, missing fields from
+//! their defaults, keys the schema does not know dropped, unions by the first
+//! branch the value resolves to (the Avro JSON `{"type": value}` form is also
+//! accepted). [`render`] writes a datum back as plain JSON.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Number, Value};
+use thiserror::Error;
+
+use super::{binary::MAX_DEPTH, CompiledSchema, Kind, NodeId};
+use crate::record::Datum;
+
+/// Why a JSON value does not fit a schema. Names the schema path and what
+/// was expected, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{path}: expected {expected}")]
+pub struct ResolveError {
+    /// Schema path of the mismatch (`data.items[].quantity_count`).
+    pub path: String,
+    /// What the schema expected there.
+    pub expected: &'static str,
+}
+
+/// Resolves a JSON value against the schema's root type.
+///
+/// # Errors
+/// A [`ResolveError`] naming the first path that does not fit.
+pub fn resolve<'a>(schema: &CompiledSchema, v: &'a Value) -> Result<Datum<'a>, ResolveError> {
+    let mut path = Vec::new();
+    resolve_node(schema, schema.root(), v, &mut path, 0).map_err(|expected| ResolveError {
+        path: if path.is_empty() {
+            "<root>".to_owned()
+        } else {
+            path.join(".")
+        },
+        expected,
+    })
+}
+
+fn latin1(s: &str) -> Option<Vec<u8>> {
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+fn resolve_node<'a, 's>(
+    s: &'s CompiledSchema,
+    id: NodeId,
+    v: &'a Value,
+    path: &mut Vec<&'s str>,
+    depth: usize,
+) -> Result<Datum<'a>, &'static str> {
+    if depth > MAX_DEPTH {
+        return Err("less nesting");
+    }
+    let node = s.node(id);
+    Ok(match (&node.kind, v) {
+        (Kind::Null, Value::Null) => Datum::Null,
+        (Kind::Boolean, Value::Bool(b)) => Datum::Boolean(*b),
+        (Kind::Int, Value::Number(n)) => Datum::Int(
+            n.as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or("a 32-bit integer")?,
+        ),
+        (Kind::Long, Value::Number(n)) => Datum::Long(n.as_i64().ok_or("a 64-bit integer")?),
+        (Kind::Float, Value::Number(n)) => Datum::Float(n.as_f64().ok_or("a number")? as f32),
+        (Kind::Double, Value::Number(n)) => Datum::Double(n.as_f64().ok_or("a number")?),
+        (Kind::String | Kind::Uuid, Value::String(x)) => Datum::String(Cow::Borrowed(x)),
+        (Kind::Bytes, Value::String(x)) => {
+            Datum::Bytes(Cow::Owned(latin1(x).ok_or("bytes as a latin-1 string")?))
+        }
+        (Kind::Fixed(n), Value::String(x)) => {
+            let b = latin1(x).ok_or("a fixed as a latin-1 string")?;
+            if b.len() != *n {
+                return Err("a fixed of the schema's size");
+            }
+            Datum::Fixed(Cow::Owned(b))
+        }
+        (Kind::Enum(symbols), Value::String(x)) => Datum::Enum(
+            symbols
+                .iter()
+                .position(|sym| sym == x)
+                .ok_or("one of the enum's symbols")? as u32,
+        ),
+        (Kind::Array(items), Value::Array(xs)) => {
+            let mut out = Vec::with_capacity(xs.len());
+            for x in xs {
+                out.push(resolve_node(s, *items, x, path, depth + 1)?);
+            }
+            Datum::Array(out)
+        }
+        (Kind::Map(values), Value::Object(o)) => {
+            let mut out = Vec::with_capacity(o.len());
+            for (k, x) in o {
+                out.push((
+                    Cow::Borrowed(k.as_str()),
+                    resolve_node(s, *values, x, path, depth + 1)?,
+                ));
+            }
+            Datum::Map(out)
+        }
+        (Kind::Union(branches), _) => resolve_union(s, branches, v, path, depth)?,
+        (Kind::Record(fields), Value::Object(o)) => {
+            let mut out = Vec::with_capacity(fields.len());
+            for f in fields {
+                path.push(&f.name);
+                let d = match o.get(&f.name) {
+                    Some(x) => resolve_node(s, f.node, x, path, depth + 1)?,
+                    None => match f.attrs.get("default") {
+                        Some(def) => default_datum(s, f.node, def)?,
+                        None => return Err("a value for a field that has no default"),
+                    },
+                };
+                path.pop();
+                out.push(d);
+            }
+            Datum::Record(out)
+        }
+        (Kind::Null, _) => return Err("null"),
+        (Kind::Boolean, _) => return Err("a boolean"),
+        (Kind::Int | Kind::Long, _) => return Err("an integer"),
+        (Kind::Float | Kind::Double, _) => return Err("a number"),
+        (Kind::String | Kind::Uuid | Kind::Bytes | Kind::Fixed(_) | Kind::Enum(_), _) => {
+            return Err("a string")
+        }
+        (Kind::Array(_), _) => return Err("an array"),
+        (Kind::Map(_) | Kind::Record(_), _) => return Err("an object"),
+    })
+}
+
+fn branch_name(s: &CompiledSchema, id: NodeId) -> Cow<'_, str> {
+    let n = s.node(id);
+    if let Some(full) = &n.fullname {
+        return Cow::Borrowed(full);
+    }
+    Cow::Borrowed(match n.kind {
+        Kind::Null => "null",
+        Kind::Boolean => "boolean",
+        Kind::Int => "int",
+        Kind::Long => "long",
+        Kind::Float => "float",
+        Kind::Double => "double",
+        Kind::Bytes => "bytes",
+        Kind::String | Kind::Uuid => "string",
+        Kind::Array(_) => "array",
+        Kind::Map(_) => "map",
+        _ => "",
+    })
+}
+
+fn resolve_union<'a, 's>(
+    s: &'s CompiledSchema,
+    branches: &[NodeId],
+    v: &'a Value,
+    path: &mut Vec<&'s str>,
+    depth: usize,
+) -> Result<Datum<'a>, &'static str> {
+    // The Avro JSON encoding: {"<branch type name>": value}.
+    if let Value::Object(o) = v {
+        if o.len() == 1 {
+            let (k, inner) = o.iter().next().expect("one entry");
+            for (i, b) in branches.iter().enumerate() {
+                let name = branch_name(s, *b);
+                let short = name.rsplit('.').next().unwrap_or(&name);
+                if (k == name.as_ref() || k == short) && !matches!(s.node(*b).kind, Kind::Map(_)) {
+                    return Ok(Datum::Union(
+                        i as u32,
+                        Box::new(resolve_node(s, *b, inner, path, depth + 1)?),
+                    ));
+                }
+            }
+        }
+    }
+    let mut first_err = "a value of one of the union's branches";
+    let depth_before = path.len();
+    for (i, b) in branches.iter().enumerate() {
+        match resolve_node(s, *b, v, path, depth + 1) {
+            Ok(d) => return Ok(Datum::Union(i as u32, Box::new(d))),
+            Err(e) => {
+                path.truncate(depth_before);
+                if !matches!(s.node(*b).kind, Kind::Null) {
+                    first_err = e;
+                }
+            }
+        }
+    }
+    Err(first_err)
+}
+
+fn default_datum(
+    s: &CompiledSchema,
+    id: NodeId,
+    def: &Value,
+) -> Result<Datum<'static>, &'static str> {
+    // A union's default belongs to its first branch.
+    match &s.node(id).kind {
+        Kind::Union(branches) => {
+            let first = *branches.first().ok_or("a union with branches")?;
+            Ok(Datum::Union(0, Box::new(default_datum(s, first, def)?)))
+        }
+        _ => resolve_node(s, id, def, &mut Vec::new(), 0)
+            .map(Datum::into_owned)
+            .map_err(|_| "a default that fits its type"),
+    }
+}
+
+fn latin1_string(b: &[u8]) -> String {
+    b.iter().map(|&c| char::from(c)).collect()
+}
+
+/// Renders a datum of the node's type as plain JSON: records as objects,
+/// enums as symbols, unions as their value, bytes as latin-1 strings.
+pub fn render(s: &CompiledSchema, id: NodeId, d: &Datum<'_>) -> Value {
+    match (&s.node(id).kind, d) {
+        (_, Datum::Null) => Value::Null,
+        (_, Datum::Boolean(b)) => Value::Bool(*b),
+        (_, Datum::Int(i)) => Value::from(*i),
+        (_, Datum::Long(l)) => Value::from(*l),
+        (_, Datum::Float(f)) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
+        (_, Datum::Double(f)) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        (_, Datum::Bytes(b) | Datum::Fixed(b)) => Value::String(latin1_string(b)),
+        (_, Datum::String(x)) => Value::String(x.to_string()),
+        (Kind::Enum(symbols), Datum::Enum(i)) => symbols
+            .get(*i as usize)
+            .map_or(Value::Null, |x| Value::String(x.clone())),
+        (Kind::Array(items), Datum::Array(xs)) => {
+            Value::Array(xs.iter().map(|x| render(s, *items, x)).collect())
+        }
+        (Kind::Map(values), Datum::Map(entries)) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, x)| (k.to_string(), render(s, *values, x)))
+                .collect::<Map<_, _>>(),
+        ),
+        (Kind::Union(branches), Datum::Union(i, inner)) => match branches.get(*i as usize) {
+            Some(b) => render(s, *b, inner),
+            None => Value::Null,
+        },
+        (Kind::Record(fields), Datum::Record(values)) => Value::Object(
+            fields
+                .iter()
+                .zip(values)
+                .map(|(f, x)| (f.name.clone(), render(s, f.node, x)))
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::TagMap;
+    use serde_json::json;
+
+    fn schema() -> CompiledSchema {
+        CompiledSchema::compile(
+            r#"{"type":"record","name":"R","namespace":"t","fields":[
+              {"name":"id","type":"string"},
+              {"name":"n","type":["null","long"],"default":null},
+              {"name":"pay","type":[
+                 {"type":"record","name":"Card","fields":[{"name":"last4","type":"string"}]},
+                 {"type":"record","name":"Wallet","fields":[{"name":"provider","type":"string"}]}]},
+              {"name":"tags","type":{"type":"array","items":"string"},"default":[]}]}"#,
+            &TagMap::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn unknown_keys_are_dropped_and_defaults_filled() {
+        let s = schema();
+        let v = json!({"id": "a", "pay": {"provider": "x"}, "secret": "never forwarded"});
+        let d = resolve(&s, &v).unwrap();
+        let back = render(&s, s.root(), &d);
+        assert_eq!(
+            back,
+            json!({"id": "a", "n": null, "pay": {"provider": "x"}, "tags": []})
+        );
+    }
+
+    #[test]
+    fn tagged_union_form_is_accepted() {
+        let s = schema();
+        let v = json!({"id": "a", "n": {"long": 5}, "pay": {"t.Card": {"last4": "1234"}}});
+        let d = resolve(&s, &v).unwrap();
+        assert_eq!(render(&s, s.root(), &d)["n"], json!(5));
+        assert_eq!(render(&s, s.root(), &d)["pay"], json!({"last4": "1234"}));
+    }
+
+    #[test]
+    fn mismatch_names_the_path_not_the_value() {
+        let s = schema();
+        let err = resolve(&s, &json!({"id": 7, "pay": {"provider": "x"}})).unwrap_err();
+        assert_eq!(err.path, "id");
+        assert!(!err.to_string().contains('7'));
+        let err = resolve(&s, &json!({"id": "x"})).unwrap_err();
+        assert_eq!(err.path, "pay");
+    }
+}

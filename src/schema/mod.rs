@@ -1,0 +1,604 @@
+//! Compiled writer schemas.
+//!
+//! An Avro schema (JSON text, as the registry holds it) is compiled once into
+//! an arena of [`Node`]s with names resolved and every record field
+//! classified (see [`crate::classify`]). Decoding, validation and projection
+//! walk this arena; nothing re-parses or re-resolves a schema per record.
+//!
+//! The text is also parsed by `apache-avro`, so a schema that the reference
+//! implementation rejects is rejected here too.
+
+pub mod binary;
+pub mod json;
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::classify::{self, FieldClass, Redact, TagMap};
+use crate::record::{Datum, Tier};
+
+/// Index of a node in a [`CompiledSchema`].
+pub type NodeId = usize;
+
+/// The shape of a schema node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// `null`
+    Null,
+    /// `boolean`
+    Boolean,
+    /// `int` (also `date`, `time-millis`)
+    Int,
+    /// `long` (also timestamps)
+    Long,
+    /// `float`
+    Float,
+    /// `double`
+    Double,
+    /// `bytes` (also `decimal` on bytes)
+    Bytes,
+    /// `string`
+    String,
+    /// `string` with `logicalType: uuid`
+    Uuid,
+    /// `fixed` of this size
+    Fixed(usize),
+    /// `enum` with these symbols
+    Enum(Vec<String>),
+    /// `array` of items
+    Array(NodeId),
+    /// `map` of values
+    Map(NodeId),
+    /// `union` of branches
+    Union(Vec<NodeId>),
+    /// `record` with fields
+    Record(Vec<Field>),
+}
+
+/// A record field, classified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// Field name.
+    pub name: String,
+    /// Field type.
+    pub node: NodeId,
+    /// Tier and treatment.
+    pub class: FieldClass,
+    /// The field's JSON attributes (everything but `type`), for derived schemas.
+    pub attrs: Map<String, Value>,
+}
+
+/// A schema node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Its shape.
+    pub kind: Kind,
+    /// Full name of a named type (record, enum, fixed).
+    pub fullname: Option<String>,
+    /// The node's own JSON without its children (`fields`, `items`,
+    /// `values`), for derived schemas.
+    pub attrs: Value,
+}
+
+/// Why a schema cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{path}: {message}")]
+pub struct SchemaError {
+    /// Where in the schema (`fields.data.fields.email`).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SchemaError {
+    fn new(path: &str, message: impl Into<String>) -> Self {
+        SchemaError {
+            path: if path.is_empty() {
+                "<root>".to_owned()
+            } else {
+                path.to_owned()
+            },
+            message: message.into(),
+        }
+    }
+}
+
+/// A writer schema compiled for the pipeline.
+#[derive(Debug, Clone)]
+pub struct CompiledSchema {
+    nodes: Vec<Node>,
+    root: NodeId,
+    has_hash: bool,
+    envelope: Result<Envelope, String>,
+}
+
+/// Positions of the canonical envelope fields in the root record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope {
+    /// `event_id`
+    pub event_id: usize,
+    /// `event_type`
+    pub event_type: usize,
+    /// `entity_type`
+    pub entity_type: usize,
+    /// `entity_id`
+    pub entity_id: usize,
+    /// `entity_version`
+    pub entity_version: usize,
+    /// `occurred_at`
+    pub occurred_at: usize,
+    /// `schema_version`
+    pub schema_version: usize,
+    /// `privacy_tier`
+    pub privacy_tier: usize,
+    /// `trace_id`, if the schema has it
+    pub trace_id: Option<usize>,
+    /// `correlation_id`, if the schema has it
+    pub correlation_id: Option<usize>,
+}
+
+impl CompiledSchema {
+    /// Compiles schema text.
+    ///
+    /// # Errors
+    /// A [`SchemaError`] when the text is not JSON, not valid Avro, or carries
+    /// annotations that cannot be read (an unknown tier, `redact: hash` on a
+    /// type that cannot be hashed).
+    pub fn compile(text: &str, tags: &TagMap) -> Result<Self, SchemaError> {
+        let json: Value = serde_json::from_str(text)
+            .map_err(|e| SchemaError::new("", format!("not JSON: {e}")))?;
+        apache_avro::Schema::parse(&json)
+            .map_err(|e| SchemaError::new("", format!("not a valid Avro schema: {e}")))?;
+        let mut c = Compiler {
+            nodes: Vec::new(),
+            names: HashMap::new(),
+            tags,
+            has_hash: false,
+        };
+        let root = c.parse(&json, None, "")?;
+        let mut schema = CompiledSchema {
+            nodes: c.nodes,
+            root,
+            has_hash: c.has_hash,
+            envelope: Err(String::new()),
+        };
+        schema.envelope = schema.find_envelope();
+        Ok(schema)
+    }
+
+    /// The root node.
+    pub fn root(&self) -> NodeId {
+        self.root
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id]
+    }
+
+    /// The root record's fields (empty when the root is not a record).
+    pub fn root_fields(&self) -> &[Field] {
+        match &self.nodes[self.root].kind {
+            Kind::Record(fields) => fields,
+            _ => &[],
+        }
+    }
+
+    /// The root record's full name.
+    pub fn fullname(&self) -> Option<&str> {
+        self.nodes[self.root].fullname.as_deref()
+    }
+
+    /// True when some field asks for `redact: hash`.
+    pub fn has_hash(&self) -> bool {
+        self.has_hash
+    }
+
+    /// The envelope view, or why this schema is not an event envelope.
+    ///
+    /// # Errors
+    /// A text naming the missing or mistyped envelope field.
+    pub fn envelope(&self) -> Result<&Envelope, &str> {
+        self.envelope.as_ref().map_err(String::as_str)
+    }
+
+    /// The symbol of an enum value, or the string itself.
+    pub fn symbol<'d>(&'d self, node: NodeId, datum: &'d Datum<'_>) -> Option<&'d str> {
+        match (&self.nodes[node].kind, datum) {
+            (Kind::Enum(symbols), Datum::Enum(i)) => symbols.get(*i as usize).map(String::as_str),
+            (Kind::Union(branches), Datum::Union(i, inner)) => {
+                self.symbol(*branches.get(*i as usize)?, inner)
+            }
+            (_, Datum::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Every field of every record reachable from the root, with its path, in
+    /// schema order (each named record once).
+    pub fn fields_with_paths(&self) -> Vec<(String, &Field)> {
+        let mut out = Vec::new();
+        let mut seen = vec![false; self.nodes.len()];
+        self.collect_fields(self.root, "", &mut seen, &mut out);
+        out
+    }
+
+    fn collect_fields<'s>(
+        &'s self,
+        id: NodeId,
+        path: &str,
+        seen: &mut [bool],
+        out: &mut Vec<(String, &'s Field)>,
+    ) {
+        if std::mem::replace(&mut seen[id], true) {
+            return;
+        }
+        match &self.nodes[id].kind {
+            Kind::Record(fields) => {
+                for f in fields {
+                    let p = if path.is_empty() {
+                        f.name.clone()
+                    } else {
+                        format!("{path}.{}", f.name)
+                    };
+                    out.push((p.clone(), f));
+                    self.collect_fields(f.node, &p, seen, out);
+                }
+            }
+            Kind::Array(c) => self.collect_fields(*c, &format!("{path}[]"), seen, out),
+            Kind::Map(c) => self.collect_fields(*c, &format!("{path}{{}}"), seen, out),
+            Kind::Union(bs) => {
+                for b in bs {
+                    self.collect_fields(*b, path, seen, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn find_envelope(&self) -> Result<Envelope, String> {
+        let fields = match &self.nodes[self.root].kind {
+            Kind::Record(fields) => fields,
+            _ => return Err("the schema is not a record".to_owned()),
+        };
+        let find = |name: &str, ok: &dyn Fn(&Kind) -> bool| -> Result<usize, String> {
+            let i = fields
+                .iter()
+                .position(|f| f.name == name)
+                .ok_or_else(|| format!("the envelope field {name} is missing"))?;
+            if ok(&self.nodes[fields[i].node].kind) {
+                Ok(i)
+            } else {
+                Err(format!("the envelope field {name} has the wrong type"))
+            }
+        };
+        let stringy = |k: &Kind| matches!(k, Kind::String | Kind::Uuid);
+        let integral = |k: &Kind| matches!(k, Kind::Int | Kind::Long);
+        let symbolic = |k: &Kind| matches!(k, Kind::Enum(_) | Kind::String);
+        let optional_id = |name: &str| fields.iter().position(|f| f.name == name);
+        Ok(Envelope {
+            event_id: find("event_id", &stringy)?,
+            event_type: find("event_type", &|k| matches!(k, Kind::String))?,
+            entity_type: find("entity_type", &symbolic)?,
+            entity_id: find("entity_id", &stringy)?,
+            entity_version: find("entity_version", &integral)?,
+            occurred_at: find("occurred_at", &|k| matches!(k, Kind::String))?,
+            schema_version: find("schema_version", &integral)?,
+            privacy_tier: find("privacy_tier", &symbolic)?,
+            trace_id: optional_id("trace_id"),
+            correlation_id: optional_id("correlation_id"),
+        })
+    }
+
+    /// True when the node is a string that `redact: hash` can replace
+    /// (`string`, `uuid`, or a union of `null` and one of those).
+    pub fn hashable(&self, id: NodeId) -> bool {
+        hashable(&self.nodes, id)
+    }
+}
+
+fn hashable(nodes: &[Node], id: NodeId) -> bool {
+    let stringy = |id: &NodeId| matches!(nodes[*id].kind, Kind::String | Kind::Uuid);
+    match &nodes[id].kind {
+        Kind::String | Kind::Uuid => true,
+        Kind::Union(bs) => {
+            bs.len() == 2
+                && bs.iter().filter(|b| stringy(b)).count() == 1
+                && bs.iter().any(|b| nodes[*b].kind == Kind::Null)
+        }
+        _ => false,
+    }
+}
+
+struct Compiler<'t> {
+    nodes: Vec<Node>,
+    names: HashMap<String, NodeId>,
+    tags: &'t TagMap,
+    has_hash: bool,
+}
+
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+fn join(path: &str, part: &str) -> String {
+    if path.is_empty() {
+        part.to_owned()
+    } else {
+        format!("{path}.{part}")
+    }
+}
+
+impl Compiler<'_> {
+    fn push(&mut self, kind: Kind, fullname: Option<String>, attrs: Value) -> NodeId {
+        self.nodes.push(Node {
+            kind,
+            fullname,
+            attrs,
+        });
+        self.nodes.len() - 1
+    }
+
+    fn parse(&mut self, v: &Value, ns: Option<&str>, path: &str) -> Result<NodeId, SchemaError> {
+        match v {
+            Value::String(s) => self.named_or_primitive(s, v.clone(), ns, path),
+            Value::Array(branches) => {
+                let mut ids = Vec::with_capacity(branches.len());
+                for (i, b) in branches.iter().enumerate() {
+                    ids.push(self.parse(b, ns, &format!("{path}[{i}]"))?);
+                }
+                Ok(self.push(Kind::Union(ids), None, Value::Null))
+            }
+            Value::Object(o) => self.parse_object(o, ns, path),
+            _ => Err(SchemaError::new(path, "expected a type")),
+        }
+    }
+
+    fn named_or_primitive(
+        &mut self,
+        name: &str,
+        attrs: Value,
+        ns: Option<&str>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        let logical = attrs.get("logicalType").and_then(Value::as_str);
+        let kind = match name {
+            "null" => Kind::Null,
+            "boolean" => Kind::Boolean,
+            "int" => Kind::Int,
+            "long" => Kind::Long,
+            "float" => Kind::Float,
+            "double" => Kind::Double,
+            "bytes" => Kind::Bytes,
+            "string" if logical == Some("uuid") => Kind::Uuid,
+            "string" => Kind::String,
+            _ => {
+                let full = if name.contains('.') {
+                    name.to_owned()
+                } else {
+                    ns.filter(|n| !n.is_empty())
+                        .map_or_else(|| name.to_owned(), |n| format!("{n}.{name}"))
+                };
+                let id = self
+                    .names
+                    .get(&full)
+                    .or_else(|| self.names.get(name))
+                    .ok_or_else(|| SchemaError::new(path, "reference to an undefined type"))?;
+                return Ok(*id);
+            }
+        };
+        Ok(self.push(kind, None, attrs))
+    }
+
+    fn parse_object(
+        &mut self,
+        o: &Map<String, Value>,
+        ns: Option<&str>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        let ty = o
+            .get("type")
+            .ok_or_else(|| SchemaError::new(path, "a type object needs \"type\""))?;
+        let ty = match ty {
+            Value::String(s) => s.as_str(),
+            nested => return self.parse(nested, ns, path),
+        };
+        match ty {
+            "record" | "error" | "enum" | "fixed" => self.parse_named(ty, o, ns, path),
+            "array" | "map" => {
+                let key = if ty == "array" { "items" } else { "values" };
+                let child = o
+                    .get(key)
+                    .ok_or_else(|| SchemaError::new(path, format!("{ty} needs \"{key}\"")))?;
+                let child = self.parse(child, ns, &join(path, key))?;
+                let mut attrs = o.clone();
+                attrs.remove(key);
+                let kind = if ty == "array" {
+                    Kind::Array(child)
+                } else {
+                    Kind::Map(child)
+                };
+                Ok(self.push(kind, None, Value::Object(attrs)))
+            }
+            _ if PRIMITIVES.contains(&ty) => {
+                self.named_or_primitive(ty, Value::Object(o.clone()), ns, path)
+            }
+            other => self.named_or_primitive(other, Value::String(other.to_owned()), ns, path),
+        }
+    }
+
+    fn parse_named(
+        &mut self,
+        ty: &str,
+        o: &Map<String, Value>,
+        ns: Option<&str>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        let name = o
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SchemaError::new(path, format!("{ty} needs a \"name\"")))?;
+        let (fullname, own_ns) = match name.rsplit_once('.') {
+            Some((n, _)) => (name.to_owned(), Some(n.to_owned())),
+            None => {
+                let n = match o.get("namespace").and_then(Value::as_str) {
+                    Some(n) => Some(n.to_owned()),
+                    None => ns.map(str::to_owned),
+                };
+                let full = match n.as_deref() {
+                    Some(n) if !n.is_empty() => format!("{n}.{name}"),
+                    _ => name.to_owned(),
+                };
+                (full, n)
+            }
+        };
+        let mut attrs = o.clone();
+        attrs.insert("name".to_owned(), Value::String(fullname.clone()));
+        attrs.insert(
+            "namespace".to_owned(),
+            Value::String(own_ns.clone().unwrap_or_default()),
+        );
+        let kind = match ty {
+            "enum" => {
+                let symbols = o
+                    .get("symbols")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| SchemaError::new(path, "enum needs \"symbols\""))?
+                    .iter()
+                    .map(|s| s.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| SchemaError::new(path, "enum symbols must be strings"))?;
+                Kind::Enum(symbols)
+            }
+            "fixed" => Kind::Fixed(
+                o.get("size")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| SchemaError::new(path, "fixed needs \"size\""))?
+                    as usize,
+            ),
+            _ => {
+                attrs.remove("fields");
+                Kind::Record(Vec::new())
+            }
+        };
+        let id = self.push(kind, Some(fullname.clone()), Value::Object(attrs));
+        self.names.insert(fullname, id);
+        if ty == "record" || ty == "error" {
+            let fields = self.parse_fields(o, own_ns.as_deref(), path)?;
+            self.nodes[id].kind = Kind::Record(fields);
+        }
+        Ok(id)
+    }
+
+    fn parse_fields(
+        &mut self,
+        record: &Map<String, Value>,
+        ns: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<Field>, SchemaError> {
+        let default =
+            classify::record_default(record).map_err(|e| SchemaError::new(path, e.to_string()))?;
+        let raw = record
+            .get("fields")
+            .and_then(Value::as_array)
+            .ok_or_else(|| SchemaError::new(path, "record needs \"fields\""))?;
+        let mut fields = Vec::with_capacity(raw.len());
+        for f in raw {
+            let f = f
+                .as_object()
+                .ok_or_else(|| SchemaError::new(path, "a field must be an object"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| SchemaError::new(path, "a field needs a \"name\""))?;
+            let fpath = join(path, &format!("fields.{name}"));
+            let ty = f
+                .get("type")
+                .ok_or_else(|| SchemaError::new(&fpath, "a field needs a \"type\""))?;
+            let node = self.parse(ty, ns, &fpath)?;
+            let class = classify::classify_field(f, default, self.tags)
+                .map_err(|e| SchemaError::new(&fpath, e.to_string()))?;
+            if class.redact == Redact::Hash {
+                self.has_hash = true;
+                if !hashable(&self.nodes, node) {
+                    return Err(SchemaError::new(
+                        &fpath,
+                        "\"redact\": \"hash\" needs a string, uuid or [\"null\", \"string\"] field",
+                    ));
+                }
+            }
+            let mut attrs = f.clone();
+            attrs.remove("type");
+            fields.push(Field {
+                name: name.to_owned(),
+                node,
+                class,
+                attrs,
+            });
+        }
+        Ok(fields)
+    }
+}
+
+/// The strictest tier of any non-null value in `datum` (a value's tier is
+/// the highest label on its path from the root), with the path of the first
+/// field that reaches it. Used for the declared-tier check; the path names
+/// schema fields only, never values.
+pub fn max_present_tier(schema: &CompiledSchema, datum: &Datum<'_>) -> (Tier, Option<String>) {
+    fn walk<'s>(
+        s: &'s CompiledSchema,
+        id: NodeId,
+        d: &Datum<'_>,
+        ceiling: Tier,
+        path: &mut Vec<&'s str>,
+        best: &mut (Tier, Option<String>),
+    ) {
+        match (&s.nodes[id].kind, d) {
+            (Kind::Record(fields), Datum::Record(values)) => {
+                for (f, v) in fields.iter().zip(values) {
+                    if best.0 == Tier::Restricted {
+                        return;
+                    }
+                    if v.is_null() {
+                        continue;
+                    }
+                    let t = ceiling.max(f.class.tier);
+                    path.push(&f.name);
+                    if t > best.0 {
+                        *best = (t, Some(path.join(".")));
+                    }
+                    walk(s, f.node, v, t, path, best);
+                    path.pop();
+                }
+            }
+            (Kind::Array(c), Datum::Array(items)) => {
+                for item in items {
+                    walk(s, *c, item, ceiling, path, best);
+                }
+            }
+            (Kind::Map(c), Datum::Map(entries)) => {
+                for (_, v) in entries {
+                    walk(s, *c, v, ceiling, path, best);
+                }
+            }
+            (Kind::Union(bs), Datum::Union(i, inner)) => {
+                if let Some(b) = bs.get(*i as usize) {
+                    walk(s, *b, inner, ceiling, path, best);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = (Tier::Public, None);
+    walk(
+        schema,
+        schema.root,
+        datum,
+        Tier::Public,
+        &mut Vec::new(),
+        &mut best,
+    );
+    best
+}
