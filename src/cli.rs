@@ -61,9 +61,13 @@ pub enum Command {
 /// Where schemas and the topology come from.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Topology file; the built-in defaults when omitted.
-    #[arg(long, env = "PRIVACY_ROUTER_TOPOLOGY")]
-    pub topology: Option<PathBuf>,
+    /// Topology file.
+    #[arg(
+        long,
+        default_value = "topology/default.yaml",
+        env = "PRIVACY_ROUTER_TOPOLOGY"
+    )]
+    pub topology: PathBuf,
     /// Folder of Avro schemas for the file-backed registry.
     #[arg(long, default_value = "avro", env = "PRIVACY_ROUTER_SCHEMAS")]
     pub schemas: PathBuf,
@@ -146,15 +150,12 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Loads the topology (or the defaults).
+/// Loads and validates the topology.
 ///
 /// # Errors
 /// Every problem of the topology file.
-pub fn load_topology(path: Option<&Path>) -> Result<Topology> {
-    match path {
-        Some(p) => Topology::load(p).map_err(|e| anyhow::anyhow!("{e}")),
-        None => Ok(Topology::default_embedded()),
-    }
+pub fn load_topology(path: &Path) -> Result<Topology> {
+    Topology::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Builds the hasher from the secret, if one is set.
@@ -222,7 +223,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_replay(args: ReplayArgs) -> Result<()> {
-    let topology = load_topology(args.common.topology.as_deref())?;
+    let topology = load_topology(&args.common.topology)?;
     let mut engine = Engine::new(topology.engine.clone(), hasher(&args.secrets)?);
     let mut reg = load_file_registry(&args.common.schemas, &topology, &engine)?.registry;
     let (mut input, len): (Box<dyn BufRead>, Option<u64>) = if args.input == Path::new("-") {
@@ -260,7 +261,7 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
 }
 
 fn run_sample(args: SampleArgs) -> Result<()> {
-    let topology = load_topology(args.common.topology.as_deref())?;
+    let topology = load_topology(&args.common.topology)?;
     let reg = file::load(
         &args.common.schemas,
         &topology.engine.subjects,

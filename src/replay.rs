@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::order::{MemoryStore, VersionStore};
+use crate::order::{MemoryStore, Verdict, VersionStore};
 use crate::pipeline::{Engine, Outcome, SchemaLookup};
 use crate::record::{OutRecord, RawRecord, Source, Tier};
 use crate::schema::{binary, json as sjson, CompiledSchema};
@@ -226,7 +226,17 @@ pub fn replay(
         match outcome {
             Outcome::Routed(r) => {
                 *summary.verdicts.entry(r.verdict.label()).or_default() += 1;
-                summary.tier_mismatches += u64::from(r.tier_mismatch.is_some());
+                if let Some(field) = &r.tier_mismatch {
+                    summary.tier_mismatches += 1;
+                    tracing::info!(offset, field = %field, "Event holds data above its declared privacy tier.");
+                }
+                if let Verdict::Gap { missing } = r.verdict {
+                    tracing::info!(
+                        offset,
+                        missing,
+                        "Entity version gap; emitted with x-version-gap."
+                    );
+                }
                 for rec in r.records {
                     let tier = sinks
                         .tiers
@@ -237,8 +247,16 @@ pub fn replay(
                     outputs.push((tier, rec));
                 }
             }
-            Outcome::Skipped(v) => *summary.verdicts.entry(v.label()).or_default() += 1,
+            Outcome::Skipped(v) => {
+                tracing::debug!(
+                    offset,
+                    verdict = v.label(),
+                    "Version already emitted; skipped."
+                );
+                *summary.verdicts.entry(v.label()).or_default() += 1;
+            }
             Outcome::DeadLettered { record, rejection } => {
+                tracing::warn!(offset, reason = rejection.reason.code(), detail = %rejection.detail, "Dead-lettered.");
                 *summary
                     .dead_letters
                     .entry(rejection.reason.code())

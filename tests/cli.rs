@@ -1,0 +1,180 @@
+//! The binary as a user runs it: the README's replay command, the sample
+//! generator, start-up refusals, and no payload value in any log line.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_privacy-router"))
+}
+
+const DEMO_KEY: &str = "demo-key-not-for-production";
+
+fn strings(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) => {
+            out.insert(s.clone());
+        }
+        Value::Array(xs) => xs.iter().for_each(|x| strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn readme_replay_shows_every_behaviour_and_logs_no_payload_value() {
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .args(["replay", "--out"])
+        .arg(out.path())
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    for line in [
+        "records read",
+        "-> public",
+        "-> internal",
+        "-> restricted",
+        "-> dead letter",
+        "order: accepted",
+        "order: duplicate",
+        "order: stale",
+        "order: gap",
+        "declared-tier mismatches",
+        "dead letter: malformed_json",
+        "dead letter: invalid_event_type",
+        "dead letter: unknown_event_type",
+        "dead letter: negative_cents",
+    ] {
+        assert!(stderr.contains(line), "summary lacks {line:?}:\n{stderr}");
+    }
+
+    assert!(
+        stderr.contains("Dead-lettered.") && stderr.contains("declared privacy tier"),
+        "the run logged its events"
+    );
+
+    // Every payload string of the sample's data (names, e-mails, addresses,
+    // ids...) is absent from the logs and the summary.
+    let mut values = BTreeSet::new();
+    for line in std::fs::read_to_string("samples/events.jsonl")
+        .unwrap()
+        .lines()
+    {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            strings(&v["data"], &mut values);
+            strings(&v["entity_id"], &mut values);
+            strings(&v["actor"]["actor_id"], &mut values);
+        }
+    }
+    let values: Vec<&String> = values.iter().filter(|s| s.len() >= 6).collect();
+    assert!(values.len() > 500);
+    for v in values {
+        assert!(
+            !stderr.contains(v.as_str()),
+            "a payload value reached the log: {v}"
+        );
+    }
+
+    // Public and internal hold no e-mail, phone or IP; restricted does.
+    let read = |n: &str| std::fs::read_to_string(out.path().join(n)).unwrap();
+    let pii = |text: &str| {
+        text.contains("@example.com") || text.contains("\"+1555") || text.contains("203.0.113.")
+    };
+    assert!(!pii(&read("public.jsonl")));
+    assert!(!pii(&read("internal.jsonl")));
+    assert!(pii(&read("restricted.jsonl")));
+    assert!(read("dead-letter.jsonl").lines().count() > 10);
+    for line in read("public.jsonl").lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["headers"]["privacy_tier"], "public");
+        assert_ne!(
+            v["headers"]["event_type"], "user.login_failed",
+            "security events are restricted-only"
+        );
+    }
+}
+
+#[test]
+fn replay_refuses_to_start_without_the_hash_key() {
+    let run = bin()
+        .args(["replay", "--out", "target/never"])
+        .env_remove("PRIVACY_ROUTER_HASH_KEY")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("PRIVACY_ROUTER_HASH_KEY"), "{stderr}");
+    assert!(!Path::new("target/never").exists());
+}
+
+#[test]
+fn a_broken_topology_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("bad.yaml");
+    std::fs::write(&t, "outputs:\n  public: events.x\n  internal: events.x\nprocessing:\n  commit_interval_ms: 0\n").unwrap();
+    let run = bin()
+        .args(["replay", "--topology"])
+        .arg(&t)
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("bad.yaml: 2 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("outputs.internal") && stderr.contains("processing.commit_interval_ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_shipped_sample_is_what_the_generator_writes() {
+    let run = bin().args(["sample", "--count", "400"]).output().unwrap();
+    assert!(run.status.success());
+    assert_eq!(
+        String::from_utf8(run.stdout).unwrap(),
+        std::fs::read_to_string("samples/events.jsonl").unwrap(),
+        "regenerate with: privacy-router sample --count 400 > samples/events.jsonl"
+    );
+}
+
+#[test]
+fn framed_samples_replay_like_json_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.bin");
+    let gen = bin()
+        .args([
+            "sample",
+            "--count",
+            "500",
+            "--no-anomalies",
+            "--format",
+            "framed",
+            "-o",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    let run = bin()
+        .arg("replay")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("order: accepted                    500"),
+        "{stderr}"
+    );
+}

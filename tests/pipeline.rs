@@ -1,0 +1,570 @@
+//! The whole pipeline, broker-free (in the manner of Kafka Streams'
+//! TopologyTestDriver): the default topology, the schemas in `avro/`, the
+//! file registry, an in-memory version store. Outputs are decoded with
+//! apache-avro and the derived schema the registry holds for their id.
+
+// apache-avro's one-shot datum reader is deprecated in favour of a builder;
+// it is the independent reference decoder here.
+#![allow(deprecated)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use privacy_router::config::Topology;
+use privacy_router::order::{MemoryStore, VersionStore};
+use privacy_router::pipeline::{Engine, Outcome, Routed, SchemaLookup};
+use privacy_router::project::Hasher;
+use privacy_router::record::{OutRecord, RawRecord, Reason, Source};
+use privacy_router::registry::{file, MemoryRegistry};
+use privacy_router::schema::{binary, json as sjson, CompiledSchema};
+
+const KEY: &[u8] = b"pipeline-test-key-0123456789";
+
+struct Driver {
+    engine: Engine,
+    registry: MemoryRegistry,
+    events: Vec<file::EventSchema>,
+    store: MemoryStore,
+    offset: i64,
+}
+
+impl Driver {
+    fn with(topology_yaml: &str) -> Driver {
+        let topology = Topology::parse(Path::new("test.yaml"), topology_yaml).unwrap();
+        Self::from_topology(&topology, Some(Hasher::new(KEY).unwrap()))
+    }
+
+    fn default_topology() -> Driver {
+        let topology = Topology::load(Path::new("topology/default.yaml")).unwrap();
+        Self::from_topology(&topology, Some(Hasher::new(KEY).unwrap()))
+    }
+
+    fn from_topology(topology: &Topology, hasher: Option<Hasher>) -> Driver {
+        let reg = file::load(
+            Path::new("avro"),
+            &topology.engine.subjects,
+            &topology.spec.input.topics,
+        )
+        .unwrap();
+        Driver {
+            engine: Engine::new(topology.engine.clone(), hasher),
+            registry: reg.registry,
+            events: reg.events,
+            store: MemoryStore::default(),
+            offset: 0,
+        }
+    }
+
+    fn pipe(&mut self, value: &[u8]) -> Outcome {
+        let source = Source {
+            topic: Arc::from("events.raw"),
+            partition: 3,
+            offset: self.offset,
+        };
+        self.offset += 1;
+        let headers = vec![("origin".to_owned(), b"test".to_vec())];
+        let raw = RawRecord {
+            source: &source,
+            key: Some(b"k"),
+            value: Some(value),
+            headers: &headers,
+        };
+        self.engine
+            .process(&raw, &mut self.store, &mut self.registry)
+            .unwrap()
+    }
+
+    fn pipe_json(&mut self, v: &Value) -> Outcome {
+        self.pipe(&serde_json::to_vec(v).unwrap())
+    }
+
+    fn framed(&self, v: &Value) -> Vec<u8> {
+        let et = v["event_type"].as_str().unwrap();
+        let e = self.events.iter().find(|e| e.event_type == et).unwrap();
+        let schema = CompiledSchema::compile(&e.text, &Default::default()).unwrap();
+        let d = sjson::resolve(&schema, v).unwrap();
+        let mut out = vec![0];
+        out.extend_from_slice(&e.id.to_be_bytes());
+        binary::encode(&d, &mut out);
+        out
+    }
+
+    /// Decodes a tier record with apache-avro and the registered derived schema.
+    fn decode(&mut self, r: &OutRecord) -> Value {
+        let v = r.value.as_deref().unwrap();
+        assert_eq!(v[0], 0, "Confluent magic byte");
+        let id = u32::from_be_bytes(v[1..5].try_into().unwrap());
+        let text = self.registry.schema_by_id(id).unwrap();
+        let schema = apache_avro::Schema::parse_str(&text).unwrap();
+        let d = apache_avro::from_avro_datum(&schema, &mut &v[5..], None).unwrap();
+        Value::try_from(d).unwrap()
+    }
+}
+
+fn routed(o: Outcome) -> Routed {
+    match o {
+        Outcome::Routed(r) => r,
+        other => panic!("expected routed, got {other:?}"),
+    }
+}
+
+fn rejected(o: Outcome) -> (OutRecord, Reason, String) {
+    match o {
+        Outcome::DeadLettered { record, rejection } => (record, rejection.reason, rejection.detail),
+        other => panic!("expected a dead letter, got {other:?}"),
+    }
+}
+
+fn user_created(version: i64) -> Value {
+    json!({
+        "event_id": "0b6f5f0e-7c57-4d0e-9a31-6d1f1c2b8e01",
+        "event_type": "user.created",
+        "entity_type": "user",
+        "entity_id": "65a1b2c3d4e5f60718293a4b",
+        "entity_version": version,
+        "occurred_at": "2026-05-01T12:00:00Z",
+        "trace_id": "2f0c8a8e-1d4b-4a5e-9b7a-3c2d1e0f9a8b",
+        "correlation_id": null,
+        "producer": "user-service",
+        "actor": {"actor_type": "USER", "actor_id": "65a1b2c3d4e5f60718293a4b"},
+        "schema_version": 1,
+        "privacy_tier": "restricted",
+        "data": {
+            "email": "sentinel.person@example.org",
+            "phone": "+15550001111",
+            "first_name": "Sentinelfirst",
+            "last_name": "Sentinellast",
+            "date_of_birth": "1991-02-03",
+            "role": "CONSUMER",
+            "signup_source": "WEB",
+            "referrer_user_id": "65ffffffffffffffffffffff",
+            "locale": "pt-PT",
+            "marketing_opt_in": true,
+            "signup_ip_address": "203.0.113.77",
+            "created_at": "2026-05-01T11:59:00Z",
+            "unknown_extra_key": "must-never-be-forwarded"
+        }
+    })
+}
+
+const PII: [&str; 7] = [
+    "sentinel.person@example.org",
+    "+15550001111",
+    "Sentinelfirst",
+    "Sentinellast",
+    "1991-02-03",
+    "203.0.113.77",
+    "must-never-be-forwarded",
+];
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn user_created_reaches_each_tier_with_its_projection() {
+    let mut d = Driver::default_topology();
+    let r = routed(d.pipe_json(&user_created(1)));
+    assert_eq!(r.records.len(), 3);
+    let h = Hasher::new(KEY).unwrap();
+    let pseudo = |s: &str| h.pseudonym(s.as_bytes());
+    let [public, internal, restricted] = [0, 1, 2].map(|i| r.records[i].clone());
+    assert_eq!(&*public.topic, "events.public");
+    assert_eq!(&*internal.topic, "events.internal");
+    assert_eq!(&*restricted.topic, "events.restricted");
+
+    // Keys: entity_id where the tier may see it, its pseudonym otherwise.
+    assert_eq!(
+        public.key.as_deref(),
+        Some(pseudo("65a1b2c3d4e5f60718293a4b").as_bytes())
+    );
+    assert_eq!(
+        internal.key.as_deref(),
+        Some(&b"65a1b2c3d4e5f60718293a4b"[..])
+    );
+    assert_eq!(
+        restricted.key.as_deref(),
+        Some(&b"65a1b2c3d4e5f60718293a4b"[..])
+    );
+    for (rec, tier) in [
+        (&public, "public"),
+        (&internal, "internal"),
+        (&restricted, "restricted"),
+    ] {
+        assert_eq!(rec.header("event_type"), Some(&b"user.created"[..]));
+        assert_eq!(rec.header("entity_type"), Some(&b"user"[..]));
+        assert_eq!(rec.header("entity_version"), Some(&b"1"[..]));
+        assert_eq!(rec.header("privacy_tier"), Some(tier.as_bytes()));
+    }
+
+    let p = d.decode(&public);
+    assert_eq!(
+        p,
+        json!({
+            "event_id": "0b6f5f0e-7c57-4d0e-9a31-6d1f1c2b8e01", "event_type": "user.created",
+            "entity_type": "user", "entity_id": pseudo("65a1b2c3d4e5f60718293a4b"), "entity_version": 1,
+            "occurred_at": "2026-05-01T12:00:00Z",
+            "actor": {"actor_type": "USER", "actor_id": pseudo("65a1b2c3d4e5f60718293a4b")},
+            "schema_version": 1, "privacy_tier": "restricted",
+            "data": {"email": pseudo("sentinel.person@example.org")}
+        })
+    );
+    let i = d.decode(&internal);
+    assert_eq!(
+        i["data"],
+        json!({"email": pseudo("sentinel.person@example.org"), "role": "CONSUMER", "signup_source": "WEB",
+               "referrer_user_id": "65ffffffffffffffffffffff", "locale": "pt-PT", "marketing_opt_in": true,
+               "created_at": "2026-05-01T11:59:00Z"})
+    );
+    assert_eq!(i["trace_id"], json!("2f0c8a8e-1d4b-4a5e-9b7a-3c2d1e0f9a8b"));
+    assert_eq!(i["producer"], json!("user-service"));
+    assert_eq!(i["actor"]["actor_id"], json!("65a1b2c3d4e5f60718293a4b"));
+    let mut full = user_created(1);
+    full["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("unknown_extra_key");
+    assert_eq!(d.decode(&restricted), full);
+
+    for rec in [&public, &internal] {
+        for pii in PII {
+            assert!(
+                !contains(rec.value.as_deref().unwrap(), pii),
+                "{pii} leaked to {}",
+                rec.topic
+            );
+        }
+    }
+    assert!(!contains(
+        restricted.value.as_deref().unwrap(),
+        "must-never-be-forwarded"
+    ));
+    assert_eq!(r.state.key, b"user/65a1b2c3d4e5f60718293a4b");
+    assert_eq!(r.state.version, 1);
+    assert_eq!(r.tier_mismatch, None);
+}
+
+#[test]
+fn framed_avro_and_json_give_the_same_records() {
+    let mut a = Driver::default_topology();
+    let mut b = Driver::default_topology();
+    let mut v = user_created(1);
+    v["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("unknown_extra_key");
+    let framed = b.framed(&v);
+    assert_eq!(
+        routed(a.pipe_json(&v)).records,
+        routed(b.pipe(&framed)).records
+    );
+}
+
+#[test]
+fn security_events_reach_restricted_only() {
+    let mut d = Driver::default_topology();
+    let v = json!({
+        "event_id": "0b6f5f0e-7c57-4d0e-9a31-6d1f1c2b8e02", "event_type": "user.login_failed",
+        "entity_type": "user", "entity_id": "u1", "entity_version": 1, "occurred_at": "2026-05-01T12:00:00Z",
+        "producer": "auth", "actor": {"actor_type": "SYSTEM"}, "schema_version": 1, "privacy_tier": "restricted",
+        "data": d_login_failed()
+    });
+    let r = routed(d.pipe_json(&v));
+    let topics: Vec<&str> = r.records.iter().map(|r| &*r.topic).collect();
+    assert_eq!(topics, ["events.restricted"]);
+}
+
+fn d_login_failed() -> Value {
+    let text = std::fs::read_to_string("avro/events/user/user.login_failed.avsc").unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    // A value for every field from the schema, by type.
+    fn fill(t: &Value) -> Value {
+        match t {
+            Value::String(s) if s == "string" => json!("2026-05-01T12:00:00Z"),
+            Value::String(s) if s == "long" || s == "int" => json!(1),
+            Value::String(s) if s == "boolean" => json!(false),
+            Value::Array(_) => Value::Null,
+            Value::Object(o) if o["type"] == "enum" => o["symbols"][0].clone(),
+            Value::Object(o) if o["type"] == "string" => {
+                json!("6f1c1f1e-8a33-4a55-9d0c-2b9a7f2e9a11")
+            }
+            Value::Object(o) if o["type"] == "array" => json!([]),
+            Value::Object(o) if o["type"] == "map" => json!({}),
+            Value::Object(o) if o["type"] == "record" => Value::Object(
+                o["fields"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| (f["name"].as_str().unwrap().to_owned(), fill(&f["type"])))
+                    .collect(),
+            ),
+            other => panic!("unexpected type {other}"),
+        }
+    }
+    fill(&schema)
+}
+
+#[test]
+fn duplicates_and_stale_versions_are_skipped_and_gaps_flagged() {
+    let mut d = Driver::default_topology();
+    routed(d.pipe_json(&user_created(1)));
+    routed(d.pipe_json(&user_created(2)));
+    assert!(
+        matches!(d.pipe_json(&user_created(2)), Outcome::Skipped(v) if v.label() == "duplicate")
+    );
+    assert!(matches!(d.pipe_json(&user_created(1)), Outcome::Skipped(v) if v.label() == "stale"));
+    let gap = routed(d.pipe_json(&user_created(5)));
+    assert_eq!(gap.verdict.label(), "gap");
+    for r in &gap.records {
+        assert_eq!(r.header("x-version-gap"), Some(&b"2"[..]));
+    }
+    routed(d.pipe_json(&user_created(6)));
+}
+
+#[test]
+fn gap_can_be_dead_lettered_without_moving_the_state() {
+    let mut d = Driver::with("ordering: {on_gap: dead_letter}");
+    routed(d.pipe_json(&user_created(1)));
+    let (_, reason, _) = rejected(d.pipe_json(&user_created(4)));
+    assert_eq!(reason, Reason::VersionGap);
+    assert_eq!(
+        routed(d.pipe_json(&user_created(2))).verdict.label(),
+        "accepted"
+    );
+}
+
+#[test]
+fn declared_tier_mismatch_is_flagged_or_dead_lettered() {
+    let mut v = user_created(1);
+    v["privacy_tier"] = json!("public");
+    let mut d = Driver::default_topology();
+    let r = routed(d.pipe_json(&v));
+    assert_eq!(r.tier_mismatch.as_deref(), Some("data.email"));
+    assert_eq!(r.records.len(), 3);
+
+    let mut d = Driver::with("classification: {on_tier_mismatch: dead_letter}");
+    let (rec, reason, detail) = rejected(d.pipe_json(&v));
+    assert_eq!(reason, Reason::TierMismatch);
+    assert!(detail.contains("data.email"), "{detail}");
+    assert_eq!(
+        rec.value.as_deref(),
+        Some(serde_json::to_vec(&v).unwrap().as_slice())
+    );
+}
+
+#[test]
+fn invalid_records_are_dead_lettered_unchanged_with_reason_and_source() {
+    let mut d = Driver::default_topology();
+    let good = user_created(1);
+    let with = |path: &[&str], x: Value| {
+        let mut v = good.clone();
+        let mut t = &mut v;
+        for p in &path[..path.len() - 1] {
+            t = &mut t[*p];
+        }
+        t[path[path.len() - 1]] = x;
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut without_data = good.clone();
+    without_data.as_object_mut().unwrap().remove("data");
+    let framed = d.framed(&{
+        let mut v = good.clone();
+        v["data"]
+            .as_object_mut()
+            .unwrap()
+            .remove("unknown_extra_key");
+        v
+    });
+    let mut unknown_id = framed.clone();
+    unknown_id[1..5].copy_from_slice(&4_000_000u32.to_be_bytes());
+    let cases: Vec<(Vec<u8>, Reason)> = vec![
+        (Vec::new(), Reason::EmptyValue),
+        (vec![0, 0, 1], Reason::TruncatedFrame),
+        (b"\x07garbage".to_vec(), Reason::UnknownMagicByte),
+        (unknown_id, Reason::UnknownSchemaId),
+        (framed[..framed.len() - 3].to_vec(), Reason::MalformedAvro),
+        ([framed.as_slice(), &[1, 2]].concat(), Reason::MalformedAvro),
+        (b"{\"event_type\": ".to_vec(), Reason::MalformedJson),
+        (
+            with(&["event_type"], json!("User.Created")),
+            Reason::InvalidEventType,
+        ),
+        (
+            with(&["event_type"], json!("user.teleported")),
+            Reason::UnknownEventType,
+        ),
+        (
+            serde_json::to_vec(&without_data).unwrap(),
+            Reason::SchemaMismatch,
+        ),
+        (
+            with(&["data", "marketing_opt_in"], json!("yes")),
+            Reason::SchemaMismatch,
+        ),
+        (
+            with(&["event_id"], json!("not-a-uuid")),
+            Reason::InvalidUuid,
+        ),
+        (with(&["entity_id"], json!("")), Reason::InvalidEntityId),
+        (
+            with(&["entity_version"], json!(0)),
+            Reason::InvalidEntityVersion,
+        ),
+        (
+            with(&["schema_version"], json!(0)),
+            Reason::InvalidSchemaVersion,
+        ),
+        (
+            with(&["occurred_at"], json!("2026-05-01T14:00:00+02:00")),
+            Reason::InvalidTimestamp,
+        ),
+        (
+            with(&["data", "created_at"], json!("yesterday")),
+            Reason::InvalidTimestamp,
+        ),
+    ];
+    for (i, (value, reason)) in cases.into_iter().enumerate() {
+        let (rec, got, detail) = rejected(d.pipe(&value));
+        assert_eq!(got, reason, "case {i}: {detail}");
+        assert_eq!(&*rec.topic, "events.dlq");
+        assert_eq!(rec.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            rec.value.as_deref(),
+            Some(value.as_slice()),
+            "case {i}: the original value, unchanged"
+        );
+        assert_eq!(
+            rec.header("origin"),
+            Some(&b"test"[..]),
+            "original headers are kept"
+        );
+        assert_eq!(rec.header("x-error-reason"), Some(reason.code().as_bytes()));
+        assert_eq!(rec.header("x-source-topic"), Some(&b"events.raw"[..]));
+        assert_eq!(rec.header("x-source-partition"), Some(&b"3"[..]));
+        assert_eq!(
+            rec.header("x-source-offset"),
+            Some(i.to_string().as_bytes())
+        );
+        let detail_header = rec.header("x-error-detail").unwrap();
+        for pii in PII.iter().chain(&[
+            "User.Created",
+            "user.teleported",
+            "not-a-uuid",
+            "yesterday",
+            "+02:00",
+        ]) {
+            assert!(
+                !contains(detail_header, pii),
+                "case {i}: detail quotes a value: {detail}"
+            );
+        }
+    }
+    assert_eq!(
+        d.store.len(),
+        0,
+        "no rejected event touched the version store"
+    );
+}
+
+#[test]
+fn negative_amounts_and_counts_are_rejected() {
+    let mut d = Driver::default_topology();
+    let reg = file::load(
+        Path::new("avro"),
+        &Default::default(),
+        &["events.raw".to_owned()],
+    )
+    .unwrap();
+    let mut g = privacy_router::sample::Generator::new(
+        &reg,
+        privacy_router::sample::Options {
+            anomalies: false,
+            ..Default::default()
+        },
+    );
+    // Find a generated order.created and break its money and its item counts.
+    let v = loop {
+        let v: Value = serde_json::from_slice(&g.next_record()).unwrap();
+        if v["event_type"] == "order.created" {
+            break v;
+        }
+    };
+    let mut neg = v.clone();
+    neg["data"]["total_cents"] = json!(-1);
+    assert_eq!(rejected(d.pipe_json(&neg)).1, Reason::NegativeCents);
+    let mut neg = v.clone();
+    let items = neg["data"]["items"].as_array_mut().unwrap();
+    let count_key = items[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.ends_with("_count"))
+        .unwrap()
+        .clone();
+    items[0][&count_key] = json!(-2);
+    let (_, reason, detail) = rejected(d.pipe_json(&neg));
+    assert_eq!(reason, Reason::NegativeCount);
+    assert!(detail.starts_with("data.items."), "{detail}");
+    assert_eq!(routed(d.pipe_json(&v)).verdict.label(), "accepted");
+}
+
+#[test]
+fn hashing_schemas_without_a_key_dead_letter_instead_of_leaking() {
+    let topology = Topology::load(Path::new("topology/default.yaml")).unwrap();
+    let mut d = Driver::from_topology(&topology, None);
+    let (_, reason, _) = rejected(d.pipe_json(&user_created(1)));
+    assert_eq!(reason, Reason::RedactionUnavailable);
+}
+
+#[test]
+fn json_output_format_writes_the_projection_as_json() {
+    let mut d = Driver::with("outputs: {format: json}");
+    let r = routed(d.pipe_json(&user_created(1)));
+    let public: Value = serde_json::from_slice(r.records[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        public["data"],
+        json!({"email": Hasher::new(KEY).unwrap().pseudonym(b"sentinel.person@example.org")})
+    );
+    assert!(public.get("producer").is_none());
+}
+
+#[test]
+fn derived_schemas_are_registered_under_topic_record_subjects() {
+    let mut d = Driver::default_topology();
+    routed(d.pipe_json(&user_created(1)));
+    let (id, text) = d
+        .registry
+        .latest("events.public-com.privacyrouter.events.user.UserCreated")
+        .unwrap();
+    let derived: Value = serde_json::from_str(&text).unwrap();
+    let data_fields: Vec<&str> = derived["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "data")
+        .unwrap()["type"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(data_fields, ["email"]);
+    assert!(d
+        .registry
+        .latest("events.internal-com.privacyrouter.events.user.UserCreated")
+        .is_ok());
+    assert!(d
+        .registry
+        .latest("events.restricted-com.privacyrouter.events.user.UserCreated")
+        .is_ok());
+    assert_ne!(
+        id,
+        d.events
+            .iter()
+            .find(|e| e.event_type == "user.created")
+            .unwrap()
+            .id
+    );
+}
