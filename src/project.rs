@@ -80,9 +80,18 @@ impl Hasher {
 
     /// The lowercase hex pseudonym of a value.
     pub fn pseudonym(&self, value: &[u8]) -> String {
+        let hex = self.pseudonym_hex(value);
+        String::from_utf8(hex.to_vec()).expect("hex is ASCII")
+    }
+
+    /// The pseudonym as 64 ASCII hex bytes, without allocating.
+    pub fn pseudonym_hex(&self, value: &[u8]) -> [u8; 64] {
         let mut mac = self.keyed.clone();
         mac.update(value);
-        hex::encode(mac.finalize().into_bytes())
+        let mut out = [0u8; 64];
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut out)
+            .expect("64 bytes hold 32 in hex");
+        out
     }
 }
 
@@ -195,7 +204,7 @@ fn project_node(
                             put_long(out, i64::from(*i));
                         }
                         if let Some(x) = v.as_str() {
-                            put_bytes(out, h.pseudonym(x.as_bytes()).as_bytes());
+                            put_bytes(out, &h.pseudonym_hex(x.as_bytes()));
                         }
                     }
                     Treatment::Remove => {}

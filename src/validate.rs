@@ -15,7 +15,7 @@
 use chrono::DateTime;
 
 use crate::record::{Datum, Reason, Rejection};
-use crate::schema::{CompiledSchema, Envelope, Kind, NodeId};
+use crate::schema::{CompiledSchema, Envelope, Kind, NameRule, NodeId};
 
 /// True when `s` matches `^[a-z]+\.[a-z_]+$`.
 pub fn is_valid_event_type(s: &str) -> bool {
@@ -98,7 +98,7 @@ fn walk<'s>(
         (Kind::Record(fields), Datum::Record(values)) => {
             for (f, v) in fields.iter().zip(values) {
                 path.push(&f.name);
-                check_field(&f.name, v, path)?;
+                check_field(f.rule, v, path)?;
                 walk(s, f.node, v, path)?;
                 path.pop();
             }
@@ -129,30 +129,23 @@ fn walk<'s>(
     Ok(())
 }
 
-fn check_field(name: &str, v: &Datum<'_>, path: &[&str]) -> Result<(), Rejection> {
-    if name.ends_with("_cents") && v.as_i64().is_some_and(|x| x < 0) {
-        return Err(Rejection::new(
+fn check_field(rule: NameRule, v: &Datum<'_>, path: &[&str]) -> Result<(), Rejection> {
+    match rule {
+        NameRule::None => Ok(()),
+        NameRule::Cents if v.as_i64().is_some_and(|x| x < 0) => Err(Rejection::new(
             Reason::NegativeCents,
             format!("{} is negative", path.join(".")),
-        ));
-    }
-    if name.ends_with("_count") && v.as_i64().is_some_and(|x| x < 0) {
-        return Err(Rejection::new(
+        )),
+        NameRule::Count if v.as_i64().is_some_and(|x| x < 0) => Err(Rejection::new(
             Reason::NegativeCount,
             format!("{} is negative", path.join(".")),
-        ));
+        )),
+        NameRule::Instant if v.as_str().is_some_and(|x| !is_utc_instant(x)) => Err(Rejection::new(
+            Reason::InvalidTimestamp,
+            format!("{} is not an ISO 8601 UTC instant", path.join(".")),
+        )),
+        _ => Ok(()),
     }
-    if name.ends_with("_at") {
-        if let Some(x) = v.as_str() {
-            if !is_utc_instant(x) {
-                return Err(Rejection::new(
-                    Reason::InvalidTimestamp,
-                    format!("{} is not an ISO 8601 UTC instant", path.join(".")),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

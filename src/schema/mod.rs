@@ -68,6 +68,36 @@ pub struct Field {
     pub class: FieldClass,
     /// The field's JSON attributes (everything but `type`), for derived schemas.
     pub attrs: Map<String, Value>,
+    /// The validation rule its name implies.
+    pub rule: NameRule,
+}
+
+/// A validation rule implied by a field's name (seed 003 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// No rule.
+    None,
+    /// `*_cents`: an integer `>= 0`.
+    Cents,
+    /// `*_count`: an integer `>= 0`.
+    Count,
+    /// `*_at`: an ISO 8601 UTC instant when a string.
+    Instant,
+}
+
+impl NameRule {
+    /// The rule for a field name.
+    pub fn of(name: &str) -> NameRule {
+        if name.ends_with("_cents") {
+            NameRule::Cents
+        } else if name.ends_with("_count") {
+            NameRule::Count
+        } else if name.ends_with("_at") {
+            NameRule::Instant
+        } else {
+            NameRule::None
+        }
+    }
 }
 
 /// A schema node.
@@ -536,6 +566,7 @@ impl Compiler<'_> {
                 node,
                 class,
                 attrs,
+                rule: NameRule::of(name),
             });
         }
         Ok(fields)
