@@ -267,7 +267,15 @@ pub struct Engine {
     hasher: Option<Hasher>,
     by_id: HashMap<u32, Cached>,
     by_subject: HashMap<String, u32>,
+    /// Ids and subjects the registry did not have, so a stream of bad
+    /// records does not become a stream of registry calls; bounded, because
+    /// they come from the input.
+    missing_ids: HashSet<u32>,
+    missing_subjects: HashSet<String>,
 }
+
+/// The most missing ids or subjects remembered before the memory is cleared.
+const MAX_MISSING: usize = 1024;
 
 impl Engine {
     /// An engine with empty caches.
@@ -277,6 +285,8 @@ impl Engine {
             hasher,
             by_id: HashMap::new(),
             by_subject: HashMap::new(),
+            missing_ids: HashSet::new(),
+            missing_subjects: HashSet::new(),
         }
     }
 
@@ -290,6 +300,17 @@ impl Engine {
     /// schemas by id are kept: an id's schema never changes.
     pub fn forget_subjects(&mut self) {
         self.by_subject.clear();
+        self.missing_subjects.clear();
+        self.missing_ids.clear();
+    }
+
+    /// How many schema ids and subjects the caches hold, misses included:
+    /// bounded by the registry's size plus a fixed allowance for misses.
+    pub fn cache_entries(&self) -> usize {
+        self.by_id.len()
+            + self.by_subject.len()
+            + self.missing_ids.len()
+            + self.missing_subjects.len()
     }
 
     /// Compiles a schema the way `process` would, reporting why it cannot be
@@ -583,18 +604,29 @@ impl Engine {
         id: u32,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Cached, EngineError> {
+        let unknown = || {
+            Err(Rejection::new(
+                Reason::UnknownSchemaId,
+                format!("schema id {id} is not in the registry"),
+            ))
+        };
         if let Some(c) = self.by_id.get(&id) {
             return Ok(c.clone());
         }
+        if self.missing_ids.contains(&id) {
+            return Ok(unknown());
+        }
         let cached = match registry.schema_by_id(id) {
             Ok(text) => self.compile(&text).map(Arc::new),
-            Err(LookupError::NotFound) => Err(Rejection::new(
-                Reason::UnknownSchemaId,
-                format!("schema id {id} is not in the registry"),
-            )),
-            Err(LookupError::Unavailable(m)) => return Err(EngineError::Transient(m)),
-            Err(LookupError::Rejected(m)) => return Err(EngineError::Transient(m)),
+            Err(LookupError::NotFound) => {
+                remember(&mut self.missing_ids, id);
+                return Ok(unknown());
+            }
+            Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
+                return Err(EngineError::Transient(m))
+            }
         };
+        // Only ids the registry holds are cached: one entry per registered schema.
         self.by_id.insert(id, cached.clone());
         Ok(cached)
     }
@@ -606,6 +638,15 @@ impl Engine {
         registry: &mut dyn SchemaLookup,
     ) -> Result<Cached, EngineError> {
         let subject = self.config.subjects.subject(topic, event_type);
+        let unknown = || {
+            Err(Rejection::new(
+                Reason::UnknownEventType,
+                "no schema is registered for the event type's subject",
+            ))
+        };
+        if self.missing_subjects.contains(&subject) {
+            return Ok(unknown());
+        }
         let id = match self.by_subject.get(&subject) {
             Some(id) => *id,
             None => match registry.latest(&subject) {
@@ -614,10 +655,8 @@ impl Engine {
                     id
                 }
                 Err(LookupError::NotFound) => {
-                    return Ok(Err(Rejection::new(
-                        Reason::UnknownEventType,
-                        "no schema is registered for the event type's subject",
-                    )))
+                    remember(&mut self.missing_subjects, subject);
+                    return Ok(unknown());
                 }
                 Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
                     return Err(EngineError::Transient(m))
@@ -626,4 +665,11 @@ impl Engine {
         };
         self.writer_by_id(id, registry)
     }
+}
+
+fn remember<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, item: T) {
+    if set.len() >= MAX_MISSING {
+        set.clear();
+    }
+    set.insert(item);
 }

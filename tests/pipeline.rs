@@ -568,3 +568,80 @@ fn derived_schemas_are_registered_under_topic_record_subjects() {
             .id
     );
 }
+
+/// Counts registry calls.
+struct Counting<'a> {
+    inner: &'a mut MemoryRegistry,
+    calls: usize,
+}
+
+impl SchemaLookup for Counting<'_> {
+    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, privacy_router::pipeline::LookupError> {
+        self.calls += 1;
+        self.inner.schema_by_id(id)
+    }
+    fn latest(
+        &mut self,
+        subject: &str,
+    ) -> Result<(u32, Arc<str>), privacy_router::pipeline::LookupError> {
+        self.calls += 1;
+        self.inner.latest(subject)
+    }
+    fn register(
+        &mut self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<u32, privacy_router::pipeline::LookupError> {
+        self.calls += 1;
+        self.inner.register(subject, schema)
+    }
+}
+
+#[test]
+fn bad_records_neither_grow_the_caches_nor_hammer_the_registry() {
+    let mut d = Driver::default_topology();
+    let mut reg = Counting {
+        inner: &mut d.registry,
+        calls: 0,
+    };
+    let source = Source {
+        topic: Arc::from("events.raw"),
+        partition: 0,
+        offset: 0,
+    };
+    let mut rng = fastrand::Rng::with_seed(5);
+    for i in 0..20_000u32 {
+        let id = if i % 2 == 0 {
+            1_000_000
+        } else {
+            1_000_000 + rng.u32(..) % 1_000_000
+        };
+        let mut frame = vec![0];
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame.extend_from_slice(b"junk");
+        let json = format!(
+            "{{\"event_type\": \"user.nope_{}\"}}",
+            "x".repeat((i % 50) as usize)
+        );
+        for value in [frame, json.into_bytes()] {
+            let raw = RawRecord {
+                source: &source,
+                key: None,
+                value: Some(&value),
+                headers: &[],
+            };
+            let out = d.engine.process(&raw, &mut d.store, &mut reg).unwrap();
+            assert!(matches!(out, Outcome::DeadLettered { .. }));
+        }
+    }
+    assert!(
+        d.engine.cache_entries() <= 2 * 1024 + 2,
+        "{}",
+        d.engine.cache_entries()
+    );
+    // Each random id is looked up once; the repeated id and the 50 repeated
+    // event types once, plus once more each time the miss memory (1024
+    // entries) fills up with random ids and is cleared.
+    let refills = 10_000 / 1024 + 1;
+    assert!(reg.calls <= 10_000 + 1 + refills + 50, "{} registry calls", reg.calls);
+}
