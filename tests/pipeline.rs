@@ -643,5 +643,9 @@ fn bad_records_neither_grow_the_caches_nor_hammer_the_registry() {
     // event types once, plus once more each time the miss memory (1024
     // entries) fills up with random ids and is cleared.
     let refills = 10_000 / 1024 + 1;
-    assert!(reg.calls <= 10_000 + 1 + refills + 50, "{} registry calls", reg.calls);
+    assert!(
+        reg.calls <= 10_000 + 1 + refills + 50,
+        "{} registry calls",
+        reg.calls
+    );
 }

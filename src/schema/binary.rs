@@ -127,6 +127,24 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    /// Reads the blocks of an array or map, one item at a time.
+    fn blocks<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let mut out = Vec::new();
+        loop {
+            let n = self.block_count()?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.reserve(n.min(1024));
+            for _ in 0..n {
+                out.push(item(self)?);
+            }
+        }
+    }
+
     fn value(
         &mut self,
         s: &CompiledSchema,
@@ -166,37 +184,12 @@ impl<'a> Reader<'a> {
             }
             Kind::Fixed(n) => Datum::Fixed(Cow::Borrowed(self.take(*n)?)),
             Kind::Enum(symbols) => Datum::Enum(self.index(symbols.len())?),
-            Kind::Array(items) => {
-                let mut out = Vec::new();
-                loop {
-                    let n = self.block_count()?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.reserve(n.min(1024));
-                    for _ in 0..n {
-                        out.push(self.value(s, *items, depth + 1)?);
-                    }
-                }
-                Datum::Array(out)
-            }
-            Kind::Map(values) => {
-                let mut out = Vec::new();
-                loop {
-                    let n = self.block_count()?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.reserve(n.min(1024));
-                    for _ in 0..n {
-                        let klen = self.len()?;
-                        let k = std::str::from_utf8(self.take(klen)?)
-                            .map_err(|_| DecodeError::BadUtf8)?;
-                        out.push((Cow::Borrowed(k), self.value(s, *values, depth + 1)?));
-                    }
-                }
-                Datum::Map(out)
-            }
+            Kind::Array(items) => Datum::Array(self.blocks(|r| r.value(s, *items, depth + 1))?),
+            Kind::Map(values) => Datum::Map(self.blocks(|r| {
+                let klen = r.len()?;
+                let k = std::str::from_utf8(r.take(klen)?).map_err(|_| DecodeError::BadUtf8)?;
+                Ok((Cow::Borrowed(k), r.value(s, *values, depth + 1)?))
+            })?),
             Kind::Union(branches) => {
                 let i = self.index(branches.len())?;
                 Datum::Union(i, Box::new(self.value(s, branches[i as usize], depth + 1)?))
