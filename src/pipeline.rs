@@ -18,9 +18,9 @@ use thiserror::Error;
 
 use crate::classify::TagMap;
 use crate::order::{entity_key, verdict, Verdict, VersionStore};
-use crate::project::{derived_schema, Hasher, NoHashKey};
+use crate::project::{derived_schema, encode_projections, Hasher, NoHashKey};
 use crate::record::{Datum, OutRecord, RawRecord, Reason, Rejection, Tier};
-use crate::route::{dead_letter, tier_record, Framing};
+use crate::route::{dead_letter, event_headers, start_value, tier_record, Framing};
 use crate::schema::{binary, json, max_present_tier, CompiledSchema, Envelope};
 use crate::validate::{is_valid_event_type, validate};
 
@@ -499,7 +499,16 @@ impl Engine {
 
         let event_type = values[env.event_type].as_str().unwrap_or_default();
         let limit = self.config.tier_limits.get(event_type);
-        let mut records = Vec::with_capacity(3);
+        let headers = event_headers(schema, env, datum, v);
+        let no_key = || {
+            Rejection::new(
+                Reason::RedactionUnavailable,
+                "a tier needs a keyed pseudonym and no hash key is configured",
+            )
+        };
+        let mut tiers = Vec::with_capacity(3);
+        let mut framings = Vec::with_capacity(3);
+        let mut bufs: [Vec<u8>; 3] = Default::default();
         for tier in Tier::ALL {
             if limit.is_some_and(|l| !l.contains(&tier)) {
                 continue;
@@ -514,25 +523,30 @@ impl Engine {
                     Framing::Json(derived.compiled.as_ref().expect("compiled for JSON output"))
                 }
             };
+            bufs[tiers.len()] = start_value(framing);
+            tiers.push(tier);
+            framings.push(framing);
+        }
+        if encode_projections(schema, datum, &tiers, self.hasher.as_ref(), &mut bufs).is_err() {
+            return Ok(Err(no_key()));
+        }
+        let mut records = Vec::with_capacity(tiers.len());
+        for (i, (tier, framing)) in tiers.iter().zip(framings).enumerate() {
+            let topic = &self.config.topics.tiers[tier.index()];
+            let buf = std::mem::take(&mut bufs[i]);
             match tier_record(
                 schema,
                 env,
                 datum,
-                v,
-                tier,
+                &headers,
+                *tier,
                 topic,
                 framing,
+                buf,
                 self.hasher.as_ref(),
             ) {
                 Ok(r) => records.push(r),
-                Err(NoHashKey) => {
-                    return Ok(Err(Rejection::new(
-                        Reason::RedactionUnavailable,
-                        format!(
-                            "tier {tier} needs a keyed pseudonym and no hash key is configured"
-                        ),
-                    )))
-                }
+                Err(NoHashKey) => return Ok(Err(no_key())),
             }
         }
         store.record(&key, version);

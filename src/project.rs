@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::classify::{FieldClass, Redact};
 use crate::record::{Datum, Tier};
-use crate::schema::binary::{encode, put_bytes, put_long};
+use crate::schema::binary::{encode, varint};
 use crate::schema::{CompiledSchema, Field, Kind, NodeId};
 
 /// What happens to a field in one tier's record.
@@ -182,63 +182,132 @@ pub fn encode_projection(
     hasher: Option<&Hasher>,
     out: &mut Vec<u8>,
 ) -> Result<(), NoHashKey> {
-    project_node(s, s.root(), datum, tier, hasher, out)
+    let mut outs = [std::mem::take(out), Vec::new(), Vec::new()];
+    let r = encode_projections(s, datum, &[tier], hasher, &mut outs);
+    *out = std::mem::take(&mut outs[0]);
+    r
 }
 
-fn project_node(
+/// Appends the Avro bodies of several tiers' records in one walk of the
+/// value: `outs[i]` receives the body of `tiers[i]`. Each value is encoded
+/// and each pseudonym computed once, then copied to every tier that gets it.
+///
+/// # Errors
+/// [`NoHashKey`] when a field must be hashed for one of the tiers and
+/// `hasher` is `None`.
+///
+/// # Panics
+/// When more than three tiers are asked for.
+pub fn encode_projections(
     s: &CompiledSchema,
-    id: NodeId,
-    d: &Datum<'_>,
-    tier: Tier,
+    datum: &Datum<'_>,
+    tiers: &[Tier],
     hasher: Option<&Hasher>,
-    out: &mut Vec<u8>,
+    outs: &mut [Vec<u8>; 3],
 ) -> Result<(), NoHashKey> {
-    match (&s.node(id).kind, d) {
-        (Kind::Record(fields), Datum::Record(values)) => {
-            for (f, v) in fields.iter().zip(values) {
-                match treatment(f.class, tier) {
-                    Treatment::Keep => project_node(s, f.node, v, tier, hasher, out)?,
-                    Treatment::Hash => {
-                        let h = hasher.ok_or(NoHashKey)?;
-                        if let Datum::Union(i, _) = v {
-                            put_long(out, i64::from(*i));
-                        }
-                        if let Some(x) = v.as_str() {
-                            put_bytes(out, &h.pseudonym_hex(x.as_bytes()));
+    assert!(tiers.len() <= 3, "at most three tiers");
+    let mask = (1u8 << tiers.len()) - 1;
+    let mut p = Projector {
+        s,
+        tiers,
+        hasher,
+        outs,
+        scratch: Vec::new(),
+    };
+    p.node(s.root(), datum, mask)
+}
+
+struct Projector<'p> {
+    s: &'p CompiledSchema,
+    tiers: &'p [Tier],
+    hasher: Option<&'p Hasher>,
+    outs: &'p mut [Vec<u8>; 3],
+    scratch: Vec<u8>,
+}
+
+impl Projector<'_> {
+    /// Writes the same bytes to every output in `mask`.
+    fn put(&mut self, mask: u8, bytes: &[u8]) {
+        for (i, out) in self.outs.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn put_long(&mut self, mask: u8, v: i64) {
+        let (buf, n) = varint(v);
+        self.put(mask, &buf[..n]);
+    }
+
+    /// Projects `d` (of node `id`) into every output in `mask`, all of which
+    /// keep it.
+    fn node(&mut self, id: NodeId, d: &Datum<'_>, mask: u8) -> Result<(), NoHashKey> {
+        match (&self.s.node(id).kind, d) {
+            (Kind::Record(fields), Datum::Record(values)) => {
+                for (f, v) in fields.iter().zip(values) {
+                    let (mut keep, mut hash) = (0u8, 0u8);
+                    for (i, t) in self.tiers.iter().enumerate() {
+                        if mask & (1 << i) != 0 {
+                            match treatment(f.class, *t) {
+                                Treatment::Keep => keep |= 1 << i,
+                                Treatment::Hash => hash |= 1 << i,
+                                Treatment::Remove => {}
+                            }
                         }
                     }
-                    Treatment::Remove => {}
+                    if hash != 0 {
+                        let h = self.hasher.ok_or(NoHashKey)?;
+                        if let Datum::Union(i, _) = v {
+                            self.put_long(hash, i64::from(*i));
+                        }
+                        if let Some(x) = v.as_str() {
+                            let hex = h.pseudonym_hex(x.as_bytes());
+                            self.put_long(hash, hex.len() as i64);
+                            self.put(hash, &hex);
+                        }
+                    }
+                    if keep != 0 {
+                        self.node(f.node, v, keep)?;
+                    }
                 }
             }
-        }
-        (Kind::Union(branches), Datum::Union(i, inner)) => {
-            put_long(out, i64::from(*i));
-            if let Some(b) = branches.get(*i as usize) {
-                project_node(s, *b, inner, tier, hasher, out)?;
-            }
-        }
-        (Kind::Array(items), Datum::Array(xs)) => {
-            if !xs.is_empty() {
-                put_long(out, xs.len() as i64);
-                for x in xs {
-                    project_node(s, *items, x, tier, hasher, out)?;
+            (Kind::Union(branches), Datum::Union(i, inner)) => {
+                self.put_long(mask, i64::from(*i));
+                if let Some(b) = branches.get(*i as usize) {
+                    self.node(*b, inner, mask)?;
                 }
             }
-            out.push(0);
-        }
-        (Kind::Map(values), Datum::Map(entries)) => {
-            if !entries.is_empty() {
-                put_long(out, entries.len() as i64);
-                for (k, x) in entries {
-                    put_bytes(out, k.as_bytes());
-                    project_node(s, *values, x, tier, hasher, out)?;
+            (Kind::Array(items), Datum::Array(xs)) => {
+                if !xs.is_empty() {
+                    self.put_long(mask, xs.len() as i64);
+                    for x in xs {
+                        self.node(*items, x, mask)?;
+                    }
                 }
+                self.put(mask, &[0]);
             }
-            out.push(0);
+            (Kind::Map(values), Datum::Map(entries)) => {
+                if !entries.is_empty() {
+                    self.put_long(mask, entries.len() as i64);
+                    for (k, x) in entries {
+                        self.put_long(mask, k.len() as i64);
+                        self.put(mask, k.as_bytes());
+                        self.node(*values, x, mask)?;
+                    }
+                }
+                self.put(mask, &[0]);
+            }
+            (_, leaf) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                encode(leaf, &mut scratch);
+                self.put(mask, &scratch);
+                self.scratch = scratch;
+            }
         }
-        (_, leaf) => encode(leaf, out),
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

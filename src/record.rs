@@ -181,6 +181,9 @@ pub struct RawRecord<'a> {
 /// A header name: our own names are static, copied input headers are not.
 pub type HeaderName = Cow<'static, str>;
 
+/// A header value, shared by the tier records of one event.
+pub type HeaderValue = Arc<[u8]>;
+
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
@@ -191,7 +194,7 @@ pub struct OutRecord {
     /// Record value; `None` only for the dead letter of a tombstone.
     pub value: Option<Vec<u8>>,
     /// Record headers.
-    pub headers: Vec<(HeaderName, Vec<u8>)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl OutRecord {
@@ -200,7 +203,7 @@ impl OutRecord {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| &v[..])
     }
 }
 

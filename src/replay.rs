@@ -109,7 +109,7 @@ fn headers_json(r: &OutRecord) -> Value {
             .map(|(k, v)| {
                 (
                     k.to_string(),
-                    Value::from(String::from_utf8_lossy(v).into_owned()),
+                    Value::from(String::from_utf8_lossy(&v[..]).into_owned()),
                 )
             })
             .collect(),

@@ -9,11 +9,11 @@
 //!   `privacy_tier` names the record's tier.
 //! * Value: Confluent wire format with the derived schema's id, or JSON.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::order::Verdict;
-use crate::project::{encode_projection, treatment, Hasher, NoHashKey, Treatment};
-use crate::record::{Datum, OutRecord, RawRecord, Rejection, Tier};
+use crate::project::{treatment, Hasher, NoHashKey, Treatment};
+use crate::record::{Datum, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
 use crate::schema::{binary, json, CompiledSchema, Envelope};
 
 /// Header: the event's type.
@@ -52,8 +52,69 @@ pub fn put_frame_header(out: &mut Vec<u8>, schema_id: u32) {
     out.extend_from_slice(&schema_id.to_be_bytes());
 }
 
-/// Builds the record of one tier. Returns it with the number of fields the
-/// tier did not get as they were (removed or hashed).
+/// The routing headers of one event, built once and shared (not copied) by
+/// its tier records. Each remembers the envelope field it comes from, whose
+/// classification decides which tiers get it.
+#[derive(Debug, Clone, Default)]
+pub struct EventHeaders {
+    values: Vec<(usize, &'static str, HeaderValue)>,
+}
+
+/// Collects the routing headers of an event.
+pub fn event_headers(
+    schema: &CompiledSchema,
+    env: &Envelope,
+    datum: &Datum<'_>,
+    verdict: Verdict,
+) -> EventHeaders {
+    let Datum::Record(values) = datum else {
+        return EventHeaders::default();
+    };
+    let fields = schema.root_fields();
+    let mut h = EventHeaders {
+        values: Vec::with_capacity(4),
+    };
+    if let Some(t) = values[env.event_type].as_str() {
+        h.values
+            .push((env.event_type, H_EVENT_TYPE, Arc::from(t.as_bytes())));
+    }
+    if let Some(t) = schema.symbol(fields[env.entity_type].node, &values[env.entity_type]) {
+        h.values
+            .push((env.entity_type, H_ENTITY_TYPE, Arc::from(t.as_bytes())));
+    }
+    if let Some(v) = values[env.entity_version].as_i64() {
+        h.values.push((
+            env.entity_version,
+            H_ENTITY_VERSION,
+            Arc::from(v.to_string().as_bytes()),
+        ));
+        if let Verdict::Gap { missing } = verdict {
+            h.values.push((
+                env.entity_version,
+                H_VERSION_GAP,
+                Arc::from(missing.to_string().as_bytes()),
+            ));
+        }
+    }
+    h
+}
+
+static TIER_VALUES: LazyLock<[HeaderValue; 3]> =
+    LazyLock::new(|| Tier::ALL.map(|t| Arc::from(t.as_str().as_bytes())));
+
+/// Starts a tier record's value: the wire-format header for Avro, nothing
+/// for JSON. The projected Avro body is appended to it (see
+/// [`crate::project::encode_projections`]) before [`tier_record`] finishes it.
+pub fn start_value(framing: Framing<'_>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(512);
+    if let Framing::Avro(id) = framing {
+        put_frame_header(&mut v, id);
+    }
+    v
+}
+
+/// Builds the record of one tier from its value buffer: [`start_value`]
+/// followed by the projected Avro body.
 ///
 /// # Errors
 /// [`NoHashKey`] when the tier needs a pseudonym and there is no hasher.
@@ -62,64 +123,46 @@ pub fn tier_record(
     schema: &CompiledSchema,
     env: &Envelope,
     datum: &Datum<'_>,
-    verdict: Verdict,
+    event_headers: &EventHeaders,
     tier: Tier,
     topic: &Arc<str>,
     framing: Framing<'_>,
+    buf: Vec<u8>,
     hasher: Option<&Hasher>,
 ) -> Result<OutRecord, NoHashKey> {
     let fields = schema.root_fields();
-    let Datum::Record(values) = datum else {
-        unreachable!("validated envelopes are records")
-    };
     let visible = |i: usize| treatment(fields[i].class, tier) == Treatment::Keep;
 
-    let entity_id = values[env.entity_id].as_str().unwrap_or_default();
+    let entity_id = match datum {
+        Datum::Record(values) => values[env.entity_id].as_str().unwrap_or_default(),
+        _ => "",
+    };
     let key = if visible(env.entity_id) {
         entity_id.as_bytes().to_vec()
     } else {
         hasher
             .ok_or(NoHashKey)?
-            .pseudonym(entity_id.as_bytes())
-            .into_bytes()
+            .pseudonym_hex(entity_id.as_bytes())
+            .to_vec()
     };
 
-    let mut value = Vec::with_capacity(256);
-    match framing {
-        Framing::Avro(id) => {
-            put_frame_header(&mut value, id);
-            encode_projection(schema, datum, tier, hasher, &mut value)?;
-        }
+    let value = match framing {
+        Framing::Avro(_) => buf,
         Framing::Json(derived) => {
-            let mut body = Vec::with_capacity(256);
-            encode_projection(schema, datum, tier, hasher, &mut body)?;
-            let d = binary::decode(derived, &body)
+            let d = binary::decode(derived, &buf)
                 .expect("a projection decodes with its derived schema");
-            value = serde_json::to_vec(&json::render(derived, derived.root(), &d))
-                .expect("JSON values serialise");
+            serde_json::to_vec(&json::render(derived, derived.root(), &d))
+                .expect("JSON values serialise")
         }
-    }
+    };
 
-    let mut headers = Vec::with_capacity(5);
-    if visible(env.event_type) {
-        if let Some(t) = values[env.event_type].as_str() {
-            headers.push((H_EVENT_TYPE.into(), t.as_bytes().to_vec()));
+    let mut headers = Vec::with_capacity(event_headers.values.len() + 1);
+    for (field, name, v) in &event_headers.values {
+        if visible(*field) {
+            headers.push(((*name).into(), v.clone()));
         }
     }
-    if visible(env.entity_type) {
-        if let Some(t) = schema.symbol(fields[env.entity_type].node, &values[env.entity_type]) {
-            headers.push((H_ENTITY_TYPE.into(), t.as_bytes().to_vec()));
-        }
-    }
-    if visible(env.entity_version) {
-        if let Some(v) = values[env.entity_version].as_i64() {
-            headers.push((H_ENTITY_VERSION.into(), v.to_string().into_bytes()));
-            if let Verdict::Gap { missing } = verdict {
-                headers.push((H_VERSION_GAP.into(), missing.to_string().into_bytes()));
-            }
-        }
-    }
-    headers.push((H_TIER.into(), tier.as_str().as_bytes().to_vec()));
+    headers.push((H_TIER.into(), TIER_VALUES[tier.index()].clone()));
     Ok(OutRecord {
         topic: topic.clone(),
         key: Some(key),
@@ -134,21 +177,21 @@ pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>)
     let mut headers: Vec<_> = raw
         .headers
         .iter()
-        .map(|(k, v)| (k.clone().into(), v.clone()))
+        .map(|(k, v)| (k.clone().into(), HeaderValue::from(v.as_slice())))
         .collect();
     headers.push((
         H_ERROR_REASON.into(),
-        rejection.reason.code().as_bytes().to_vec(),
+        rejection.reason.code().as_bytes().into(),
     ));
-    headers.push((H_ERROR_DETAIL.into(), rejection.detail.as_bytes().to_vec()));
-    headers.push((H_SOURCE_TOPIC.into(), raw.source.topic.as_bytes().to_vec()));
+    headers.push((H_ERROR_DETAIL.into(), rejection.detail.as_bytes().into()));
+    headers.push((H_SOURCE_TOPIC.into(), raw.source.topic.as_bytes().into()));
     headers.push((
         H_SOURCE_PARTITION.into(),
-        raw.source.partition.to_string().into_bytes(),
+        raw.source.partition.to_string().as_bytes().into(),
     ));
     headers.push((
         H_SOURCE_OFFSET.into(),
-        raw.source.offset.to_string().into_bytes(),
+        raw.source.offset.to_string().as_bytes().into(),
     ));
     OutRecord {
         topic: topic.clone(),

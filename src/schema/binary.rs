@@ -205,14 +205,24 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A `long` as a zig-zag varint: the bytes and how many are used.
+pub fn varint(v: i64) -> ([u8; 10], usize) {
+    let mut buf = [0u8; 10];
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    let mut n = 0;
+    while z >= 0x80 {
+        buf[n] = (z as u8) | 0x80;
+        z >>= 7;
+        n += 1;
+    }
+    buf[n] = z as u8;
+    (buf, n + 1)
+}
+
 /// Appends a zig-zag varint `long`.
 pub fn put_long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
+    let (buf, n) = varint(v);
+    out.extend_from_slice(&buf[..n]);
 }
 
 /// Appends length-prefixed bytes (`bytes` and `string`).
