@@ -89,12 +89,12 @@ impl Renderer {
             return Ok(serde_json::from_slice(bytes)?);
         }
         let id = u32::from_be_bytes(bytes.get(1..5).context("short frame")?.try_into()?);
-        if !self.compiled.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.compiled.entry(id) {
             let text = registry
                 .schema_by_id(id)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let schema = CompiledSchema::compile(&text, &Default::default())?;
-            self.compiled.insert(id, schema);
+            e.insert(schema);
         }
         let schema = &self.compiled[&id];
         let d = binary::decode(schema, &bytes[5..])?;

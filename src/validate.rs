@@ -57,9 +57,9 @@ pub fn validate(
             "event_type does not match ^[a-z]+\\.[a-z_]+$",
         ));
     }
-    if !values[env.event_id]
+    if values[env.event_id]
         .as_str()
-        .is_some_and(|s| uuid::Uuid::try_parse(s).is_ok())
+        .is_none_or(|s| uuid::Uuid::try_parse(s).is_err())
     {
         return Err(Rejection::new(
             Reason::InvalidUuid,
@@ -72,13 +72,13 @@ pub fn validate(
             "entity_id is empty",
         ));
     }
-    if !values[env.entity_version].as_i64().is_some_and(|v| v >= 1) {
+    if values[env.entity_version].as_i64().is_none_or(|v| v < 1) {
         return Err(Rejection::new(
             Reason::InvalidEntityVersion,
             "entity_version is below 1",
         ));
     }
-    if !values[env.schema_version].as_i64().is_some_and(|v| v >= 1) {
+    if values[env.schema_version].as_i64().is_none_or(|v| v < 1) {
         return Err(Rejection::new(
             Reason::InvalidSchemaVersion,
             "schema_version is below 1",
