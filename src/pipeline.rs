@@ -20,7 +20,7 @@ use crate::classify::TagMap;
 use crate::order::{entity_key, verdict, Verdict, VersionStore};
 use crate::project::{derived_schema, encode_projections, Hasher, NoHashKey};
 use crate::record::{Datum, OutRecord, RawRecord, Reason, Rejection, Tier};
-use crate::route::{dead_letter, event_headers, start_value, tier_record, Framing};
+use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{binary, json, max_present_tier, CompiledSchema, Envelope};
 use crate::validate::{is_valid_event_type, validate};
 
@@ -499,7 +499,6 @@ impl Engine {
 
         let event_type = values[env.event_type].as_str().unwrap_or_default();
         let limit = self.config.tier_limits.get(event_type);
-        let headers = event_headers(schema, env, datum, v);
         let no_key = || {
             Rejection::new(
                 Reason::RedactionUnavailable,
@@ -530,21 +529,12 @@ impl Engine {
         if encode_projections(schema, datum, &tiers, self.hasher.as_ref(), &mut bufs).is_err() {
             return Ok(Err(no_key()));
         }
+        let routing = event_routing(schema, env, datum, v, &tiers, self.hasher.as_ref());
         let mut records = Vec::with_capacity(tiers.len());
         for (i, (tier, framing)) in tiers.iter().zip(framings).enumerate() {
             let topic = &self.config.topics.tiers[tier.index()];
             let buf = std::mem::take(&mut bufs[i]);
-            match tier_record(
-                schema,
-                env,
-                datum,
-                &headers,
-                *tier,
-                topic,
-                framing,
-                buf,
-                self.hasher.as_ref(),
-            ) {
+            match tier_record(&routing, *tier, topic, framing, buf) {
                 Ok(r) => records.push(r),
                 Err(NoHashKey) => return Ok(Err(no_key())),
             }

@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, LazyLock};
 
+use crate::classify::FieldClass;
 use crate::order::Verdict;
 use crate::project::{treatment, Hasher, NoHashKey, Treatment};
 use crate::record::{Datum, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
@@ -52,51 +53,72 @@ pub fn put_frame_header(out: &mut Vec<u8>, schema_id: u32) {
     out.extend_from_slice(&schema_id.to_be_bytes());
 }
 
-/// The routing headers of one event, built once and shared (not copied) by
-/// its tier records. Each remembers the envelope field it comes from, whose
-/// classification decides which tiers get it.
-#[derive(Debug, Clone, Default)]
-pub struct EventHeaders {
-    values: Vec<(usize, &'static str, HeaderValue)>,
+/// What the tier records of one event share, built once per event: the
+/// routing headers and the key, each with the classification of the
+/// envelope field it comes from, which decides what each tier gets.
+#[derive(Debug, Clone)]
+pub struct EventRouting {
+    headers: Vec<(FieldClass, &'static str, HeaderValue)>,
+    entity_id_class: FieldClass,
+    entity_id: Vec<u8>,
+    /// The key of tiers that may not see `entity_id`; `None` without a
+    /// hasher, or when every routed tier sees it.
+    pseudonym: Option<Vec<u8>>,
 }
 
-/// Collects the routing headers of an event.
-pub fn event_headers(
+/// Collects the routing facts of an event bound for `tiers`.
+pub fn event_routing(
     schema: &CompiledSchema,
     env: &Envelope,
     datum: &Datum<'_>,
     verdict: Verdict,
-) -> EventHeaders {
-    let Datum::Record(values) = datum else {
-        return EventHeaders::default();
-    };
+    tiers: &[Tier],
+    hasher: Option<&Hasher>,
+) -> EventRouting {
     let fields = schema.root_fields();
-    let mut h = EventHeaders {
-        values: Vec::with_capacity(4),
+    let class = |i: usize| fields[i].class;
+    let values: &[Datum<'_>] = match datum {
+        Datum::Record(values) => values,
+        _ => &[],
     };
-    if let Some(t) = values[env.event_type].as_str() {
-        h.values
-            .push((env.event_type, H_EVENT_TYPE, Arc::from(t.as_bytes())));
+    let mut headers = Vec::with_capacity(4);
+    if let Some(t) = values.get(env.event_type).and_then(Datum::as_str) {
+        headers.push((class(env.event_type), H_EVENT_TYPE, Arc::from(t.as_bytes())));
     }
-    if let Some(t) = schema.symbol(fields[env.entity_type].node, &values[env.entity_type]) {
-        h.values
-            .push((env.entity_type, H_ENTITY_TYPE, Arc::from(t.as_bytes())));
-    }
-    if let Some(v) = values[env.entity_version].as_i64() {
-        h.values.push((
-            env.entity_version,
-            H_ENTITY_VERSION,
-            Arc::from(v.to_string().as_bytes()),
+    if let Some(t) = values
+        .get(env.entity_type)
+        .and_then(|d| schema.symbol(fields[env.entity_type].node, d))
+    {
+        headers.push((
+            class(env.entity_type),
+            H_ENTITY_TYPE,
+            Arc::from(t.as_bytes()),
         ));
+    }
+    if let Some(v) = values.get(env.entity_version).and_then(Datum::as_i64) {
+        let c = class(env.entity_version);
+        headers.push((c, H_ENTITY_VERSION, Arc::from(v.to_string().as_bytes())));
         if let Verdict::Gap { missing } = verdict {
-            h.values.push((
-                env.entity_version,
-                H_VERSION_GAP,
-                Arc::from(missing.to_string().as_bytes()),
-            ));
+            headers.push((c, H_VERSION_GAP, Arc::from(missing.to_string().as_bytes())));
         }
     }
-    h
+    let entity_id = values
+        .get(env.entity_id)
+        .and_then(Datum::as_str)
+        .unwrap_or_default()
+        .as_bytes();
+    let entity_id_class = class(env.entity_id);
+    let hidden_somewhere = tiers
+        .iter()
+        .any(|t| treatment(entity_id_class, *t) != Treatment::Keep);
+    EventRouting {
+        headers,
+        entity_id_class,
+        entity_id: entity_id.to_vec(),
+        pseudonym: hasher
+            .filter(|_| hidden_somewhere)
+            .map(|h| h.pseudonym_hex(entity_id).to_vec()),
+    }
 }
 
 static TIER_VALUES: LazyLock<[HeaderValue; 3]> =
@@ -117,33 +139,20 @@ pub fn start_value(framing: Framing<'_>) -> Vec<u8> {
 /// followed by the projected Avro body.
 ///
 /// # Errors
-/// [`NoHashKey`] when the tier needs a pseudonym and there is no hasher.
-#[allow(clippy::too_many_arguments)]
+/// [`NoHashKey`] when the tier needs the key's pseudonym and there is no
+/// hasher.
 pub fn tier_record(
-    schema: &CompiledSchema,
-    env: &Envelope,
-    datum: &Datum<'_>,
-    event_headers: &EventHeaders,
+    routing: &EventRouting,
     tier: Tier,
     topic: &Arc<str>,
     framing: Framing<'_>,
     buf: Vec<u8>,
-    hasher: Option<&Hasher>,
 ) -> Result<OutRecord, NoHashKey> {
-    let fields = schema.root_fields();
-    let visible = |i: usize| treatment(fields[i].class, tier) == Treatment::Keep;
-
-    let entity_id = match datum {
-        Datum::Record(values) => values[env.entity_id].as_str().unwrap_or_default(),
-        _ => "",
-    };
-    let key = if visible(env.entity_id) {
-        entity_id.as_bytes().to_vec()
+    let visible = |class: FieldClass| treatment(class, tier) == Treatment::Keep;
+    let key = if visible(routing.entity_id_class) {
+        routing.entity_id.clone()
     } else {
-        hasher
-            .ok_or(NoHashKey)?
-            .pseudonym_hex(entity_id.as_bytes())
-            .to_vec()
+        routing.pseudonym.clone().ok_or(NoHashKey)?
     };
 
     let value = match framing {
@@ -156,9 +165,9 @@ pub fn tier_record(
         }
     };
 
-    let mut headers = Vec::with_capacity(event_headers.values.len() + 1);
-    for (field, name, v) in &event_headers.values {
-        if visible(*field) {
+    let mut headers = Vec::with_capacity(routing.headers.len() + 1);
+    for (class, name, v) in &routing.headers {
+        if visible(*class) {
             headers.push(((*name).into(), v.clone()));
         }
     }
