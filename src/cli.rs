@@ -4,24 +4,33 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 
 use crate::config::Topology;
+use crate::demo::{self, DemoConfig};
 use crate::pipeline::Engine;
 use crate::project::Hasher;
+use crate::registry::confluent::ConfluentConfig;
 use crate::registry::file::{self, FileRegistry};
+use crate::registry::SharedRegistry;
 use crate::replay::{replay, InputFormat};
+use crate::runtime::{self, Connection, RegistryChoice, RunConfig};
 use crate::sample::{self, Format, Options};
+use crate::telemetry::Metrics;
 
 /// Routes raw domain events into public, internal and restricted topics with
 /// PII removed by privacy tier.
 #[derive(Debug, Parser)]
 #[command(name = "privacy-router", version, about, long_about = None)]
 #[command(after_help = "Examples:
+  PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router demo
+  PRIVACY_ROUTER_HASH_KEY=... privacy-router run --brokers kafka:9092 --registry-url http://registry:8081
   PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router replay samples/events.jsonl
   privacy-router sample --count 200000 --format framed > events.bin")]
 pub struct Cli {
@@ -45,6 +54,24 @@ pub enum LogFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the processor on Kafka: consume the input topics as a consumer
+    /// group and fan every event out to the tier topics, until SIGTERM or
+    /// SIGINT.
+    #[command(after_help = "Examples:
+  PRIVACY_ROUTER_HASH_KEY=... privacy-router run --topology topology/default.yaml \\
+      --brokers kafka:9092 --registry-url http://schema-registry:8081
+  privacy-router run --brokers broker:9093 -X security.protocol=SASL_SSL \\
+      -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username=router -X sasl.password=...
+
+Without --registry-url, schemas come from the file registry over --schemas (avro/).")]
+    Run(RunArgs),
+    /// The embedded demo: an in-process mock Kafka cluster, the sample
+    /// events produced into it, the real runtime over them, and what each
+    /// tier topic and the dead-letter topic received.
+    #[command(after_help = "Examples:
+  PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router demo
+  PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router demo --events my-events.jsonl --out demo-out")]
+    Demo(DemoArgs),
     /// Run a file of events through the engine and write what each tier
     /// topic and the dead-letter topic would receive.
     #[command(after_help = "Examples:
@@ -94,6 +121,118 @@ pub struct ReplayArgs {
     /// Output folder.
     #[arg(long, default_value = "replay-out")]
     pub out: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub secrets: Secrets,
+}
+
+/// `run` flags: runtime knobs, each with an environment fallback.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub secrets: Secrets,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub registry: RegistryArgs,
+    /// Serve /metrics, /healthz and /readyz on this address ("off" for none).
+    #[arg(
+        long,
+        default_value = "0.0.0.0:9464",
+        env = "PRIVACY_ROUTER_METRICS_ADDR"
+    )]
+    pub metrics_addr: String,
+    /// This instance's stable name, unique in the group: its transactional
+    /// id is <application_id>-<instance_id>, so a restart fences the
+    /// crashed predecessor. Defaults to the host name.
+    #[arg(long, env = "PRIVACY_ROUTER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Do not create the changelog topic when it is missing.
+    #[arg(long)]
+    pub no_create_topics: bool,
+    /// Replication factor of a created changelog topic (broker default
+    /// when unset).
+    #[arg(long, env = "PRIVACY_ROUTER_CHANGELOG_REPLICATION")]
+    pub changelog_replication: Option<i32>,
+    /// Seconds a shutdown may take to finish the open transaction.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Kafka connection flags.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers.
+    #[arg(long, default_value = "localhost:9092", env = "PRIVACY_ROUTER_BROKERS")]
+    pub brokers: String,
+    /// Any librdkafka setting, e.g. -X security.protocol=SSL; repeat it.
+    /// The environment variable takes a comma-separated list.
+    #[arg(
+        short = 'X',
+        long = "kafka-config",
+        value_name = "KEY=VALUE",
+        env = "PRIVACY_ROUTER_KAFKA_CONFIG",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub kafka_config: Vec<String>,
+}
+
+/// Schema Registry flags.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Confluent-compatible Schema Registry URL(s), comma-separated; the
+    /// file registry over --schemas when unset.
+    #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_URL", value_delimiter = ',')]
+    pub registry_url: Vec<String>,
+    /// Basic-auth user of the registry.
+    #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_USER")]
+    pub registry_user: Option<String>,
+    /// Basic-auth password of the registry.
+    #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+    /// PEM file of CA certificates for the registry's TLS.
+    #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_CA_FILE")]
+    pub registry_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with the registry.
+    #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_CERT_FILE")]
+    pub registry_cert_file: Option<PathBuf>,
+    /// PEM (PKCS#8) key of the client certificate.
+    #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_KEY_FILE")]
+    pub registry_key_file: Option<PathBuf>,
+    /// Time limit of one registry request, in milliseconds.
+    #[arg(
+        long,
+        default_value_t = 5000,
+        env = "PRIVACY_ROUTER_REGISTRY_TIMEOUT_MS"
+    )]
+    pub registry_timeout_ms: u64,
+}
+
+/// `demo` flags.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Events to produce into the input topic (JSON lines).
+    #[arg(long, default_value = "samples/events.jsonl")]
+    pub events: PathBuf,
+    /// Output folder for what each topic received.
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+    /// Partitions of the input topic.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Serve /metrics while the demo runs.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -217,9 +356,149 @@ pub fn load_file_registry(
 /// Start-up problems and I/O errors, with context.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => tokio_runtime()?.block_on(run_kafka(args)),
+        Command::Demo(args) => tokio_runtime()?.block_on(run_demo(args)),
         Command::Replay(args) => run_replay(args),
         Command::Sample(args) => run_sample(args),
     }
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `-X key=value` settings.
+///
+/// # Errors
+/// A setting without `=`.
+pub fn kafka_overrides(settings: &[String]) -> Result<Vec<(String, String)>> {
+    settings
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => bail!("-X {s:?}: expected KEY=VALUE (a librdkafka setting)"),
+        })
+        .collect()
+}
+
+fn instance_id(flag: Option<String>) -> String {
+    flag.filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "0".to_owned())
+}
+
+/// The registry a `run` uses: the Confluent REST API when a URL is set,
+/// the file registry over `--schemas` otherwise.
+///
+/// # Errors
+/// The file registry cannot be loaded.
+pub fn registry_choice(
+    args: &RegistryArgs,
+    common: &Common,
+    topology: &Topology,
+    engine: &Engine,
+) -> Result<RegistryChoice> {
+    let urls: Vec<String> = args
+        .registry_url
+        .iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        let reg = load_file_registry(&common.schemas, topology, engine)?;
+        return Ok(RegistryChoice::Shared(SharedRegistry::new(reg.registry)));
+    }
+    Ok(RegistryChoice::Confluent(ConfluentConfig {
+        urls,
+        username: args.registry_user.clone(),
+        password: args.registry_password.clone(),
+        ca_file: args.registry_ca_file.clone(),
+        cert_file: args.registry_cert_file.clone(),
+        key_file: args.registry_key_file.clone(),
+        timeout: Duration::from_millis(args.registry_timeout_ms),
+    }))
+}
+
+async fn run_kafka(args: RunArgs) -> Result<()> {
+    let topology = load_topology(&args.common.topology)?;
+    let hasher = hasher(&args.secrets)?;
+    let engine = Engine::new(topology.engine.clone(), hasher.clone());
+    let registry = registry_choice(&args.registry, &args.common, &topology, &engine)?;
+    let metrics_addr = match args.metrics_addr.trim() {
+        "" | "off" | "none" => None,
+        a => Some(a.parse::<SocketAddr>().with_context(|| {
+            format!("--metrics-addr {a:?} is not an address like 0.0.0.0:9464")
+        })?),
+    };
+    let config = RunConfig {
+        topology,
+        connection: Connection {
+            brokers: args.kafka.brokers.clone(),
+            overrides: kafka_overrides(&args.kafka.kafka_config)?,
+        },
+        instance_id: instance_id(args.instance_id),
+        registry,
+        hasher,
+        metrics_addr,
+        metrics: Metrics::default(),
+        create_topics: !args.no_create_topics,
+        changelog_replication: args.changelog_replication,
+        grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
+    runtime::run(config, shutdown_signal()).await
+}
+
+async fn run_demo(args: DemoArgs) -> Result<()> {
+    let topology = load_topology(&args.common.topology)?;
+    let hasher = hasher(&args.secrets)?;
+    let engine = Engine::new(topology.engine.clone(), hasher.clone());
+    let reg = load_file_registry(&args.common.schemas, &topology, &engine)?;
+    demo::demo(DemoConfig {
+        topology,
+        registry: SharedRegistry::new(reg.registry),
+        hasher,
+        events: args.events,
+        out: args.out,
+        partitions: args.partitions,
+        metrics_addr: args.metrics_addr,
+        timeout: Duration::from_secs(120),
+    })
+    .await?;
+    Ok(())
 }
 
 fn run_replay(args: ReplayArgs) -> Result<()> {

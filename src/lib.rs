@@ -16,13 +16,17 @@
 //! | route | [`route`] | tier records (topic, key, headers), dead letters |
 //! | chain | [`pipeline`] | the pure entry point: one raw record → outcome |
 //!
-//! At the edges: [`config`] (topology files), [`registry`] (schema sources),
-//! [`replay`] (the file-driven runner), [`sample`] (realistic events), and
-//! [`cli`].
+//! At the edges: [`config`] (topology files), [`registry`] (schema sources:
+//! the Confluent REST API, the file registry), [`runtime`] (the Kafka
+//! processor: consumer group, transactions, changelog-backed state),
+//! [`telemetry`] (metrics, health, named log events), [`demo`] (the runtime
+//! on an embedded mock cluster), [`replay`] (the file-driven runner),
+//! [`sample`] (realistic events), and [`cli`].
 
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod order;
 pub mod pipeline;
 pub mod project;
@@ -30,6 +34,8 @@ pub mod record;
 pub mod registry;
 pub mod replay;
 pub mod route;
+pub mod runtime;
 pub mod sample;
 pub mod schema;
+pub mod telemetry;
 pub mod validate;

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::classify::TagMap;
 use crate::order::{entity_key, verdict, Verdict, VersionStore};
-use crate::project::{derived_schema, encode_projections, Hasher, NoHashKey};
+use crate::project::{derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey};
 use crate::record::{Datum, OutRecord, RawRecord, Reason, Rejection, Tier};
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{binary, json, max_present_tier, CompiledSchema, Envelope};
@@ -223,6 +223,9 @@ pub struct Routed {
     pub state: StateUpdate,
     /// The schema path of a field above the declared tier, if any.
     pub tier_mismatch: Option<String>,
+    /// Per tier ([`Tier::index`]): how many fields its record removes or
+    /// pseudonymises.
+    pub redacted: [u32; 3],
 }
 
 /// What to do with one input record.
@@ -251,6 +254,8 @@ struct Writer {
 #[derive(Debug)]
 struct DerivedTier {
     text: String,
+    /// Fields removed or pseudonymised in this tier.
+    redacted: u32,
     /// Compiled only for JSON output.
     compiled: Option<CompiledSchema>,
     /// Registered lazily, once.
@@ -272,6 +277,17 @@ pub struct Engine {
     /// they come from the input.
     missing_ids: HashSet<u32>,
     missing_subjects: HashSet<String>,
+    stats: CacheStats,
+}
+
+/// How often the engine's schema caches answered (hits) and how often it
+/// asked the registry (misses), since the last [`Engine::take_cache_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answered from the cache (a remembered miss included).
+    pub hits: u64,
+    /// Asked the registry.
+    pub misses: u64,
 }
 
 /// The most missing ids or subjects remembered before the memory is cleared.
@@ -287,7 +303,13 @@ impl Engine {
             by_subject: HashMap::new(),
             missing_ids: HashSet::new(),
             missing_subjects: HashSet::new(),
+            stats: CacheStats::default(),
         }
+    }
+
+    /// The cache statistics since the last call, which resets them.
+    pub fn take_cache_stats(&mut self) -> CacheStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// The configuration.
@@ -545,6 +567,7 @@ impl Engine {
             records,
             state: StateUpdate { key, version },
             tier_mismatch,
+            redacted: writer.derived.each_ref().map(|d| d.redacted),
         })))
     }
 
@@ -591,6 +614,7 @@ impl Engine {
             };
             Ok(DerivedTier {
                 text,
+                redacted: redacted_fields(&schema, tier),
                 compiled,
                 id: OnceLock::new(),
             })
@@ -615,11 +639,14 @@ impl Engine {
             ))
         };
         if let Some(c) = self.by_id.get(&id) {
+            self.stats.hits += 1;
             return Ok(c.clone());
         }
         if self.missing_ids.contains(&id) {
+            self.stats.hits += 1;
             return Ok(unknown());
         }
+        self.stats.misses += 1;
         let cached = match registry.schema_by_id(id) {
             Ok(text) => self.compile(&text).map(Arc::new),
             Err(LookupError::NotFound) => {
@@ -649,23 +676,27 @@ impl Engine {
             ))
         };
         if self.missing_subjects.contains(&subject) {
+            self.stats.hits += 1;
             return Ok(unknown());
         }
         let id = match self.by_subject.get(&subject) {
             Some(id) => *id,
-            None => match registry.latest(&subject) {
-                Ok((id, _)) => {
-                    self.by_subject.insert(subject, id);
-                    id
+            None => {
+                self.stats.misses += 1;
+                match registry.latest(&subject) {
+                    Ok((id, _)) => {
+                        self.by_subject.insert(subject, id);
+                        id
+                    }
+                    Err(LookupError::NotFound) => {
+                        remember(&mut self.missing_subjects, subject);
+                        return Ok(unknown());
+                    }
+                    Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
+                        return Err(EngineError::Transient(m))
+                    }
                 }
-                Err(LookupError::NotFound) => {
-                    remember(&mut self.missing_subjects, subject);
-                    return Ok(unknown());
-                }
-                Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
-                    return Err(EngineError::Transient(m))
-                }
-            },
+            }
         };
         self.writer_by_id(id, registry)
     }

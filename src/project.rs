@@ -143,6 +143,30 @@ fn emit(s: &CompiledSchema, id: NodeId, tier: Tier, defined: &mut HashSet<NodeId
     }
 }
 
+/// How many fields of the schema a tier's record removes or pseudonymises:
+/// the outermost ones (a field inside a removed record is not counted
+/// again). A static figure per schema and tier, for the redaction metrics.
+pub fn redacted_fields(schema: &CompiledSchema, tier: Tier) -> u32 {
+    fn walk(s: &CompiledSchema, id: NodeId, tier: Tier, seen: &mut HashSet<NodeId>) -> u32 {
+        if s.node(id).fullname.is_some() && !seen.insert(id) {
+            return 0;
+        }
+        match &s.node(id).kind {
+            Kind::Union(bs) => bs.iter().map(|b| walk(s, *b, tier, seen)).sum(),
+            Kind::Array(c) | Kind::Map(c) => walk(s, *c, tier, seen),
+            Kind::Record(fields) => fields
+                .iter()
+                .map(|f| match treatment(f.class, tier) {
+                    Treatment::Keep => walk(s, f.node, tier, seen),
+                    Treatment::Hash | Treatment::Remove => 1,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+    walk(schema, schema.root(), tier, &mut HashSet::new())
+}
+
 fn with(attrs: &Value, key: &str, child: Value) -> Value {
     let mut o = attrs.as_object().cloned().unwrap_or_else(Map::new);
     o.insert(key.to_owned(), child);

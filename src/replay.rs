@@ -79,12 +79,12 @@ struct Sinks {
 /// Decodes produced values back to JSON for the output files, with the
 /// derived schemas from the registry (which proves they were registered).
 #[derive(Default)]
-struct Renderer {
+pub(crate) struct Renderer {
     compiled: HashMap<u32, CompiledSchema>,
 }
 
 impl Renderer {
-    fn value(&mut self, registry: &mut dyn SchemaLookup, bytes: &[u8]) -> Result<Value> {
+    pub(crate) fn value(&mut self, registry: &mut dyn SchemaLookup, bytes: &[u8]) -> Result<Value> {
         if bytes.first() == Some(&b'{') {
             return Ok(serde_json::from_slice(bytes)?);
         }
@@ -102,7 +102,7 @@ impl Renderer {
     }
 }
 
-fn headers_json(r: &OutRecord) -> Value {
+pub(crate) fn headers_json(r: &OutRecord) -> Value {
     Value::Object(
         r.headers
             .iter()
@@ -116,7 +116,7 @@ fn headers_json(r: &OutRecord) -> Value {
     )
 }
 
-fn bytes_json(b: Option<&[u8]>) -> Value {
+pub(crate) fn bytes_json(b: Option<&[u8]>) -> Value {
     match b {
         None => Value::Null,
         Some(b) => match std::str::from_utf8(b) {

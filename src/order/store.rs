@@ -28,6 +28,14 @@ pub struct MemoryStore {
     map: HashMap<Box<[u8]>, i64>,
 }
 
+impl MemoryStore {
+    /// Stops tracking an entity (a rolled-back first sight, or a changelog
+    /// tombstone).
+    pub fn forget(&mut self, key: &[u8]) {
+        self.map.remove(key);
+    }
+}
+
 impl VersionStore for MemoryStore {
     fn last_version(&self, key: &[u8]) -> Option<i64> {
         self.map.get(key).copied()

@@ -6,12 +6,14 @@
 //! it gets, so a lookup happens once per schema id or subject.
 //! [`MemoryRegistry`] keeps Confluent's semantics (one id per distinct schema,
 //! versions per subject) in memory; [`file::load`] fills one from `avro/` for
-//! the embedded default.
+//! the embedded default, and [`SharedRegistry`] lets the stream thread and
+//! a reader (the demo) share it. [`confluent`] talks to a real registry.
 
+pub mod confluent;
 pub mod file;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -71,6 +73,39 @@ impl SchemaLookup for MemoryRegistry {
             versions.push(id);
         }
         Ok(id)
+    }
+}
+
+/// A [`MemoryRegistry`] shared between threads: the stream thread registers
+/// derived schemas in it while a reader decodes what was produced.
+#[derive(Debug, Default, Clone)]
+pub struct SharedRegistry(Arc<Mutex<MemoryRegistry>>);
+
+impl SharedRegistry {
+    /// Shares `registry`.
+    pub fn new(registry: MemoryRegistry) -> Self {
+        SharedRegistry(Arc::new(Mutex::new(registry)))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryRegistry) -> T) -> T {
+        // A panic while holding the lock cannot leave the registry half
+        // written (each call is one push), so a poisoned lock is usable.
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl SchemaLookup for SharedRegistry {
+    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, LookupError> {
+        self.with(|r| r.schema_by_id(id))
+    }
+
+    fn latest(&mut self, subject: &str) -> Result<(u32, Arc<str>), LookupError> {
+        self.with(|r| r.latest(subject))
+    }
+
+    fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError> {
+        self.with(|r| r.register(subject, schema))
     }
 }
 

@@ -1,0 +1,243 @@
+//! Client settings and topic checks: the three librdkafka clients of a
+//! stream thread (the group consumer, the transactional producer and the
+//! restore consumer) share the connection settings the operator passes
+//! (`-X key=value`: TLS, SASL, timeouts), over defaults that make the
+//! guarantees hold.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::Guarantee;
+
+/// A client context that forwards librdkafka's logs and errors to
+/// `tracing`, except the end-of-partition events that readers ask for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(error = %error, reason, "Kafka client error.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
+/// Connection settings shared by every client.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Operator settings (`-X key=value`), applied last: they win.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Connection {
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    fn finish(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.overrides {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The group consumer over the input topics.
+    pub fn consumer(&self, group_id: &str, instance_id: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group_id)
+            .set("client.id", format!("{group_id}-{instance_id}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000");
+        self.finish(c)
+    }
+
+    /// The producer of tier records, dead letters and changelog records:
+    /// transactional under `exactly_once`, idempotent otherwise. Keys are
+    /// partitioned with murmur2, as the Java clients do, so downstream
+    /// Kafka Streams applications see the same key → partition mapping.
+    pub fn producer(&self, transactional_id: &str, guarantee: Guarantee) -> ClientConfig {
+        let mut c = self.base();
+        c.set("client.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5");
+        if guarantee == Guarantee::ExactlyOnce {
+            c.set("transactional.id", transactional_id);
+        }
+        self.finish(c)
+    }
+
+    /// The consumer that restores partition state from the changelog: no
+    /// group, committed data only, told when it reaches the end.
+    pub fn restorer(&self, client_id: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", format!("{client_id}-restore"))
+            .set("client.id", format!("{client_id}-restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "100");
+        self.finish(c)
+    }
+
+    /// An admin client (creating the changelog topic).
+    pub fn admin(&self) -> ClientConfig {
+        self.finish(self.base())
+    }
+}
+
+/// What the topic check found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// The cluster could not be asked.
+    #[error("cannot read the cluster's metadata: {0}")]
+    Metadata(String),
+    /// An input topic does not exist.
+    #[error("the input topic {0} does not exist")]
+    MissingInput(String),
+    /// The changelog has fewer partitions than an input topic.
+    #[error("the changelog topic {changelog} has {has} partition(s) but the input topic {input} has {needs}: the changelog must be co-partitioned with the input (delete it or add partitions)")]
+    NotCoPartitioned {
+        /// The changelog topic.
+        changelog: String,
+        /// Its partitions.
+        has: usize,
+        /// The input topic with more partitions.
+        input: String,
+        /// Its partitions.
+        needs: usize,
+    },
+    /// The changelog does not exist and could not be created.
+    #[error("the changelog topic {changelog} does not exist and could not be created ({why}); create it with {partitions} partition(s) and cleanup.policy=compact")]
+    CannotCreate {
+        /// The changelog topic.
+        changelog: String,
+        /// How many partitions it needs.
+        partitions: usize,
+        /// Why creating it failed.
+        why: String,
+    },
+}
+
+/// Partition counts of topics, `None` where the topic does not exist.
+///
+/// # Errors
+/// [`TopicError::Metadata`] when the cluster cannot be asked.
+pub fn partition_counts<C: ClientContext>(
+    client: &Client<C>,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<HashMap<String, Option<usize>>, TopicError> {
+    let mut out = HashMap::new();
+    for t in topics {
+        let md = client
+            .fetch_metadata(Some(t), timeout)
+            .map_err(|e| TopicError::Metadata(e.to_string()))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|m| m.name() == *t)
+            .filter(|m| m.error().is_none() && !m.partitions().is_empty())
+            .map(|m| m.partitions().len());
+        out.insert((*t).to_owned(), n);
+    }
+    Ok(out)
+}
+
+/// Checks the input topics exist and the changelog is co-partitioned with
+/// them, creating the changelog (compacted) when it is missing and
+/// `create` allows it. Returns the input partition counts. Blocks: call
+/// it from the stream thread; `rt` runs the admin request.
+///
+/// # Errors
+/// [`TopicError`]: every case says what the operator must do.
+pub fn check_topics(
+    rt: &tokio::runtime::Handle,
+    conn: &Connection,
+    inputs: &[String],
+    changelog: &str,
+    replication: Option<i32>,
+    create: bool,
+) -> Result<HashMap<String, usize>, TopicError> {
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = conn
+        .admin()
+        .create()
+        .map_err(|e| TopicError::Metadata(e.to_string()))?;
+    let timeout = Duration::from_secs(15);
+    let mut names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    names.push(changelog);
+    let counts = partition_counts(admin.inner(), &names, timeout)?;
+    let mut inputs_n = HashMap::new();
+    let mut widest: Option<(&str, usize)> = None;
+    for t in inputs {
+        let n = counts
+            .get(t)
+            .copied()
+            .flatten()
+            .ok_or_else(|| TopicError::MissingInput(t.clone()))?;
+        inputs_n.insert(t.clone(), n);
+        if widest.is_none_or(|(_, w)| n > w) {
+            widest = Some((t, n));
+        }
+    }
+    let (input, needs) = widest.unwrap_or(("", 1));
+    match counts.get(changelog).copied().flatten() {
+        Some(has) if has >= needs => Ok(inputs_n),
+        Some(has) => Err(TopicError::NotCoPartitioned {
+            changelog: changelog.to_owned(),
+            has,
+            input: input.to_owned(),
+            needs,
+        }),
+        None if !create => Err(TopicError::CannotCreate {
+            changelog: changelog.to_owned(),
+            partitions: needs,
+            why: "creating internal topics is switched off".to_owned(),
+        }),
+        None => {
+            let cannot = |why: String| TopicError::CannotCreate {
+                changelog: changelog.to_owned(),
+                partitions: needs,
+                why,
+            };
+            let replication = TopicReplication::Fixed(replication.unwrap_or(-1));
+            let topic = NewTopic::new(changelog, needs as i32, replication)
+                .set("cleanup.policy", "compact");
+            let opts = AdminOptions::new().operation_timeout(Some(timeout));
+            let created = rt
+                .block_on(async {
+                    tokio::time::timeout(timeout, admin.create_topics([&topic], &opts)).await
+                })
+                .map_err(|_| cannot("the cluster did not answer".to_owned()))?
+                .map_err(|e| cannot(e.to_string()))?;
+            for r in created {
+                match r {
+                    Ok(_) => {}
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => return Err(cannot(code.to_string())),
+                }
+            }
+            tracing::info!(
+                changelog,
+                partitions = needs,
+                "Created the changelog topic."
+            );
+            Ok(inputs_n)
+        }
+    }
+}

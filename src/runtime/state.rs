@@ -1,0 +1,335 @@
+//! Partition state backed by the changelog topic
+//! (`<application_id>-entity-versions-changelog`), co-partitioned with the
+//! input: partition `p` of the changelog holds the state of partition `p`
+//! of every input topic.
+//!
+//! Two kinds of changelog records, both written in the transaction of the
+//! outputs they describe:
+//!
+//! * **entity versions**: key `entity_type/entity_id`, value the last
+//!   accepted version (8 bytes, big-endian);
+//! * **resume markers**: key `0x00 "resume" 0x00 <input topic>`, value the
+//!   next input offset to process in that topic's partition `p`.
+//!
+//! A broker that aborts a crashed producer's transaction hides both with
+//! its outputs. The test brokers (librdkafka's mock cluster, Tansu) instead
+//! show a crashed transaction's records to `read_committed` readers; the
+//! resume marker then tells the successor that those inputs were already
+//! processed, and the restored versions make any replay a `duplicate`, so
+//! outputs stay exactly-once per event either way.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::order::{MemoryStore, VersionStore};
+
+/// Prefix of resume-marker keys; entity keys never start with a NUL byte.
+const RESUME_PREFIX: &[u8] = b"\0resume\0";
+
+/// The changelog key of the resume marker of an input topic.
+pub fn resume_key(topic: &str) -> Vec<u8> {
+    let mut k = RESUME_PREFIX.to_vec();
+    k.extend_from_slice(topic.as_bytes());
+    k
+}
+
+/// A changelog value: a version or an offset, 8 bytes big-endian.
+pub fn encode_value(v: i64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+/// The state of one partition number across the input topics.
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    /// Last accepted versions of the entities whose events arrive here.
+    pub store: MemoryStore,
+    /// Per input topic: inputs below this offset were processed by a
+    /// transaction the changelog shows.
+    pub resume: HashMap<Arc<str>, i64>,
+}
+
+impl PartitionState {
+    /// Applies one changelog record. Returns false for a record this
+    /// version does not understand (it is skipped, and counted by the
+    /// caller).
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> bool {
+        let Some(v) = value.and_then(|v| <[u8; 8]>::try_from(v).ok()) else {
+            if value.is_none() && !key.starts_with(RESUME_PREFIX) {
+                self.store.forget(key);
+                return true;
+            }
+            return false;
+        };
+        let v = i64::from_be_bytes(v);
+        match key.strip_prefix(RESUME_PREFIX) {
+            Some(topic) => match std::str::from_utf8(topic) {
+                Ok(t) => {
+                    let e = self.resume.entry(Arc::from(t)).or_insert(v);
+                    *e = (*e).max(v);
+                    true
+                }
+                Err(_) => false,
+            },
+            None => {
+                self.store.record(key, v);
+                true
+            }
+        }
+    }
+}
+
+/// Versions changed by the open transaction, with what they were before:
+/// written to the changelog at commit, rolled back on abort.
+#[derive(Debug, Default)]
+pub struct Journal {
+    touched: HashMap<(i32, Box<[u8]>), Option<i64>>,
+}
+
+impl Journal {
+    /// True when the transaction changed no version.
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
+
+    /// The changed keys of each partition, with their current versions.
+    pub fn changes<'a>(
+        &'a self,
+        parts: &'a HashMap<i32, PartitionState>,
+    ) -> impl Iterator<Item = (i32, &'a [u8], i64)> + 'a {
+        self.touched.keys().filter_map(move |(p, k)| {
+            let v = parts.get(p)?.store.last_version(k)?;
+            Some((*p, &k[..], v))
+        })
+    }
+
+    /// Forgets the changes (they were committed).
+    pub fn clear(&mut self) {
+        self.touched.clear();
+    }
+
+    /// Puts every changed version back (the transaction was aborted).
+    pub fn roll_back(&mut self, parts: &mut HashMap<i32, PartitionState>) {
+        for ((p, key), before) in self.touched.drain() {
+            let Some(part) = parts.get_mut(&p) else {
+                continue;
+            };
+            match before {
+                Some(v) => part.store.record(&key, v),
+                None => part.store.forget(&key),
+            }
+        }
+    }
+
+    /// The store of partition `p`, recording what the engine changes.
+    pub fn store<'a>(&'a mut self, p: i32, store: &'a mut MemoryStore) -> Journaled<'a> {
+        Journaled {
+            journal: self,
+            partition: p,
+            store,
+        }
+    }
+}
+
+/// A [`VersionStore`] that remembers what it overwrote.
+#[derive(Debug)]
+pub struct Journaled<'a> {
+    journal: &'a mut Journal,
+    partition: i32,
+    store: &'a mut MemoryStore,
+}
+
+impl VersionStore for Journaled<'_> {
+    fn last_version(&self, key: &[u8]) -> Option<i64> {
+        self.store.last_version(key)
+    }
+
+    fn record(&mut self, key: &[u8], version: i64) {
+        let before = self.store.last_version(key);
+        self.journal
+            .touched
+            .entry((self.partition, key.into()))
+            .or_insert(before);
+        self.store.record(key, version);
+    }
+
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+}
+
+/// Why a partition could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The changelog could not be read.
+    #[error("reading changelog partition {partition}: {error}")]
+    Kafka {
+        /// The partition.
+        partition: i32,
+        /// The client error.
+        error: KafkaError,
+    },
+    /// Asked to stop.
+    #[error("stopped while restoring")]
+    Stopped,
+}
+
+/// What a restore read.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The state.
+    pub state: PartitionState,
+    /// Records read.
+    pub records: u64,
+    /// Records skipped as not understood.
+    pub unknown: u64,
+    /// Time taken.
+    pub took: Duration,
+}
+
+/// Reads changelog partitions `ps` from the beginning to their ends
+/// (committed records only), all at once. A partition's end is where
+/// librdkafka reports end-of-partition, confirmed by a quiet poll; the
+/// watermark alone is not trusted (some brokers report it low after
+/// multi-record batches). While the broker is away, it waits: a partial
+/// restore would re-emit events.
+///
+/// # Errors
+/// [`RestoreError`] when the changelog cannot be read or `stop()` turns true.
+pub fn restore<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    changelog: &str,
+    ps: &[i32],
+    stop: &dyn Fn() -> bool,
+) -> Result<HashMap<i32, Restored>, RestoreError> {
+    let started = Instant::now();
+    let first = ps.first().copied().unwrap_or_default();
+    let kafka = |error| RestoreError::Kafka {
+        partition: first,
+        error,
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in ps {
+        tpl.add_partition_offset(changelog, *p, Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&tpl).map_err(kafka)?;
+    let mut out: HashMap<i32, Restored> = ps.iter().map(|p| (*p, Restored::default())).collect();
+    // Per partition: the next offset seen, and whether the end was reported.
+    let mut next: HashMap<i32, i64> = ps.iter().map(|p| (*p, 0)).collect();
+    let mut eof: HashSet<i32> = HashSet::new();
+    let mut quiet = 0u32;
+    let mut last_report = Instant::now();
+    let result = loop {
+        if stop() {
+            break Err(RestoreError::Stopped);
+        }
+        let all_eof = eof.len() == ps.len();
+        match consumer.poll(Duration::from_millis(if all_eof { 300 } else { 500 })) {
+            Some(Ok(m)) => {
+                let p = m.partition();
+                eof.remove(&p);
+                quiet = 0;
+                next.insert(p, m.offset() + 1);
+                if let Some(r) = out.get_mut(&p) {
+                    r.records += 1;
+                    if !r.state.apply(m.key().unwrap_or_default(), m.payload()) {
+                        r.unknown += 1;
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) => {
+                if last_report.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(error = %e, "Changelog read failed; retrying.");
+                    last_report = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None if all_eof => break Ok(()),
+            None => {
+                // No end-of-partition event, nothing arriving: done with a
+                // partition if its watermark agrees (a broker may not
+                // report the event).
+                quiet += 1;
+                if quiet >= 6 {
+                    quiet = 0;
+                    for p in ps {
+                        if eof.contains(p) {
+                            continue;
+                        }
+                        if let Ok((low, high)) =
+                            consumer.fetch_watermarks(changelog, *p, Duration::from_secs(5))
+                        {
+                            if next[p].max(low) >= high {
+                                eof.insert(*p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let _ = consumer.unassign();
+    result?;
+    let took = started.elapsed();
+    for r in out.values_mut() {
+        r.took = took;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changelog_records_rebuild_versions_and_resume_markers() {
+        let mut s = PartitionState::default();
+        assert!(s.apply(b"user/u1", Some(&encode_value(3))));
+        assert!(s.apply(b"user/u1", Some(&encode_value(4))));
+        assert!(s.apply(&resume_key("events.raw"), Some(&encode_value(120))));
+        assert!(s.apply(&resume_key("events.raw"), Some(&encode_value(90))));
+        assert!(!s.apply(b"user/u2", Some(b"short")));
+        assert_eq!(s.store.last_version(b"user/u1"), Some(4));
+        assert_eq!(s.resume.get("events.raw"), Some(&120));
+        assert!(s.apply(b"user/u1", None));
+        assert_eq!(s.store.last_version(b"user/u1"), None);
+    }
+
+    #[test]
+    fn an_aborted_transaction_rolls_its_versions_back() {
+        let mut parts = HashMap::new();
+        parts.insert(0, PartitionState::default());
+        parts.get_mut(&0).unwrap().store.record(b"user/a", 1);
+        let mut j = Journal::default();
+        {
+            let store = &mut parts.get_mut(&0).unwrap().store;
+            let mut js = j.store(0, store);
+            js.record(b"user/a", 2);
+            js.record(b"user/a", 3);
+            js.record(b"user/b", 1);
+        }
+        let mut changes: Vec<_> = j
+            .changes(&parts)
+            .map(|(p, k, v)| (p, k.to_vec(), v))
+            .collect();
+        changes.sort();
+        assert_eq!(
+            changes,
+            [(0, b"user/a".to_vec(), 3), (0, b"user/b".to_vec(), 1)]
+        );
+        j.roll_back(&mut parts);
+        let s = &parts[&0].store;
+        assert_eq!(s.last_version(b"user/a"), Some(1));
+        assert_eq!(s.last_version(b"user/b"), None);
+        assert!(j.is_empty());
+    }
+}

@@ -1,0 +1,902 @@
+//! The stream thread: one OS thread that owns the group consumer, the
+//! producer and the partition state, and chains the engine's stages for
+//! every record (like a Kafka Streams `StreamThread`).
+//!
+//! Every librdkafka call that blocks — polling, restoring, transactional
+//! commits — happens here, never on a worker of the async runtime; registry
+//! calls are `async` and awaited with `Handle::block_on` from this thread.
+//!
+//! Per record: restore-check → engine → produce (tier records, dead letter,
+//! changelog) → advance the partition's position. Every
+//! `commit_interval_ms`: resume markers → offsets → commit, in one
+//! transaction. On revoke the open transaction commits before the
+//! partitions are released; on assign each new partition's state is restored
+//! from the changelog before its first record is processed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use super::kafka::{check_topics, Connection, QuietContext};
+use super::state::{encode_value, restore, resume_key, Journal, PartitionState, RestoreError};
+use super::Progress;
+use crate::config::{Guarantee, Topology};
+use crate::order::{Verdict, VersionStore};
+use crate::pipeline::{Engine, EngineError, Outcome, SchemaLookup};
+use crate::project::Hasher;
+use crate::record::{OutRecord, RawRecord, Source, Tier};
+use crate::telemetry::{self, Health, Metrics, Pending, TopicCounters};
+
+/// Everything the stream thread needs.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) topology: Topology,
+    pub(crate) conn: Connection,
+    pub(crate) instance_id: String,
+    pub(crate) hasher: Option<Hasher>,
+    pub(crate) metrics: Metrics,
+    pub(crate) health: Arc<Health>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) create_topics: bool,
+    pub(crate) changelog_replication: Option<i32>,
+}
+
+/// How long a transactional call may take before it is retried.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait between retries of a registry that is unavailable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Aborts in a row without a commit before the thread gives up.
+const MAX_ABORTS_IN_A_ROW: u32 = 5;
+/// How often JSON subjects are looked up again, so a new schema version
+/// takes effect without a restart.
+const SUBJECT_REFRESH: Duration = Duration::from_secs(60);
+
+/// Counts delivery failures; in a transaction they also fail the commit.
+#[derive(Debug, Default)]
+struct ProducerCtx {
+    failed: AtomicU64,
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(topic = m.topic(), partition = m.partition(), error = %e, "Delivery failed.");
+            }
+        }
+    }
+}
+
+/// The consumer's context: rebalances and statistics reach the task here.
+struct StreamCtx {
+    task: Mutex<Option<Task>>,
+    metrics: Metrics,
+    inputs: HashSet<String>,
+}
+
+impl std::fmt::Debug for StreamCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamCtx")
+    }
+}
+
+impl StreamCtx {
+    fn lock(&self) -> MutexGuard<'_, Option<Task>> {
+        // The task never panics while holding the lock; if it did, the
+        // thread is ending anyway.
+        self.task.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for StreamCtx {
+    fn stats(&self, stats: Statistics) {
+        let guard = self.lock();
+        for (topic, t) in &stats.topics {
+            if !self.inputs.contains(topic) {
+                continue;
+            }
+            for (p, s) in &t.partitions {
+                if *p < 0 {
+                    continue;
+                }
+                let Some(task) = guard.as_ref() else { continue };
+                let Some(pos) = task.position(topic, *p) else {
+                    continue;
+                };
+                let end = if s.ls_offset >= 0 {
+                    s.ls_offset
+                } else {
+                    s.hi_offset
+                };
+                if end >= 0 {
+                    telemetry::consumer_lag(&self.metrics, topic, *p, (end - pos).max(0));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StreamCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut guard = self.lock();
+        let Some(task) = guard.as_mut() else { return };
+        match rebalance {
+            Rebalance::Revoke(tpl) => task.on_revoke(consumer, tpl),
+            Rebalance::Assign(tpl) => task.on_assign(tpl),
+            Rebalance::Error(e) => warn!(error = %e, "Rebalance failed."),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    /// The next offset to process.
+    next: i64,
+    /// The first offset processed in the open transaction.
+    txn_start: Option<i64>,
+}
+
+/// The state the stream thread works on; behind the context's mutex so the
+/// rebalance callbacks (which run inside `poll`, on this same thread) can
+/// reach it.
+struct Task {
+    settings: Arc<Settings>,
+    engine: Engine,
+    registry: Box<dyn SchemaLookup + Send>,
+    producer: BaseProducer<ProducerCtx>,
+    restorer: BaseConsumer<QuietContext>,
+    changelog: String,
+    guarantee: Guarantee,
+    commit_interval: Duration,
+    inputs: Vec<Arc<str>>,
+    tier_topics: [Arc<str>; 3],
+    parts: HashMap<i32, PartitionState>,
+    assigned: HashSet<(Arc<str>, i32)>,
+    positions: HashMap<(Arc<str>, i32), Pos>,
+    journal: Journal,
+    pending: Pending,
+    counters: TopicCounters,
+    last_commit: Instant,
+    last_refresh: Instant,
+    last_gauges: Instant,
+    aborts_in_a_row: u32,
+    /// Set by a failed send: the open transaction must be aborted.
+    broken: Option<String>,
+    /// Set in a callback that cannot return an error.
+    fatal: Option<anyhow::Error>,
+    dead_letter_log: RateLimit,
+}
+
+/// Logs at most `max` lines per window, then says how many it held back.
+#[derive(Debug)]
+struct RateLimit {
+    window: Instant,
+    logged: u32,
+    held_back: u64,
+}
+
+impl RateLimit {
+    const MAX: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        RateLimit {
+            window: Instant::now(),
+            logged: 0,
+            held_back: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Self::WINDOW {
+            if self.held_back > 0 {
+                warn!(
+                    held_back = self.held_back,
+                    "More dead letters than logged; see the dead-letter metrics."
+                );
+            }
+            self.window = Instant::now();
+            self.logged = 0;
+            self.held_back = 0;
+        }
+        if self.logged < Self::MAX {
+            self.logged += 1;
+            true
+        } else {
+            self.held_back += 1;
+            false
+        }
+    }
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("assigned", &self.assigned.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the stream thread until `settings.stop` turns true (then commits
+/// and leaves the group) or a fatal error.
+///
+/// # Errors
+/// Start-up problems (topics, clients) and fatal runtime errors (fenced,
+/// the registry refusing a derived schema).
+pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) -> Result<()> {
+    let settings = Arc::new(settings);
+    let s = &settings;
+    let spec = &s.topology.spec;
+    let app = spec.application_id.as_str();
+    let changelog = s.topology.changelog_topic();
+    let guarantee = spec.processing.guarantee;
+    s.health.set_ready(false, "checking topics");
+    let inputs = check_topics(
+        &s.rt,
+        &s.conn,
+        &spec.input.topics,
+        &changelog,
+        s.changelog_replication,
+        s.create_topics,
+    )?;
+    info!(inputs = ?inputs, changelog = %changelog, "Topics checked.");
+
+    let client_id = format!("{app}-{}", s.instance_id);
+    let producer: BaseProducer<ProducerCtx> = s
+        .conn
+        .producer(&client_id, guarantee)
+        .create_with_context(ProducerCtx::default())
+        .context("creating the producer")?;
+    if guarantee == Guarantee::ExactlyOnce {
+        s.health.set_ready(false, "initialising transactions");
+        retry_txn(s, "init_transactions", || {
+            producer.init_transactions(TXN_TIMEOUT)
+        })?;
+        producer
+            .begin_transaction()
+            .context("beginning the first transaction")?;
+    }
+    let restorer: BaseConsumer<QuietContext> = s
+        .conn
+        .restorer(&client_id)
+        .create_with_context(QuietContext)
+        .context("creating the restore consumer")?;
+
+    let task = Task {
+        settings: settings.clone(),
+        engine: Engine::new(s.topology.engine.clone(), s.hasher.clone()),
+        registry,
+        producer,
+        restorer,
+        changelog,
+        guarantee,
+        commit_interval: Duration::from_millis(spec.processing.commit_interval_ms),
+        inputs: spec
+            .input
+            .topics
+            .iter()
+            .map(|t| Arc::from(t.as_str()))
+            .collect(),
+        tier_topics: s.topology.engine.topics.tiers.clone(),
+        parts: HashMap::new(),
+        assigned: HashSet::new(),
+        positions: HashMap::new(),
+        journal: Journal::default(),
+        pending: Pending::default(),
+        counters: TopicCounters::default(),
+        last_commit: Instant::now(),
+        last_refresh: Instant::now(),
+        last_gauges: Instant::now(),
+        aborts_in_a_row: 0,
+        broken: None,
+        fatal: None,
+        dead_letter_log: RateLimit::new(),
+    };
+    let ctx = StreamCtx {
+        task: Mutex::new(Some(task)),
+        metrics: s.metrics.clone(),
+        inputs: spec.input.topics.iter().cloned().collect(),
+    };
+    let consumer: BaseConsumer<StreamCtx> = s
+        .conn
+        .consumer(app, &s.instance_id)
+        .create_with_context(ctx)
+        .context("creating the consumer")?;
+    let topics: Vec<&str> = spec.input.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to the input topics")?;
+    s.health.set_ready(false, "joining the consumer group");
+    info!(group = app, instance = %s.instance_id, guarantee = ?guarantee, "Stream thread started.");
+
+    let result = poll_loop(s, &consumer);
+    // Finish the open transaction, then leave the group (the revoke
+    // callback finds nothing left to commit).
+    let finished = {
+        let mut guard = consumer.context().lock();
+        match (guard.as_mut(), &result) {
+            (Some(task), Ok(())) => task.commit(&consumer),
+            _ => Ok(()),
+        }
+    };
+    consumer.unsubscribe();
+    for _ in 0..20 {
+        if consumer.poll(Duration::from_millis(50)).is_none() {
+            break;
+        }
+    }
+    let late = consumer
+        .context()
+        .lock()
+        .as_mut()
+        .and_then(|t| t.fatal.take());
+    s.health.set_ready(false, "stopped");
+    // Drop the task (producer, restorer) before the consumer closes.
+    let task = consumer.context().lock().take();
+    drop(task);
+    drop(consumer);
+    result?;
+    finished?;
+    if let Some(e) = late {
+        return Err(e);
+    }
+    info!("Stream thread stopped cleanly.");
+    Ok(())
+}
+
+fn poll_loop(s: &Settings, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
+    let mut consumer_errors = RateLimit::new();
+    while !s.stop.load(Ordering::SeqCst) {
+        let polled = consumer.poll(Duration::from_millis(100));
+        let mut guard = consumer.context().lock();
+        let Some(task) = guard.as_mut() else {
+            bail!("the stream task is gone");
+        };
+        if let Some(e) = task.fatal.take() {
+            return Err(e);
+        }
+        match polled {
+            None => {}
+            Some(Ok(m)) => task.handle(consumer, &m)?,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+                    return Err(anyhow!(e).context("the consumer failed"));
+                }
+                if consumer_errors.allow() {
+                    warn!(error = %e, "Consumer error; librdkafka retries.");
+                }
+            }
+        }
+        task.tick(consumer)?;
+    }
+    Ok(())
+}
+
+/// Runs a transactional call until it succeeds, retrying what librdkafka
+/// calls retriable.
+fn retry_txn(
+    s: &Settings,
+    what: &str,
+    mut call: impl FnMut() -> rdkafka::error::KafkaResult<()>,
+) -> Result<()> {
+    loop {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(e) if retriable(&e) && !s.stop.load(Ordering::SeqCst) => {
+                warn!(call = what, error = %e, "Transactional call failed; retrying.");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(anyhow!(e).context(what.to_owned())),
+        }
+    }
+}
+
+fn retriable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_retriable(),
+        KafkaError::Flush(_) => true,
+        _ => false,
+    }
+}
+
+fn requires_abort(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.txn_requires_abort())
+}
+
+impl Task {
+    fn metrics(&self) -> &Metrics {
+        &self.settings.metrics
+    }
+
+    fn stopping(&self) -> bool {
+        self.settings.stop.load(Ordering::SeqCst)
+    }
+
+    fn position(&self, topic: &str, p: i32) -> Option<i64> {
+        self.positions
+            .iter()
+            .find(|((t, q), _)| *q == p && &**t == topic)
+            .map(|(_, pos)| pos.next)
+    }
+
+    fn input(&self, topic: &str) -> Arc<str> {
+        self.inputs
+            .iter()
+            .find(|t| &***t == topic)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(topic))
+    }
+
+    fn handle(
+        &mut self,
+        consumer: &BaseConsumer<StreamCtx>,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<()> {
+        let topic = self.input(m.topic());
+        let p = m.partition();
+        let offset = m.offset();
+        let metrics = self.settings.metrics.clone();
+        self.counters.consumed(&metrics, &topic);
+        if !self.parts.contains_key(&p) {
+            // Assignments restore before processing; this is a safety net.
+            self.restore_partitions(&[p])?;
+        }
+        let already = self.parts[&p]
+            .resume
+            .get(&topic)
+            .is_some_and(|r| offset < *r);
+        if already {
+            self.pending.replayed();
+            self.advance(&topic, p, offset);
+            return Ok(());
+        }
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let source = Source {
+            topic: topic.clone(),
+            partition: p,
+            offset,
+        };
+        let raw = RawRecord {
+            source: &source,
+            key: m.key(),
+            value: m.payload(),
+            headers: &headers,
+        };
+        let mut backoff = Duration::from_millis(100);
+        let outcome = loop {
+            let started = Instant::now();
+            let part = self.parts.get_mut(&p).expect("restored above");
+            let mut store = self.journal.store(p, &mut part.store);
+            let result = self
+                .engine
+                .process(&raw, &mut store, self.registry.as_mut());
+            telemetry::processed(&metrics, started.elapsed());
+            match result {
+                Ok(o) => break o,
+                Err(EngineError::Transient(why)) => {
+                    warn!(
+                        topic = %topic,
+                        partition = p,
+                        offset,
+                        error = %why,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "Schema registry unavailable; waiting, skipping nothing."
+                    );
+                    // Nothing stays open while waiting.
+                    self.commit(consumer)?;
+                    if !self.sleep(backoff) {
+                        // Stopping: this record is neither processed nor
+                        // committed; whoever resumes processes it.
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(EngineError::Fatal(why)) => {
+                    bail!("processing {topic}[{p}]@{offset}: {why}")
+                }
+            }
+        };
+        self.emit(outcome, &topic, p, offset);
+        self.advance(&topic, p, offset);
+        if let Some(why) = self.broken.take() {
+            self.abort(consumer, &why)?;
+        }
+        Ok(())
+    }
+
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(d));
+        }
+        !self.stopping()
+    }
+
+    fn advance(&mut self, topic: &Arc<str>, p: i32, offset: i64) {
+        let pos = self.positions.entry((topic.clone(), p)).or_insert(Pos {
+            next: offset,
+            txn_start: None,
+        });
+        pos.next = offset + 1;
+        pos.txn_start.get_or_insert(offset);
+    }
+
+    fn tier_of(&self, topic: &Arc<str>) -> Tier {
+        Tier::ALL
+            .into_iter()
+            .find(|t| self.tier_topics[t.index()] == *topic)
+            .unwrap_or(Tier::Restricted)
+    }
+
+    fn emit(&mut self, outcome: Outcome, topic: &Arc<str>, p: i32, offset: i64) {
+        match outcome {
+            Outcome::Routed(r) => {
+                for rec in &r.records {
+                    let tier = self.tier_of(&rec.topic);
+                    self.pending.produced(tier, r.redacted[tier.index()]);
+                    self.send(rec, None);
+                }
+                // The version, in the same transaction as the outputs.
+                let changelog = self.changelog.clone();
+                self.send_raw(
+                    &changelog,
+                    Some(p),
+                    &r.state.key,
+                    &encode_value(r.state.version),
+                );
+                self.pending.verdict(r.verdict);
+                if let Some(field) = &r.tier_mismatch {
+                    self.pending.tier_mismatch();
+                    debug!(topic = %topic, partition = p, offset, field = %field, "Event holds data above its declared privacy tier.");
+                }
+                if let Verdict::Gap { missing } = r.verdict {
+                    debug!(topic = %topic, partition = p, offset, missing, "Entity version gap; emitted with x-version-gap.");
+                }
+            }
+            Outcome::Skipped(v) => {
+                self.pending.verdict(v);
+                debug!(topic = %topic, partition = p, offset, verdict = v.label(), "Version already emitted; skipped.");
+            }
+            Outcome::DeadLettered { record, rejection } => {
+                self.send(&record, None);
+                // Dead letters are not versioned: the resume marker keeps a
+                // replay from sending one twice.
+                let changelog = self.changelog.clone();
+                self.send_raw(
+                    &changelog,
+                    Some(p),
+                    &resume_key(topic),
+                    &encode_value(offset + 1),
+                );
+                self.pending.dead_letter(rejection.reason);
+                if self.dead_letter_log.allow() {
+                    warn!(
+                        topic = %topic,
+                        partition = p,
+                        offset,
+                        reason = rejection.reason.code(),
+                        detail = %rejection.detail,
+                        "Dead-lettered."
+                    );
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, rec: &OutRecord, partition: Option<i32>) {
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(&v[..]),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&rec.topic).headers(headers);
+        if let Some(k) = &rec.key {
+            record = record.key(&k[..]);
+        }
+        if let Some(v) = &rec.value {
+            record = record.payload(&v[..]);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        self.produce(record);
+    }
+
+    fn send_raw(&mut self, topic: &str, partition: Option<i32>, key: &[u8], value: &[u8]) {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key).payload(value);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        self.produce(record);
+    }
+
+    fn produce(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) {
+        if self.broken.is_some() {
+            return;
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.poll(Duration::ZERO);
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, r)) => {
+                    self.broken = Some(format!("producing to {}: {e}", r.topic));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
+        if self.last_commit.elapsed() >= self.commit_interval {
+            self.commit(consumer)?;
+        }
+        if self.last_refresh.elapsed() >= SUBJECT_REFRESH {
+            self.engine.forget_subjects();
+            self.last_refresh = Instant::now();
+        }
+        if self.last_gauges.elapsed() >= Duration::from_secs(1) {
+            self.gauges();
+        }
+        Ok(())
+    }
+
+    fn gauges(&mut self) {
+        let entities = self.parts.values().map(|p| p.store.len()).sum();
+        telemetry::state_size(self.metrics(), entities, self.assigned.len());
+        let stats = self.engine.take_cache_stats();
+        telemetry::registry_lookups(self.metrics(), stats.hits, stats.misses);
+        self.last_gauges = Instant::now();
+    }
+
+    /// Commits the open transaction: resume markers, then offsets, then the
+    /// commit. A failure that needs an abort aborts and rewinds; a fatal one
+    /// is returned.
+    fn commit(&mut self, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
+        self.last_commit = Instant::now();
+        let dirty: Vec<(Arc<str>, i32, i64)> = self
+            .positions
+            .iter()
+            .filter(|(_, pos)| pos.txn_start.is_some())
+            .map(|((t, p), pos)| (t.clone(), *p, pos.next))
+            .collect();
+        if dirty.is_empty() && self.journal.is_empty() && self.pending.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let changelog = self.changelog.clone();
+        for (t, p, next) in &dirty {
+            self.send_raw(&changelog, Some(*p), &resume_key(t), &encode_value(*next));
+        }
+        if let Some(why) = self.broken.take() {
+            return self.abort(consumer, &why);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (t, p, next) in &dirty {
+            offsets
+                .add_partition_offset(t, *p, Offset::Offset(*next))
+                .context("building the offsets to commit")?;
+        }
+        match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                let Some(group) = consumer.group_metadata() else {
+                    bail!("the consumer has no group metadata");
+                };
+                let mut offsets_sent = dirty.is_empty();
+                loop {
+                    let r = if offsets_sent {
+                        self.producer.commit_transaction(TXN_TIMEOUT)
+                    } else {
+                        self.producer
+                            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+                            .map(|()| offsets_sent = true)
+                            .and_then(|()| self.producer.commit_transaction(TXN_TIMEOUT))
+                    };
+                    match r {
+                        Ok(()) => break,
+                        Err(e) if requires_abort(&e) => {
+                            return self.abort(consumer, &e.to_string());
+                        }
+                        Err(e) if retriable(&e) => {
+                            warn!(error = %e, "Commit not finished; retrying.");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => return Err(anyhow!(e).context("committing the transaction")),
+                    }
+                }
+            }
+            Guarantee::AtLeastOnce => {
+                loop {
+                    match self.producer.flush(TXN_TIMEOUT) {
+                        Ok(()) => break,
+                        Err(e) => warn!(error = %e, "Flush not finished; retrying."),
+                    }
+                }
+                if self.producer.context().failed.swap(0, Ordering::Relaxed) > 0 {
+                    return self.abort(consumer, "records could not be delivered");
+                }
+                if !dirty.is_empty() {
+                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                        // The next commit covers these offsets; at least once
+                        // allows the replay a crash before it would cause.
+                        warn!(error = %e, "Offset commit failed; the next commit retries.");
+                    }
+                }
+            }
+        }
+        self.journal.clear();
+        for (t, p, next) in &dirty {
+            if let Some(pos) = self.positions.get_mut(&(t.clone(), *p)) {
+                pos.txn_start = None;
+            }
+            self.settings.progress.set(t, *p, *next);
+        }
+        self.aborts_in_a_row = 0;
+        let m = self.settings.metrics.clone();
+        telemetry::committed(&m, &mut self.pending, started.elapsed());
+        if self.guarantee == Guarantee::ExactlyOnce {
+            let producer = &self.producer;
+            retry_txn(&self.settings, "begin_transaction", || {
+                producer.begin_transaction()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, puts the versions it changed back and
+    /// rewinds every partition it read to where it started.
+    fn abort(&mut self, consumer: &BaseConsumer<StreamCtx>, why: &str) -> Result<()> {
+        let started = Instant::now();
+        if self.guarantee == Guarantee::ExactlyOnce {
+            let producer = &self.producer;
+            retry_txn(&self.settings, "abort_transaction", || {
+                producer.abort_transaction(TXN_TIMEOUT)
+            })?;
+        }
+        self.producer.context().failed.store(0, Ordering::Relaxed);
+        self.journal.roll_back(&mut self.parts);
+        for ((t, p), pos) in self.positions.iter_mut() {
+            if let Some(start) = pos.txn_start.take() {
+                pos.next = start;
+                if let Err(e) = consumer.seek(t, *p, Offset::Offset(start), Duration::from_secs(10))
+                {
+                    warn!(topic = %t, partition = *p, error = %e, "Rewind failed.");
+                }
+            }
+        }
+        let m = self.settings.metrics.clone();
+        telemetry::aborted(&m, &mut self.pending, started.elapsed(), why);
+        self.aborts_in_a_row += 1;
+        if self.aborts_in_a_row > MAX_ABORTS_IN_A_ROW {
+            bail!(
+                "{} transactions in a row were aborted; last: {why}",
+                self.aborts_in_a_row
+            );
+        }
+        if self.guarantee == Guarantee::ExactlyOnce {
+            let producer = &self.producer;
+            retry_txn(&self.settings, "begin_transaction", || {
+                producer.begin_transaction()
+            })?;
+        }
+        Ok(())
+    }
+
+    fn on_revoke(&mut self, consumer: &BaseConsumer<StreamCtx>, tpl: &TopicPartitionList) {
+        self.settings.health.set_ready(false, "rebalancing");
+        // Finish the open transaction before the partitions are released.
+        if let Err(e) = self.commit(consumer) {
+            self.fatal = Some(e.context("committing before a rebalance"));
+        }
+        for el in tpl.elements() {
+            let topic = self.input(el.topic());
+            self.positions.remove(&(topic.clone(), el.partition()));
+            self.assigned.remove(&(topic, el.partition()));
+            telemetry::forget_lag(self.metrics(), el.topic(), el.partition());
+        }
+        let still: HashSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+        self.parts.retain(|p, _| still.contains(p));
+        info!(
+            revoked = tpl.count(),
+            kept = self.assigned.len(),
+            "Partitions revoked."
+        );
+        self.gauges();
+    }
+
+    fn on_assign(&mut self, tpl: &TopicPartitionList) {
+        self.settings.health.set_ready(false, "restoring state");
+        for el in tpl.elements() {
+            let topic = self.input(el.topic());
+            self.assigned.insert((topic, el.partition()));
+        }
+        let mut needed: Vec<i32> = self
+            .assigned
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !self.parts.contains_key(p))
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        if let Err(e) = self.restore_partitions(&needed) {
+            if !self.stopping() {
+                self.fatal = Some(e);
+            }
+            return;
+        }
+        info!(
+            assigned = self.assigned.len(),
+            "Partitions assigned and restored."
+        );
+        self.gauges();
+        self.settings.health.set_ready(true, "processing");
+    }
+
+    fn restore_partitions(&mut self, ps: &[i32]) -> Result<()> {
+        if ps.is_empty() {
+            return Ok(());
+        }
+        let stop = self.settings.stop.clone();
+        let restored = match restore(&self.restorer, &self.changelog, ps, &|| {
+            stop.load(Ordering::SeqCst)
+        }) {
+            Ok(r) => r,
+            Err(RestoreError::Stopped) => bail!("stopped while restoring partitions {ps:?}"),
+            Err(e) => return Err(e.into()),
+        };
+        for (p, r) in restored {
+            if r.unknown > 0 {
+                warn!(
+                    partition = p,
+                    records = r.unknown,
+                    "Changelog records not understood; skipped."
+                );
+            }
+            telemetry::restored(
+                self.metrics(),
+                &self.changelog,
+                p,
+                r.records,
+                r.state.store.len(),
+                r.took,
+            );
+            self.parts.insert(p, r.state);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,532 @@
+//! Telemetry as named events: each function here logs *and* counts, with
+//! fixed, low-cardinality labels (`topic` and `partition` of the
+//! configuration, `tier`, `reason`, `verdict`, `outcome`). The Prometheus
+//! registry is injected, so tests read the counters they caused. No payload
+//! value ever reaches a label or a log line: the functions take only names
+//! from the schema and the topology, codes, counts and durations.
+//!
+//! [`serve`] exposes `/metrics`, `/healthz` (the process lives) and
+//! `/readyz` (joined the group, every assigned partition's state restored).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::order::Verdict;
+use crate::record::{Reason, Tier};
+
+/// Metric names, as scraped.
+pub mod names {
+    /// Input records read, by input topic.
+    pub const CONSUMED: &str = "privacy_router_records_consumed_total";
+    /// Tier records produced (committed with their transaction), by tier.
+    pub const PRODUCED: &str = "privacy_router_records_produced_total";
+    /// Dead letters produced, by reason code.
+    pub const DEAD_LETTERS: &str = "privacy_router_dead_letters_total";
+    /// Ordering verdicts of valid events, by verdict.
+    pub const ORDERING: &str = "privacy_router_ordering_total";
+    /// Fields removed or pseudonymised in tier records, by tier.
+    pub const REDACTED: &str = "privacy_router_fields_redacted_total";
+    /// Events holding data above their declared `privacy_tier`.
+    pub const TIER_MISMATCHES: &str = "privacy_router_tier_mismatches_total";
+    /// Input records skipped because a predecessor's visible transaction
+    /// already processed them (see the runtime's resume markers).
+    pub const REPLAYED: &str = "privacy_router_replayed_records_skipped_total";
+    /// Time the engine spent on one record, in seconds.
+    pub const PROCESS_SECONDS: &str = "privacy_router_process_seconds";
+    /// Transactions (or at-least-once commits), by outcome.
+    pub const TRANSACTIONS: &str = "privacy_router_transactions_total";
+    /// Time to commit one transaction, in seconds.
+    pub const COMMIT_SECONDS: &str = "privacy_router_commit_seconds";
+    /// Consumer lag per input partition, from librdkafka statistics.
+    pub const CONSUMER_LAG: &str = "privacy_router_consumer_lag";
+    /// Entities in the version store of this instance.
+    pub const ENTITIES: &str = "privacy_router_entities";
+    /// Changelog records read while restoring partitions.
+    pub const RESTORED: &str = "privacy_router_changelog_records_restored_total";
+    /// Schema lookups, by result (`hit` in the engine's cache, `miss` went
+    /// to the registry).
+    pub const REGISTRY_LOOKUPS: &str = "privacy_router_registry_lookups_total";
+    /// Registry calls that failed, by kind (`unavailable`, `rejected`).
+    pub const REGISTRY_ERRORS: &str = "privacy_router_registry_errors_total";
+    /// Partitions assigned to this instance.
+    pub const ASSIGNED: &str = "privacy_router_assigned_partitions";
+}
+
+/// Every metric of the processor, registered in one injected registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    consumed: IntCounterVec,
+    produced: [IntCounter; 3],
+    dead_letters: IntCounterVec,
+    ordering: IntCounterVec,
+    redacted: [IntCounter; 3],
+    tier_mismatches: IntCounter,
+    replayed: IntCounter,
+    process_seconds: Histogram,
+    transactions: IntCounterVec,
+    commit_seconds: HistogramVec,
+    consumer_lag: IntGaugeVec,
+    entities: IntGauge,
+    restored: IntCounter,
+    registry_lookups: IntCounterVec,
+    registry_errors: IntCounterVec,
+    assigned: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+impl Metrics {
+    /// Registers every metric in `registry`.
+    ///
+    /// # Panics
+    /// When the registry already holds metrics of these names.
+    pub fn new(registry: Registry) -> Self {
+        let r = &registry;
+        let produced = counter_vec(
+            r,
+            names::PRODUCED,
+            "Tier records produced, by tier.",
+            &["tier"],
+        );
+        let redacted = counter_vec(
+            r,
+            names::REDACTED,
+            "Fields removed or pseudonymised in tier records, by tier.",
+            &["tier"],
+        );
+        let per_tier = |v: &IntCounterVec| Tier::ALL.map(|t| v.with_label_values(&[t.as_str()]));
+        let dead_letters = counter_vec(
+            r,
+            names::DEAD_LETTERS,
+            "Dead letters, by reason code.",
+            &["reason"],
+        );
+        let ordering = counter_vec(
+            r,
+            names::ORDERING,
+            "Ordering verdicts, by verdict.",
+            &["verdict"],
+        );
+        let transactions = counter_vec(
+            r,
+            names::TRANSACTIONS,
+            "Transactions (or at-least-once commits), by outcome.",
+            &["outcome"],
+        );
+        let registry_lookups = counter_vec(
+            r,
+            names::REGISTRY_LOOKUPS,
+            "Schema lookups, by result.",
+            &["result"],
+        );
+        let registry_errors = counter_vec(
+            r,
+            names::REGISTRY_ERRORS,
+            "Failed registry calls, by kind.",
+            &["kind"],
+        );
+        // Every label value is known up front: create the series so a scrape
+        // shows zeros instead of missing series.
+        for reason in Reason::ALL {
+            dead_letters.with_label_values(&[reason.code()]);
+        }
+        for v in ["accepted", "duplicate", "stale", "gap"] {
+            ordering.with_label_values(&[v]);
+        }
+        for o in ["committed", "aborted"] {
+            transactions.with_label_values(&[o]);
+        }
+        for o in ["hit", "miss"] {
+            registry_lookups.with_label_values(&[o]);
+        }
+        for o in ["unavailable", "rejected"] {
+            registry_errors.with_label_values(&[o]);
+        }
+        let process_seconds = Histogram::with_opts(
+            HistogramOpts::new(names::PROCESS_SECONDS, "Engine time per record.").buckets(vec![
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(process_seconds.clone()))
+            .expect("registered once");
+        let commit_seconds = HistogramVec::new(
+            HistogramOpts::new(names::COMMIT_SECONDS, "Time to commit, by outcome.").buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(commit_seconds.clone()))
+            .expect("registered once");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(names::CONSUMER_LAG, "Consumer lag per input partition."),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(consumer_lag.clone()))
+            .expect("registered once");
+        Metrics {
+            consumed: counter_vec(
+                r,
+                names::CONSUMED,
+                "Input records read, by topic.",
+                &["topic"],
+            ),
+            produced: per_tier(&produced),
+            redacted: per_tier(&redacted),
+            dead_letters,
+            ordering,
+            tier_mismatches: counter(
+                r,
+                names::TIER_MISMATCHES,
+                "Events holding data above their declared privacy_tier.",
+            ),
+            replayed: counter(
+                r,
+                names::REPLAYED,
+                "Input records a predecessor's visible transaction already processed.",
+            ),
+            process_seconds,
+            transactions,
+            commit_seconds,
+            consumer_lag,
+            entities: gauge(r, names::ENTITIES, "Entities in the version store."),
+            restored: counter(
+                r,
+                names::RESTORED,
+                "Changelog records read while restoring partitions.",
+            ),
+            registry_lookups,
+            registry_errors,
+            assigned: gauge(r, names::ASSIGNED, "Input partitions assigned."),
+            registry,
+        }
+    }
+
+    /// The registry the metrics live in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The value of a counter or gauge series, for summaries and tests;
+    /// `None` when no such series exists.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let families = self.registry.gather();
+        let family = families.iter().find(|f| f.name() == name)?;
+        let metric = family.get_metric().iter().find(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })?;
+        match family.get_field_type() {
+            prometheus::proto::MetricType::COUNTER => Some(metric.get_counter().get_value()),
+            prometheus::proto::MetricType::GAUGE => Some(metric.get_gauge().get_value()),
+            _ => None,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(Registry::new())
+    }
+}
+
+/// Per-topic counters resolved once, so the hot path does not hash labels.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    consumed: HashMap<Arc<str>, IntCounter>,
+}
+
+impl TopicCounters {
+    /// A record was read from `topic`.
+    pub fn consumed(&mut self, metrics: &Metrics, topic: &Arc<str>) {
+        if let Some(c) = self.consumed.get(topic) {
+            c.inc();
+            return;
+        }
+        let c = metrics.consumed.with_label_values(&[topic]);
+        c.inc();
+        self.consumed.insert(topic.clone(), c);
+    }
+}
+
+/// Counts of one transaction's outcomes, added to the counters only when it
+/// commits, so the counters say what downstream readers can see.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pending {
+    produced: [u64; 3],
+    redacted: [u64; 3],
+    dead_letters: Vec<Reason>,
+    verdicts: [u64; 4],
+    tier_mismatches: u64,
+    replayed: u64,
+}
+
+impl Pending {
+    /// A tier record was sent.
+    pub fn produced(&mut self, tier: Tier, redacted_fields: u32) {
+        self.produced[tier.index()] += 1;
+        self.redacted[tier.index()] += u64::from(redacted_fields);
+    }
+
+    /// An ordering verdict.
+    pub fn verdict(&mut self, v: Verdict) {
+        let i = match v {
+            Verdict::Accepted => 0,
+            Verdict::Duplicate => 1,
+            Verdict::Stale => 2,
+            Verdict::Gap { .. } => 3,
+        };
+        self.verdicts[i] += 1;
+    }
+
+    /// A dead letter was sent.
+    pub fn dead_letter(&mut self, reason: Reason) {
+        self.dead_letters.push(reason);
+    }
+
+    /// An event held data above its declared tier.
+    pub fn tier_mismatch(&mut self) {
+        self.tier_mismatches += 1;
+    }
+
+    /// A record a predecessor already processed was skipped.
+    pub fn replayed(&mut self) {
+        self.replayed += 1;
+    }
+
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Pending::default()
+    }
+}
+
+/// A transaction committed: its outcomes become visible, and so do its counts.
+pub fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
+    let p = std::mem::take(pending);
+    for t in Tier::ALL {
+        metrics.produced[t.index()].inc_by(p.produced[t.index()]);
+        metrics.redacted[t.index()].inc_by(p.redacted[t.index()]);
+    }
+    for r in p.dead_letters {
+        metrics.dead_letters.with_label_values(&[r.code()]).inc();
+    }
+    for (i, v) in ["accepted", "duplicate", "stale", "gap"].iter().enumerate() {
+        if p.verdicts[i] > 0 {
+            metrics
+                .ordering
+                .with_label_values(&[v])
+                .inc_by(p.verdicts[i]);
+        }
+    }
+    metrics.tier_mismatches.inc_by(p.tier_mismatches);
+    metrics.replayed.inc_by(p.replayed);
+    metrics.transactions.with_label_values(&["committed"]).inc();
+    metrics
+        .commit_seconds
+        .with_label_values(&["committed"])
+        .observe(took.as_secs_f64());
+    tracing::debug!(took_ms = took.as_millis() as u64, "Transaction committed.");
+}
+
+/// A transaction was aborted: its outcomes will be produced again.
+pub fn aborted(metrics: &Metrics, pending: &mut Pending, took: Duration, why: &str) {
+    *pending = Pending::default();
+    metrics.transactions.with_label_values(&["aborted"]).inc();
+    metrics
+        .commit_seconds
+        .with_label_values(&["aborted"])
+        .observe(took.as_secs_f64());
+    tracing::warn!(
+        error = why,
+        "Transaction aborted; its records will be processed again."
+    );
+}
+
+/// The engine spent `took` on one record.
+pub fn processed(metrics: &Metrics, took: Duration) {
+    metrics.process_seconds.observe(took.as_secs_f64());
+}
+
+/// Schema lookups answered by the engine's cache (`hits`) or sent to the
+/// registry (`misses`).
+pub fn registry_lookups(metrics: &Metrics, hits: u64, misses: u64) {
+    metrics
+        .registry_lookups
+        .with_label_values(&["hit"])
+        .inc_by(hits);
+    metrics
+        .registry_lookups
+        .with_label_values(&["miss"])
+        .inc_by(misses);
+}
+
+/// A registry call failed. `what` names the call (`schema by id`, `latest
+/// version`, `register`), never a payload value.
+pub fn registry_error(metrics: &Metrics, kind: &'static str, what: &str, status: Option<u16>) {
+    metrics.registry_errors.with_label_values(&[kind]).inc();
+    tracing::warn!(
+        kind,
+        call = what,
+        status = status.unwrap_or(0),
+        "Schema registry call failed."
+    );
+}
+
+/// Partition state was restored from the changelog.
+pub fn restored(
+    metrics: &Metrics,
+    topic: &str,
+    partition: i32,
+    records: u64,
+    entities: usize,
+    took: Duration,
+) {
+    metrics.restored.inc_by(records);
+    tracing::info!(
+        changelog = topic,
+        partition,
+        records,
+        entities,
+        took_ms = took.as_millis() as u64,
+        "Partition state restored."
+    );
+}
+
+/// The version store now tracks `n` entities; `assigned` input partitions.
+pub fn state_size(metrics: &Metrics, entities: usize, assigned: usize) {
+    metrics.entities.set(entities as i64);
+    metrics.assigned.set(assigned as i64);
+}
+
+/// Consumer lag of one input partition (from librdkafka statistics).
+pub fn consumer_lag(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {
+    metrics
+        .consumer_lag
+        .with_label_values(&[topic, &partition.to_string()])
+        .set(lag);
+}
+
+/// Forgets the lag series of a partition this instance no longer owns.
+pub fn forget_lag(metrics: &Metrics, topic: &str, partition: i32) {
+    let _ = metrics
+        .consumer_lag
+        .remove_label_values(&[topic, &partition.to_string()]);
+}
+
+/// Liveness and readiness, shared between the stream thread and `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    why: Mutex<&'static str>,
+}
+
+impl Health {
+    /// Ready: joined the group, every assigned partition restored.
+    pub fn set_ready(&self, ready: bool, why: &'static str) {
+        self.ready.store(ready, Ordering::SeqCst);
+        if let Ok(mut w) = self.why.lock() {
+            *w = why;
+        }
+    }
+
+    /// Whether `/readyz` answers 200, and why.
+    pub fn ready(&self) -> (bool, &'static str) {
+        let why = self.why.lock().map(|w| *w).unwrap_or("unknown");
+        (self.ready.load(Ordering::SeqCst), why)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until
+/// `shutdown` completes.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    match h.ready() {
+                        (true, _) => (StatusCode::OK, "ready\n".to_owned()),
+                        (false, why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the telemetry address.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
