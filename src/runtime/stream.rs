@@ -688,7 +688,14 @@ impl Task {
     /// commit. A failure that needs an abort aborts and rewinds; a fatal one
     /// is returned.
     fn commit(&mut self, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
+        let result = self.commit_open(consumer);
+        // The interval counts from the end of a commit, so a slow commit
+        // does not leave the next transaction with a single record.
         self.last_commit = Instant::now();
+        result
+    }
+
+    fn commit_open(&mut self, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
         let dirty: Vec<(Arc<str>, i32, i64)> = self
             .positions
             .iter()

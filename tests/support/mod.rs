@@ -1,0 +1,807 @@
+//! Shared harness of the broker tests: real brokers (librdkafka's mock
+//! cluster in this process, or a Tansu process), the registry stand-in, the
+//! processor as a child process (`privacy-router run`), a producer that
+//! records where each input landed, readers of the output topics, and the
+//! expected outputs computed by the pure engine.
+//!
+//! Every scenario uses fresh topic names and a fresh consumer group.
+
+#![allow(dead_code, deprecated, unreachable_pub)]
+
+pub mod registry;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use privacy_router::config::Topology;
+use privacy_router::order::MemoryStore;
+use privacy_router::pipeline::{Engine, Outcome, SchemaLookup};
+use privacy_router::project::Hasher;
+use privacy_router::record::{RawRecord, Source};
+use privacy_router::registry::{file, MemoryRegistry};
+use privacy_router::runtime::kafka::QuietContext;
+use privacy_router::sample::{self, Format, Options};
+use privacy_router::schema::{binary, json as sjson, CompiledSchema};
+
+pub use registry::Registry;
+
+/// The hash key of every scenario.
+pub const KEY: &str = "broker-test-key-0123456789";
+
+/// A random suffix for topic and group names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
+/// A broker for one test.
+pub enum Broker {
+    /// librdkafka's mock cluster, owned by this process.
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    /// A Tansu broker process (memory storage), killed on drop.
+    Tansu(Child, String),
+}
+
+impl Broker {
+    /// A one-broker mock cluster.
+    pub fn mock() -> Broker {
+        Broker::Mock(MockCluster::new(1).expect("mock cluster"))
+    }
+
+    /// A Tansu broker on a free port. Needs `TANSU_BIN` (the test script
+    /// installs Tansu and sets it).
+    pub fn tansu() -> Broker {
+        let bin = std::env::var("TANSU_BIN").expect(
+            "TANSU_BIN is not set: run the tests with `bash scripts/test.sh`, which installs Tansu",
+        );
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("tansu-{port}.log"))).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tansu");
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker::Tansu(child, format!("127.0.0.1:{port}"))
+    }
+
+    /// `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Broker::Mock(m) => m.bootstrap_servers(),
+            Broker::Tansu(_, b) => b.clone(),
+        }
+    }
+
+    /// Creates a topic (compacted when asked).
+    pub fn create_topic(&self, name: &str, partitions: i32, compact: bool) {
+        match self {
+            Broker::Mock(m) => m.create_topic(name, partitions, 1).unwrap(),
+            Broker::Tansu(..) => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", self.bootstrap())
+                    .create()
+                    .unwrap();
+                let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                if compact {
+                    t = t.set("cleanup.policy", "compact");
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let r = rt
+                    .block_on(admin.create_topics([&t], &AdminOptions::new()))
+                    .unwrap();
+                for x in r {
+                    x.unwrap();
+                }
+            }
+        }
+    }
+
+    /// True for the mock cluster.
+    pub fn is_mock(&self) -> bool {
+        matches!(self, Broker::Mock(_))
+    }
+
+    /// The mock cluster, for fault injection.
+    pub fn mock_cluster(&self) -> &MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        match self {
+            Broker::Mock(m) => m,
+            Broker::Tansu(..) => panic!("not a mock cluster"),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Broker::Tansu(child, _) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One scenario: topics, topology file, registry, inputs.
+pub struct Scenario {
+    pub broker: Broker,
+    pub rt: tokio::runtime::Runtime,
+    pub registry: Registry,
+    pub dir: tempfile::TempDir,
+    pub topology_path: PathBuf,
+    pub topology: Topology,
+    pub input: String,
+    pub partitions: i32,
+    /// Extra `-X` settings for the processor.
+    pub kafka_settings: Vec<String>,
+    pub files: file::FileRegistry,
+}
+
+impl Scenario {
+    /// Fresh topics on `broker`, a topology naming them, and the registry
+    /// stand-in holding every event schema of `avro/` under the input
+    /// topic's subjects (with the same ids as the file registry).
+    pub fn new(broker: Broker, partitions: i32, extra_topology: &str) -> Scenario {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let registry = rt.block_on(Registry::start());
+        let app = unique("app");
+        let input = unique("raw");
+        let yaml = format!(
+            "application_id: {app}
+input:
+  topics: [{input}]
+outputs:
+  public: {app}.public
+  internal: {app}.internal
+  restricted: {app}.restricted
+  dead_letter: {app}.dlq
+processing:
+  commit_interval_ms: 100
+event_types:
+  user.login_succeeded: {{tiers: [restricted]}}
+  user.login_failed: {{tiers: [restricted]}}
+  user.locked: {{tiers: [restricted]}}
+{extra_topology}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let topology_path = dir.path().join("topology.yaml");
+        std::fs::write(&topology_path, &yaml).unwrap();
+        let topology = Topology::load(&topology_path).unwrap();
+        broker.create_topic(&input, partitions, false);
+        for t in topology.engine.topics.tiers.iter() {
+            broker.create_topic(t, 3, false);
+        }
+        broker.create_topic(&topology.engine.topics.dead_letter, 1, false);
+        broker.create_topic(&topology.changelog_topic(), partitions, true);
+        let files = file::load(
+            Path::new("avro"),
+            &topology.engine.subjects,
+            &topology.spec.input.topics,
+        )
+        .unwrap();
+        for e in &files.events {
+            let subject = topology.engine.subjects.subject(&input, &e.event_type);
+            assert_eq!(registry.register(&subject, &e.text), e.id);
+        }
+        let kafka_settings = if broker.is_mock() {
+            vec![]
+        } else {
+            vec!["session.timeout.ms=6000".to_owned()]
+        };
+        Scenario {
+            broker,
+            rt,
+            registry,
+            dir,
+            topology_path,
+            topology,
+            input,
+            partitions,
+            kafka_settings,
+            files,
+        }
+    }
+
+    /// Output topics: public, internal, restricted, dead letter.
+    pub fn outputs(&self) -> Vec<String> {
+        let t = &self.topology.engine.topics;
+        let mut v: Vec<String> = t.tiers.iter().map(|s| s.to_string()).collect();
+        v.push(t.dead_letter.to_string());
+        v
+    }
+
+    /// Generated sample records (values), deterministic for a seed.
+    pub fn samples(
+        &self,
+        count: usize,
+        seed: u64,
+        format: Format,
+        anomalies: bool,
+    ) -> Vec<Vec<u8>> {
+        sample::generate(
+            &self.files,
+            Options {
+                seed,
+                entities: 60,
+                anomalies,
+                format,
+            },
+            count,
+        )
+    }
+
+    /// Starts `privacy-router run` against this scenario.
+    pub fn processor(&self, instance: &str, extra_args: &[&str]) -> Processor {
+        let log = self
+            .dir
+            .path()
+            .join(format!("{instance}-{:04x}.log", fastrand::u16(..)));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_privacy-router"));
+        cmd.arg("run")
+            .arg("--topology")
+            .arg(&self.topology_path)
+            .args(["--brokers", &self.broker.bootstrap()])
+            .args(["--registry-url", &self.registry.url])
+            .args(["--instance-id", instance])
+            .args(["--metrics-addr", "off"])
+            .args(["--registry-timeout-ms", "3000"])
+            .env("PRIVACY_ROUTER_HASH_KEY", KEY)
+            .env("RUST_LOG", "info,privacy_router=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for s in &self.kafka_settings {
+            cmd.args(["-X", s]);
+        }
+        cmd.args(extra_args);
+        Processor {
+            child: Some(cmd.spawn().expect("starting privacy-router")),
+            log,
+        }
+    }
+}
+
+/// A processor child process.
+pub struct Processor {
+    child: Option<Child>,
+    /// Its standard error (the log).
+    pub log: PathBuf,
+}
+
+impl Processor {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!(
+                    "the processor did not stop after SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no goodbye, no commit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An input record and where it landed.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+struct Landed(Mutex<Vec<Option<(i32, i64)>>>);
+
+impl ClientContext for Landed {}
+
+impl ProducerContext for Landed {
+    type DeliveryOpaque = Box<usize>;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, i: Box<usize>) {
+        let m = r.as_ref().expect("input delivered");
+        self.0.lock().unwrap()[*i] = Some((m.partition(), m.offset()));
+    }
+}
+
+/// The `entity_id` of a sample value, for the record key (as producers key
+/// their records).
+pub fn entity_id_of(files: &file::FileRegistry, value: &[u8]) -> Option<String> {
+    match value.first()? {
+        b'{' => serde_json::from_slice::<Value>(value)
+            .ok()?
+            .get("entity_id")?
+            .as_str()
+            .map(str::to_owned),
+        0 => {
+            let id = u32::from_be_bytes(value.get(1..5)?.try_into().ok()?);
+            let e = files.events.iter().find(|e| e.id == id)?;
+            let schema = CompiledSchema::compile(&e.text, &Default::default()).ok()?;
+            let d = binary::decode(&schema, &value[5..]).ok()?;
+            let v = sjson::render(&schema, schema.root(), &d);
+            v.get("entity_id")?.as_str().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// Produces `values` into `topic`, keyed by entity id, in order; returns
+/// where each landed.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    files: &file::FileRegistry,
+    values: &[Vec<u8>],
+) -> Vec<Input> {
+    let landed = Landed(Mutex::new(vec![None; values.len()]));
+    let producer: BaseProducer<Landed> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create_with_context(landed)
+        .unwrap();
+    let keys: Vec<Option<String>> = values.iter().map(|v| entity_id_of(files, v)).collect();
+    for (i, v) in values.iter().enumerate() {
+        let mut rec: BaseRecord<'_, str, [u8], Box<usize>> =
+            BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&v[..]);
+        if let Some(k) = &keys[i] {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(20));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let at = producer.context().0.lock().unwrap().clone();
+    values
+        .iter()
+        .zip(keys)
+        .zip(at)
+        .map(|((v, k), at)| {
+            let (partition, offset) = at.expect("delivered");
+            Input {
+                key: k.map(String::into_bytes),
+                value: v.clone(),
+                partition,
+                offset,
+            }
+        })
+        .collect()
+}
+
+/// A record as the tests compare it: key, headers, and the value decoded
+/// (tier records, with the schema the registry holds for their id) or raw
+/// (dead letters).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub value: String,
+}
+
+/// What a topic received.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    /// Raw records: key, value, headers.
+    pub raw: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>)>,
+}
+
+/// Reads `topic` from the beginning until `at_least` records arrived and
+/// nothing more came for `quiet`, or `timeout` passed.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    committed_only: bool,
+    at_least: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Received {
+    let consumer: BaseConsumer<QuietContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if committed_only {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create_with_context(QuietContext)
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Received::default();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.raw.push((
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(<[u8]>::to_vec),
+                    headers,
+                ));
+                last = Instant::now();
+            }
+            _ => {
+                let enough = out.raw.len() >= at_least;
+                if (enough && last.elapsed() >= quiet) || started.elapsed() >= timeout {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes a framed Avro value with the schema `schema_of(id)` using
+/// apache-avro (the reference decoder), as JSON text.
+pub fn decode_framed(value: &[u8], schema_of: &mut dyn FnMut(u32) -> String) -> String {
+    assert_eq!(value[0], 0, "Confluent magic byte");
+    let id = u32::from_be_bytes(value[1..5].try_into().unwrap());
+    let text = schema_of(id);
+    let schema = apache_avro::Schema::parse_str(&text).unwrap();
+    let v = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).unwrap();
+    serde_json::Value::try_from(v).unwrap().to_string()
+}
+
+fn normalise(
+    raw: &(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>),
+    dead_letter: bool,
+    schema_of: &mut dyn FnMut(u32) -> String,
+) -> Rec {
+    let (key, value, headers) = raw;
+    let value = match (dead_letter, value) {
+        (_, None) => "<null>".to_owned(),
+        (true, Some(v)) => hex::encode(v),
+        (false, Some(v)) => decode_framed(v, schema_of),
+    };
+    let mut headers = headers.clone();
+    headers.sort();
+    Rec {
+        key: key.clone(),
+        headers,
+        value,
+    }
+}
+
+/// Expected and actual records per output topic.
+pub type PerTopic = BTreeMap<String, Vec<Rec>>;
+
+/// What the pure engine emits for `inputs` (in produce order, which is each
+/// entity's order), normalised.
+pub fn expected(s: &Scenario, inputs: &[Input]) -> PerTopic {
+    let mut engine = Engine::new(
+        s.topology.engine.clone(),
+        Some(Hasher::new(KEY.as_bytes()).unwrap()),
+    );
+    let mut reg: MemoryRegistry = s.files.registry.clone();
+    let mut store = MemoryStore::default();
+    let topic: Arc<str> = Arc::from(s.input.as_str());
+    let mut out = PerTopic::new();
+    for t in s.outputs() {
+        out.insert(t, Vec::new());
+    }
+    let dlq = s.topology.engine.topics.dead_letter.to_string();
+    for i in inputs {
+        let source = Source {
+            topic: topic.clone(),
+            partition: i.partition,
+            offset: i.offset,
+        };
+        let raw = RawRecord {
+            source: &source,
+            key: i.key.as_deref(),
+            value: Some(&i.value),
+            headers: &[],
+        };
+        let records = match engine.process(&raw, &mut store, &mut reg).unwrap() {
+            Outcome::Routed(r) => r.records,
+            Outcome::Skipped(_) => vec![],
+            Outcome::DeadLettered { record, .. } => vec![record],
+        };
+        for r in records {
+            let raw = (
+                r.key.clone(),
+                r.value.clone(),
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect(),
+            );
+            let is_dlq = *r.topic == *dlq;
+            let rec = normalise(&raw, is_dlq, &mut |id| {
+                reg.schema_by_id(id).unwrap().to_string()
+            });
+            out.get_mut(&*r.topic).unwrap().push(rec);
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+/// Reads every output topic (`read_committed`) until the expected counts
+/// arrived and a quiet period passed, normalised with the registry
+/// stand-in's schemas.
+pub fn actual(s: &Scenario, want: &PerTopic, quiet: Duration, timeout: Duration) -> PerTopic {
+    let dlq = s.topology.engine.topics.dead_letter.to_string();
+    let mut out = PerTopic::new();
+    for (topic, recs) in want {
+        let got = read_topic(
+            &s.broker.bootstrap(),
+            topic,
+            true,
+            recs.len(),
+            quiet,
+            timeout,
+        );
+        let mut v: Vec<Rec> = got
+            .raw
+            .iter()
+            .map(|r| {
+                normalise(r, *topic == dlq, &mut |id| {
+                    s.registry.schema(id).expect("derived schema registered")
+                })
+            })
+            .collect();
+        v.sort();
+        out.insert(topic.clone(), v);
+    }
+    out
+}
+
+/// Asserts `got` equals `want` topic by topic, describing the difference
+/// (missing and duplicated records) when it does not.
+pub fn assert_same(want: &PerTopic, got: &PerTopic, context: &str) {
+    for (topic, w) in want {
+        let g = &got[topic];
+        if w == g {
+            continue;
+        }
+        fn count(v: &[Rec]) -> BTreeMap<&Rec, usize> {
+            let mut m: BTreeMap<&Rec, usize> = BTreeMap::new();
+            for r in v {
+                *m.entry(r).or_default() += 1;
+            }
+            m
+        }
+        let (cw, cg) = (count(w), count(g));
+        let missing = cw
+            .iter()
+            .filter(|(r, n)| cg.get(*r).copied().unwrap_or(0) < **n)
+            .count();
+        let extra = cg
+            .iter()
+            .filter(|(r, n)| cw.get(*r).copied().unwrap_or(0) < **n)
+            .count();
+        let example = cg
+            .iter()
+            .find(|(r, n)| cw.get(*r).copied().unwrap_or(0) < **n)
+            .map(|(r, n)| format!("{n}x {r:?}"));
+        panic!(
+            "{context}: {topic} received {} records, expected {}: {missing} expected record(s) missing or short, {extra} unexpected or duplicated (e.g. {example:?})",
+            g.len(),
+            w.len()
+        );
+    }
+}
+
+/// Strings of the inputs' payloads (data, entity ids, actor ids) of at
+/// least six characters: none may appear in a log.
+pub fn payload_strings(files: &file::FileRegistry, inputs: &[Input]) -> BTreeSet<String> {
+    fn strings(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) if s.len() >= 6 => {
+                out.insert(s.clone());
+            }
+            Value::Array(xs) => xs.iter().for_each(|x| strings(x, out)),
+            Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    let mut compiled: BTreeMap<u32, CompiledSchema> = BTreeMap::new();
+    for i in inputs {
+        let v: Option<Value> = match i.value.first() {
+            Some(b'{') => serde_json::from_slice(&i.value).ok(),
+            Some(0) if i.value.len() > 5 => {
+                let id = u32::from_be_bytes(i.value[1..5].try_into().unwrap());
+                files.events.iter().find(|e| e.id == id).and_then(|e| {
+                    let s = compiled.entry(id).or_insert_with(|| {
+                        CompiledSchema::compile(&e.text, &Default::default()).unwrap()
+                    });
+                    binary::decode(s, &i.value[5..])
+                        .ok()
+                        .map(|d| sjson::render(s, s.root(), &d))
+                })
+            }
+            _ => None,
+        };
+        if let Some(v) = v {
+            strings(&v["data"], &mut out);
+            strings(&v["entity_id"], &mut out);
+            strings(&v["actor"]["actor_id"], &mut out);
+        }
+    }
+    out
+}
+
+/// Asserts no payload string appears in `log`.
+pub fn assert_no_payload_in(log: &str, payload: &BTreeSet<String>) {
+    assert!(payload.len() > 100, "too few payload strings to check");
+    for v in payload {
+        assert!(
+            !log.contains(v.as_str()),
+            "a payload value reached the log: {v}"
+        );
+    }
+}
+
+/// Waits until `cond` holds, up to `timeout`; false when it timed out.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+/// The last lines of a log, for failure messages.
+pub fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Counts the records of `topic` (read_committed or not) right now.
+pub fn count(brokers: &str, topic: &str, committed_only: bool) -> usize {
+    read_topic(
+        brokers,
+        topic,
+        committed_only,
+        0,
+        Duration::from_millis(700),
+        Duration::from_secs(20),
+    )
+    .raw
+    .len()
+}
+
+/// Total of a topic list's counts.
+pub fn total(brokers: &str, topics: &[String], committed_only: bool) -> usize {
+    topics
+        .iter()
+        .map(|t| count(brokers, t, committed_only))
+        .sum()
+}
+
+/// Re-frames framed sample values with another schema id (same schema
+/// body): `map(id)`.
+pub fn reframe(values: &mut [Vec<u8>], map: &dyn Fn(u32) -> Option<u32>) {
+    for v in values {
+        if v.first() == Some(&0) && v.len() >= 5 {
+            let id = u32::from_be_bytes(v[1..5].try_into().unwrap());
+            if let Some(n) = map(id) {
+                v[1..5].copy_from_slice(&n.to_be_bytes());
+            }
+        }
+    }
+}
+
+/// `Format` re-exported for tests.
+pub use privacy_router::sample::Format as SampleFormat;
