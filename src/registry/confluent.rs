@@ -160,14 +160,16 @@ impl ConfluentRegistry {
 /// The HTTP status of a failed call: from the registry's error code
 /// (`40403` → 404) or the message; `None` when the call got no answer.
 fn status_of(e: &SRCError) -> Option<u16> {
-    let code = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<RawError>())
-        .map(|r| r.error_code)
-        .filter(|c| *c >= 10_000)
-        .map(|c| (c / 100) as u16);
-    code.or_else(|| {
+    let from_message = || {
         let at = e.error.find("status ")? + "status ".len();
         e.error.get(at..at + 3)?.parse().ok()
+    };
+    from_message().or_else(|| {
+        std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<RawError>())
+            .map(|r| r.error_code)
+            .filter(|c| *c >= 10_000)
+            .map(|c| (c / 100) as u16)
     })
 }
 

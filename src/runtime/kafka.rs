@@ -10,20 +10,48 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Guarantee;
 
+/// librdkafka's log lines, as `tracing` events. Connection trouble is
+/// logged by librdkafka as an error although it retries on its own: it is a
+/// warning here (ERROR is kept for what an operator must act on).
+pub fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// A client-level error reported by librdkafka (it keeps retrying);
+/// end-of-partition events, which readers ask for, are not errors.
+pub fn forward_error(error: &KafkaError, reason: &str) {
+    if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+        tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error.");
+    }
+}
+
 /// A client context that forwards librdkafka's logs and errors to
-/// `tracing`, except the end-of-partition events that readers ask for.
+/// `tracing` (see [`forward_log`], [`forward_error`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct QuietContext;
 
 impl ClientContext for QuietContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::warn!(error = %error, reason, "Kafka client error.");
-        }
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
     }
 }
 
@@ -174,9 +202,9 @@ pub fn check_topics(
     replication: Option<i32>,
     create: bool,
 ) -> Result<HashMap<String, usize>, TopicError> {
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = conn
+    let admin: AdminClient<QuietContext> = conn
         .admin()
-        .create()
+        .create_with_context(QuietContext)
         .map_err(|e| TopicError::Metadata(e.to_string()))?;
     let timeout = Duration::from_secs(15);
     let mut names: Vec<&str> = inputs.iter().map(String::as_str).collect();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -28,7 +29,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::kafka::{check_topics, Connection, QuietContext};
+use super::kafka::{check_topics, forward_error, forward_log, Connection, QuietContext};
 use super::state::{encode_value, restore, resume_key, Journal, PartitionState, RestoreError};
 use super::Progress;
 use crate::config::{Guarantee, Topology};
@@ -70,7 +71,15 @@ struct ProducerCtx {
     failed: AtomicU64,
 }
 
-impl ClientContext for ProducerCtx {}
+impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
+    }
+}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = ();
@@ -106,6 +115,14 @@ impl StreamCtx {
 }
 
 impl ClientContext for StreamCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         let guard = self.lock();
         for (topic, t) in &stats.topics {

@@ -171,6 +171,8 @@ pub struct Scenario {
     pub partitions: i32,
     /// Extra `-X` settings for the processor.
     pub kafka_settings: Vec<String>,
+    /// The processor's registry request time limit.
+    pub registry_timeout_ms: u64,
     pub files: file::FileRegistry,
 }
 
@@ -224,11 +226,8 @@ event_types:
             let subject = topology.engine.subjects.subject(&input, &e.event_type);
             assert_eq!(registry.register(&subject, &e.text), e.id);
         }
-        let kafka_settings = if broker.is_mock() {
-            vec![]
-        } else {
-            vec!["session.timeout.ms=6000".to_owned()]
-        };
+        // A killed member leaves the group after the session timeout.
+        let kafka_settings = vec!["session.timeout.ms=6000".to_owned()];
         Scenario {
             broker,
             rt,
@@ -239,8 +238,33 @@ event_types:
             input,
             partitions,
             kafka_settings,
+            registry_timeout_ms: 3000,
             files,
         }
+    }
+
+    /// Registers a second version of every event schema (the same fields,
+    /// a `doc` added) under the same subjects, in the stand-in and in the
+    /// file registry the expected outputs use, with the same ids; returns
+    /// the id map old → new. Records re-framed with the new ids make the
+    /// processor fetch schemas mid-stream.
+    pub fn second_versions(&mut self) -> BTreeMap<u32, u32> {
+        let mut map = BTreeMap::new();
+        for e in &self.files.events {
+            let mut v: Value = serde_json::from_str(&e.text).unwrap();
+            v["doc"] = Value::from("second version");
+            let text = v.to_string();
+            let subject = self
+                .topology
+                .engine
+                .subjects
+                .subject(&self.input, &e.event_type);
+            let id = self.registry.register(&subject, &text);
+            let again = self.files.registry.register(&subject, &text).unwrap();
+            assert_eq!(id, again, "the stand-in and the file registry agree on ids");
+            map.insert(e.id, id);
+        }
+        map
     }
 
     /// Output topics: public, internal, restricted, dead letter.
@@ -273,10 +297,14 @@ event_types:
 
     /// Starts `privacy-router run` against this scenario.
     pub fn processor(&self, instance: &str, extra_args: &[&str]) -> Processor {
-        let log = self
-            .dir
-            .path()
-            .join(format!("{instance}-{:04x}.log", fastrand::u16(..)));
+        // Logs stay in target/tmp/test-logs for diagnosis after a failure.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!(
+            "{}-{instance}-{:04x}.log",
+            self.topology.spec.application_id,
+            fastrand::u16(..)
+        ));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_privacy-router"));
         cmd.arg("run")
             .arg("--topology")
@@ -285,7 +313,10 @@ event_types:
             .args(["--registry-url", &self.registry.url])
             .args(["--instance-id", instance])
             .args(["--metrics-addr", "off"])
-            .args(["--registry-timeout-ms", "3000"])
+            .args([
+                "--registry-timeout-ms",
+                &self.registry_timeout_ms.to_string(),
+            ])
             .env("PRIVACY_ROUTER_HASH_KEY", KEY)
             .env("RUST_LOG", "info,privacy_router=debug")
             .env("NO_COLOR", "1")
@@ -417,6 +448,17 @@ pub fn produce(
     files: &file::FileRegistry,
     values: &[Vec<u8>],
 ) -> Vec<Input> {
+    let keys: Vec<Option<String>> = values.iter().map(|v| entity_id_of(files, v)).collect();
+    produce_keyed(brokers, topic, values, keys)
+}
+
+/// Produces `values` with these keys, in order; returns where each landed.
+pub fn produce_keyed(
+    brokers: &str,
+    topic: &str,
+    values: &[Vec<u8>],
+    keys: Vec<Option<String>>,
+) -> Vec<Input> {
     let landed = Landed(Mutex::new(vec![None; values.len()]));
     let producer: BaseProducer<Landed> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -425,7 +467,6 @@ pub fn produce(
         .set("linger.ms", "5")
         .create_with_context(landed)
         .unwrap();
-    let keys: Vec<Option<String>> = values.iter().map(|v| entity_id_of(files, v)).collect();
     for (i, v) in values.iter().enumerate() {
         let mut rec: BaseRecord<'_, str, [u8], Box<usize>> =
             BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&v[..]);
@@ -687,12 +728,27 @@ pub fn assert_same(want: &PerTopic, got: &PerTopic, context: &str) {
             .iter()
             .filter(|(r, n)| cw.get(*r).copied().unwrap_or(0) < **n)
             .count();
-        let example = cg
+        let show = |r: &Rec| {
+            format!(
+                "key={} headers={:?} value={}",
+                String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()),
+                r.headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                    .collect::<Vec<_>>(),
+                &r.value[..r.value.len().min(300)]
+            )
+        };
+        let unexpected = cg
             .iter()
             .find(|(r, n)| cw.get(*r).copied().unwrap_or(0) < **n)
-            .map(|(r, n)| format!("{n}x {r:?}"));
+            .map(|(r, n)| format!("{n}x {}", show(r)));
+        let short = cw
+            .iter()
+            .find(|(r, n)| cg.get(*r).copied().unwrap_or(0) < **n)
+            .map(|(r, n)| format!("{n}x {}", show(r)));
         panic!(
-            "{context}: {topic} received {} records, expected {}: {missing} expected record(s) missing or short, {extra} unexpected or duplicated (e.g. {example:?})",
+            "{context}: {topic} received {} records, expected {}: {missing} expected record(s) missing or short, {extra} unexpected or duplicated\n  e.g. unexpected: {unexpected:?}\n  e.g. missing: {short:?}",
             g.len(),
             w.len()
         );

@@ -14,8 +14,9 @@
 //!
 //! With credentials set, a request without the right basic-auth header
 //! gets `401 {"error_code": 401, …}`. Fault switches: `unavailable` answers
-//! `503 {"error_code": 50003, …}` to everything; `hold_ids_from` keeps
-//! `GET /schemas/ids/{id}` for ids at or above it waiting until released.
+//! `503 {"error_code": 50003, …}` to everything; `hold_ids_from` and
+//! `hold_ids_to` keep `GET /schemas/ids/{id}` for ids in that range
+//! waiting until released.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,8 +47,10 @@ pub struct Inner {
     store: Mutex<Store>,
     /// Answer 503 to everything.
     pub unavailable: AtomicBool,
-    /// Hold `GET /schemas/ids/{id}` for ids >= this (0: hold nothing).
+    /// Hold `GET /schemas/ids/{id}` for ids from this (0: hold nothing)...
     pub hold_ids_from: AtomicU32,
+    /// ...up to this one.
+    pub hold_ids_to: AtomicU32,
     /// Requests currently held.
     pub held: AtomicU32,
     /// Requests answered 503.
@@ -123,7 +126,7 @@ async fn by_id(
         return error(StatusCode::NOT_FOUND, 40403, "Schema not found");
     };
     let hold = inner.hold_ids_from.load(Ordering::SeqCst);
-    if hold > 0 && id >= hold {
+    if hold > 0 && id >= hold && id <= inner.hold_ids_to.load(Ordering::SeqCst) {
         inner.held.fetch_add(1, Ordering::SeqCst);
         while inner.hold_ids_from.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
