@@ -26,6 +26,8 @@ use crate::record::{Reason, Tier};
 pub mod names {
     /// Input records read, by input topic.
     pub const CONSUMED: &str = "privacy_router_records_consumed_total";
+    /// Input records whose outcome is committed (their offsets with it).
+    pub const COMMITTED: &str = "privacy_router_input_records_committed_total";
     /// Tier records produced (committed with their transaction), by tier.
     pub const PRODUCED: &str = "privacy_router_records_produced_total";
     /// Dead letters produced, by reason code.
@@ -65,6 +67,7 @@ pub mod names {
 pub struct Metrics {
     registry: Registry,
     consumed: IntCounterVec,
+    committed_inputs: IntCounter,
     produced: [IntCounter; 3],
     dead_letters: IntCounterVec,
     ordering: IntCounterVec,
@@ -198,6 +201,11 @@ impl Metrics {
                 "Input records read, by topic.",
                 &["topic"],
             ),
+            committed_inputs: counter(
+                r,
+                names::COMMITTED,
+                "Input records whose outcome is committed.",
+            ),
             produced: per_tier(&produced),
             redacted: per_tier(&redacted),
             dead_letters,
@@ -298,6 +306,7 @@ pub struct Pending {
     verdicts: [u64; 4],
     tier_mismatches: u64,
     replayed: u64,
+    inputs: u64,
 }
 
 impl Pending {
@@ -333,6 +342,11 @@ impl Pending {
         self.replayed += 1;
     }
 
+    /// Input records the transaction covers.
+    pub fn inputs(&mut self, n: u64) {
+        self.inputs += n;
+    }
+
     /// True when nothing was counted.
     pub fn is_empty(&self) -> bool {
         *self == Pending::default()
@@ -359,6 +373,7 @@ pub fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
     }
     metrics.tier_mismatches.inc_by(p.tier_mismatches);
     metrics.replayed.inc_by(p.replayed);
+    metrics.committed_inputs.inc_by(p.inputs);
     metrics.transactions.with_label_values(&["committed"]).inc();
     metrics
         .commit_seconds

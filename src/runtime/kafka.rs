@@ -57,6 +57,12 @@ impl ClientContext for QuietContext {
 
 impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
+impl rdkafka::producer::ProducerContext for QuietContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
 /// Connection settings shared by every client.
 #[derive(Debug, Clone)]
 pub struct Connection {

@@ -538,7 +538,11 @@ impl Task {
                 }
             }
         };
-        self.emit(outcome, &topic, p, offset);
+        // Output records keep the input record's timestamp, as in Kafka
+        // Streams: event time flows through, and end-to-end latency is
+        // measurable downstream.
+        let ts = m.timestamp().to_millis();
+        self.emit(outcome, &topic, p, offset, ts);
         self.advance(&topic, p, offset);
         if let Some(why) = self.broken.take() {
             self.abort(consumer, &why)?;
@@ -573,13 +577,13 @@ impl Task {
             .unwrap_or(Tier::Restricted)
     }
 
-    fn emit(&mut self, outcome: Outcome, topic: &Arc<str>, p: i32, offset: i64) {
+    fn emit(&mut self, outcome: Outcome, topic: &Arc<str>, p: i32, offset: i64, ts: Option<i64>) {
         match outcome {
             Outcome::Routed(r) => {
                 for rec in &r.records {
                     let tier = self.tier_of(&rec.topic);
                     self.pending.produced(tier, r.redacted[tier.index()]);
-                    self.send(rec, None);
+                    self.send(rec, None, ts);
                 }
                 // The version, in the same transaction as the outputs.
                 let changelog = self.changelog.clone();
@@ -603,7 +607,7 @@ impl Task {
                 debug!(topic = %topic, partition = p, offset, verdict = v.label(), "Version already emitted; skipped.");
             }
             Outcome::DeadLettered { record, rejection } => {
-                self.send(&record, None);
+                self.send(&record, None, ts);
                 // Dead letters are not versioned: the resume marker keeps a
                 // replay from sending one twice.
                 let changelog = self.changelog.clone();
@@ -628,7 +632,7 @@ impl Task {
         }
     }
 
-    fn send(&mut self, rec: &OutRecord, partition: Option<i32>) {
+    fn send(&mut self, rec: &OutRecord, partition: Option<i32>, ts: Option<i64>) {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (k, v) in &rec.headers {
             headers = headers.insert(Header {
@@ -645,6 +649,9 @@ impl Task {
         }
         if let Some(p) = partition {
             record = record.partition(p);
+        }
+        if let Some(ts) = ts {
+            record = record.timestamp(ts);
         }
         self.produce(record);
     }
@@ -784,12 +791,16 @@ impl Task {
             }
         }
         self.journal.clear();
+        let mut inputs = 0;
         for (t, p, next) in &dirty {
             if let Some(pos) = self.positions.get_mut(&(t.clone(), *p)) {
-                pos.txn_start = None;
+                if let Some(start) = pos.txn_start.take() {
+                    inputs += (next - start).max(0) as u64;
+                }
             }
             self.settings.progress.set(t, *p, *next);
         }
+        self.pending.inputs(inputs);
         self.aborts_in_a_row = 0;
         let m = self.settings.metrics.clone();
         telemetry::committed(&m, &mut self.pending, started.elapsed());
