@@ -14,6 +14,8 @@ use indicatif::ProgressBar;
 
 use crate::config::Topology;
 use crate::demo::{self, DemoConfig};
+use crate::inspect::check::{self, CheckOptions, HashKey};
+use crate::inspect::{describe, report};
 use crate::pipeline::Engine;
 use crate::project::Hasher;
 use crate::registry::confluent::ConfluentConfig;
@@ -32,7 +34,10 @@ use crate::telemetry::Metrics;
   PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router demo
   PRIVACY_ROUTER_HASH_KEY=... privacy-router run --brokers kafka:9092 --registry-url http://registry:8081
   PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router replay samples/events.jsonl
-  privacy-router sample --count 200000 --format framed > events.bin")]
+  privacy-router sample --count 200000 --format framed > events.bin
+  privacy-router check --topology topology/default.yaml --schemas avro
+  privacy-router describe --format mermaid
+  privacy-router privacy-report --format html -o privacy-report.html")]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PRIVACY_ROUTER_LOG_FORMAT")]
@@ -83,6 +88,114 @@ Without --registry-url, schemas come from the file registry over --schemas (avro
   privacy-router sample --count 300 > samples/events.jsonl
   privacy-router sample --count 200000 --no-anomalies --format framed -o load.bin")]
     Sample(SampleArgs),
+    /// Check a topology and every schema it reads, reporting every problem
+    /// at once with its file and path, and list the fields that fall to the
+    /// fail-closed default or take their tier from tags. Needs no broker,
+    /// registry or hash key; exits non-zero on errors (for producers' CI).
+    #[command(after_help = "Examples:
+  privacy-router check --topology topology/default.yaml --schemas avro
+  privacy-router check --format json > check.json       # for CI tools
+  privacy-router check --strict                          # warnings fail too
+  privacy-router check --allow-fail-closed               # unlabelled fields only warn
+
+Errors: topology problems, schemas that do not compile with the engine's rules
+or are not an event envelope, and fields with no label, no mapped tag and no
+default from their own record (they fall to the fail-closed default,
+restricted). Warnings: unmapped confluent:tags, tier limits for event types
+without a schema, a hash key that is too short. Exit status 1 on any error.")]
+    Check(CheckArgs),
+    /// Print the topology as a graph, like Kafka Streams'
+    /// Topology#describe(): input topics, the stages, the state store and
+    /// its changelog, the tier and dead-letter topics, tier limits,
+    /// policies and the processing guarantee.
+    #[command(after_help = "Examples:
+  privacy-router describe --topology topology/default.yaml
+  privacy-router describe --format mermaid > topology.mmd")]
+    Describe(DescribeArgs),
+    /// Write the privacy report: for every event type, which field reaches
+    /// which tier and how (kept, hashed, removed), computed with the
+    /// engine's own rule and the topology's tier limits.
+    #[command(after_help = "Examples:
+  privacy-router privacy-report > privacy-report.md
+  SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) privacy-router privacy-report --format html -o privacy-report.html
+
+The report is dated only when SOURCE_DATE_EPOCH is set, so the same inputs
+give the same bytes.")]
+    PrivacyReport(ReportArgs),
+}
+
+/// Output of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    /// One line per finding.
+    Text,
+    /// One JSON document, for CI tools.
+    Json,
+}
+
+/// `check` flags.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    /// Output layout.
+    #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
+    /// Treat warnings as errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// Accept fields that fall to the fail-closed default (restricted) with a
+    /// warning instead of an error.
+    #[arg(long)]
+    pub allow_fail_closed: bool,
+}
+
+/// Output of `describe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DescribeFormat {
+    /// Sources, processors and sinks, like Kafka Streams' TopologyDescription.
+    Text,
+    /// A Mermaid `flowchart LR`.
+    Mermaid,
+}
+
+/// `describe` flags.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Topology file.
+    #[arg(
+        long,
+        default_value = "topology/default.yaml",
+        env = "PRIVACY_ROUTER_TOPOLOGY"
+    )]
+    pub topology: PathBuf,
+    /// Output layout.
+    #[arg(long, value_enum, default_value_t = DescribeFormat::Text)]
+    pub format: DescribeFormat,
+}
+
+/// Output of `privacy-report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// GitHub-flavoured Markdown.
+    Markdown,
+    /// One self-contained HTML page.
+    Html,
+}
+
+/// `privacy-report` flags.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    /// Output layout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+    pub format: ReportFormat,
+    /// Output file; standard output when omitted.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 /// Where schemas and the topology come from.
@@ -360,6 +473,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => tokio_runtime()?.block_on(run_demo(args)),
         Command::Replay(args) => run_replay(args),
         Command::Sample(args) => run_sample(args),
+        Command::Check(args) => run_check(args),
+        Command::Describe(args) => run_describe(args),
+        Command::PrivacyReport(args) => run_privacy_report(args),
     }
 }
 
@@ -580,5 +696,113 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+fn run_check(args: CheckArgs) -> Result<()> {
+    let report = check::check(
+        &args.common.topology,
+        &args.common.schemas,
+        // Only whether the key is set and long enough: check never needs it.
+        HashKey::of(std::env::var("PRIVACY_ROUTER_HASH_KEY").ok().as_deref()),
+        CheckOptions {
+            strict: args.strict,
+            allow_fail_closed: args.allow_fail_closed,
+        },
+    );
+    let out = match args.format {
+        CheckFormat::Text => report.text(),
+        CheckFormat::Json => report.json(),
+    };
+    io::stdout().lock().write_all(out.as_bytes())?;
+    if !report.ok {
+        bail!(
+            "check found {} error(s) in {} and {}",
+            report.errors,
+            args.common.topology.display(),
+            args.common.schemas.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_describe(args: DescribeArgs) -> Result<()> {
+    let topology = load_topology(&args.topology)?;
+    let out = match args.format {
+        DescribeFormat::Text => describe::text(&topology),
+        DescribeFormat::Mermaid => describe::mermaid(&topology),
+    };
+    io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// The report date from `SOURCE_DATE_EPOCH` (seconds since the epoch), if
+/// set: reproducible builds' convention for a fixed timestamp.
+///
+/// # Errors
+/// The variable is set but not a number of seconds.
+pub fn source_date() -> Result<Option<String>> {
+    let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") else {
+        return Ok(None);
+    };
+    let v = v.to_string_lossy();
+    let secs: i64 = v
+        .trim()
+        .parse()
+        .ok()
+        .context("SOURCE_DATE_EPOCH must be a number of seconds since 1970-01-01")?;
+    let date =
+        chrono::DateTime::from_timestamp(secs, 0).context("SOURCE_DATE_EPOCH is out of range")?;
+    Ok(Some(date.format("%Y-%m-%dT%H:%M:%SZ").to_string()))
+}
+
+fn run_privacy_report(args: ReportArgs) -> Result<()> {
+    let topology = load_topology(&args.common.topology)?;
+    let bytes = std::fs::read(&args.common.topology)
+        .with_context(|| format!("reading {}", args.common.topology.display()))?;
+    let events = check::load_schemas(&topology, &args.common.schemas).map_err(|found| {
+        let lines: Vec<String> = found
+            .iter()
+            .map(|f| format!("  - {}: {}", f.file, f.message))
+            .collect();
+        anyhow::anyhow!(
+            "schemas in {} cannot be read:\n{}",
+            args.common.schemas.display(),
+            lines.join("\n")
+        )
+    })?;
+    let report = report::build(
+        &topology,
+        &bytes,
+        &args.common.schemas,
+        &events,
+        source_date()?,
+    )
+    .map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "  - {} ({}): {}: {}",
+                    e.file.display(),
+                    e.event_type,
+                    e.problem.path,
+                    e.problem.message
+                )
+            })
+            .collect();
+        anyhow::anyhow!(
+            "schemas cannot be used, so there is nothing to report for them (privacy-router check says more):\n{}",
+            lines.join("\n")
+        )
+    })?;
+    let out = match args.format {
+        ReportFormat::Markdown => report.markdown(),
+        ReportFormat::Html => report.html(),
+    };
+    match &args.output {
+        Some(p) => std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?,
+        None => io::stdout().lock().write_all(out.as_bytes())?,
+    }
     Ok(())
 }

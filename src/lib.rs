@@ -21,12 +21,15 @@
 //! processor: consumer group, transactions, changelog-backed state),
 //! [`telemetry`] (metrics, health, named log events), [`demo`] (the runtime
 //! on an embedded mock cluster), [`replay`] (the file-driven runner),
-//! [`sample`] (realistic events), and [`cli`].
+//! [`sample`] (realistic events), [`inspect`] (`check`, `describe` and
+//! `privacy-report`: what a topology and its schemas will do, worked out
+//! without running them), and [`cli`].
 
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod inspect;
 pub mod order;
 pub mod pipeline;
 pub mod project;
