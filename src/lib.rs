@@ -8,6 +8,7 @@
 //! | stage | module | what |
 //! |---|---|---|
 //! | types | [`record`] | raw records, decoded values, tiers, outputs, reasons |
+//! | adapt | [`adapt`] | a producer's own JSON event → the canonical envelope |
 //! | schema | [`schema`], [`classify`] | writer schema → compiled, classified nodes |
 //! | decode | [`schema::binary`], [`schema::json`] | Confluent-framed Avro or JSON → value |
 //! | validate | [`validate`] | seed 003 §6 rules, stable reason codes |
@@ -23,6 +24,7 @@
 //! on an embedded mock cluster), [`replay`] (the file-driven runner),
 //! [`sample`] (realistic events), and [`cli`].
 
+pub mod adapt;
 pub mod classify;
 pub mod cli;
 pub mod config;

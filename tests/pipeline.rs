@@ -241,8 +241,9 @@ fn user_created_reaches_each_tier_with_its_projection() {
         restricted.value.as_deref().unwrap(),
         "must-never-be-forwarded"
     ));
-    assert_eq!(r.state.key, b"user/65a1b2c3d4e5f60718293a4b");
-    assert_eq!(r.state.version, 1);
+    let state = r.state.unwrap();
+    assert_eq!(state.key, b"user/65a1b2c3d4e5f60718293a4b");
+    assert_eq!(state.version, 1);
     assert_eq!(r.tier_mismatch, None);
 }
 
