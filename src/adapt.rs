@@ -720,3 +720,278 @@ fn major_version(v: &Value) -> Option<Value> {
         .contains(&major)
         .then(|| Value::from(major))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(yaml: &str) -> AdapterConfig {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    /// A BaseEvent-like producer (seed 004's shape).
+    fn base_event() -> Adapter {
+        config(
+            r#"
+topics: [t]
+type_field: eventType
+event_types: {user.created: user.created, user.profile.updated: user.profile_updated, RoleCreated: role.created}
+envelope:
+  event_id: {path: eventId}
+  entity_type: {const: user}
+  entity_id: {path: payload.userId}
+  occurred_at: {path: timestamp}
+  correlation_id: {path: correlationId}
+  producer: {path: source, default: unknown-service}
+  actor: {const: {actor_type: SYSTEM}}
+  schema_version: {path: version, convert: major_version}
+  privacy_tier: {const: restricted}
+  data: {path: payload}
+by_event_type:
+  role.created: {entity_type: {const: role}, entity_id: {path: payload.roleId}}
+ordering: off
+"#,
+        )
+        .build("base")
+        .unwrap()
+    }
+
+    fn event() -> Value {
+        json!({
+            "eventId": "a1b2c3d4-e5f6-4a5b-8c7d-9e8f7a6b5c4d",
+            "eventType": "user.profile.updated",
+            "timestamp": "2025-12-12T12:00:00.000Z",
+            "version": "1.0",
+            "source": "user-service",
+            "metadata": {"anything": "at all"},
+            "payload": {"userId": "usr_1", "profile": {"phone": "+33612345678"}}
+        })
+    }
+
+    #[test]
+    fn maps_the_producer_envelope_onto_the_canonical_one() {
+        let a = base_event().apply(event()).unwrap();
+        assert_eq!(
+            a.event,
+            json!({
+                "event_id": "a1b2c3d4-e5f6-4a5b-8c7d-9e8f7a6b5c4d",
+                "event_type": "user.profile_updated",
+                "entity_type": "user",
+                "entity_id": "usr_1",
+                "occurred_at": "2025-12-12T12:00:00.000Z",
+                "producer": "user-service",
+                "actor": {"actor_type": "SYSTEM"},
+                "schema_version": 1,
+                "privacy_tier": "restricted",
+                "data": {"userId": "usr_1", "profile": {"phone": "+33612345678"}}
+            })
+        );
+        assert_eq!(a.order_by, OrderBy::Off);
+    }
+
+    #[test]
+    fn defaults_conversions_and_per_type_overrides() {
+        let mut e = event();
+        e["eventType"] = json!("RoleCreated");
+        e["payload"] = json!({"roleId": "rol_1"});
+        e["version"] = json!("2.13");
+        e.as_object_mut().unwrap().remove("source");
+        let a = base_event().apply(e).unwrap().event;
+        assert_eq!(a["entity_type"], "role");
+        assert_eq!(a["entity_id"], "rol_1");
+        assert_eq!(a["schema_version"], 2);
+        assert_eq!(a["producer"], "unknown-service");
+        for bad in [json!("1.x"), json!("0"), json!(""), json!(true), json!(-1)] {
+            let mut e = event();
+            e["version"] = bad.clone();
+            let r = base_event().apply(e).unwrap_err();
+            assert_eq!(r.reason, Reason::AdapterMismatch, "{bad}");
+            assert!(
+                r.detail.starts_with("version (mapped to schema_version"),
+                "{}",
+                r.detail
+            );
+        }
+    }
+
+    #[test]
+    fn events_that_do_not_fit_are_rejected_by_path_never_by_value() {
+        let a = base_event();
+        let mut no_type = event();
+        no_type.as_object_mut().unwrap().remove("eventType");
+        let mut typed_wrong = event();
+        typed_wrong["eventType"] = json!(42);
+        let mut unknown = event();
+        unknown["eventType"] = json!("user.teleported");
+        let mut no_user = event();
+        no_user["payload"]["userId"] = Value::Null;
+        let mut no_payload = event();
+        no_payload.as_object_mut().unwrap().remove("payload");
+        for (e, reason, path) in [
+            (no_type, Reason::AdapterMismatch, "eventType"),
+            (typed_wrong, Reason::AdapterMismatch, "eventType"),
+            (unknown, Reason::UnknownEventType, "eventType"),
+            (no_user, Reason::AdapterMismatch, "payload.userId"),
+            (no_payload, Reason::AdapterMismatch, "payload.userId"),
+        ] {
+            let r = a.apply(e).unwrap_err();
+            assert_eq!(r.reason, reason, "{}", r.detail);
+            assert!(r.detail.contains(path), "{}", r.detail);
+            for value in ["teleported", "42", "usr_1", "+3361"] {
+                assert!(!r.detail.contains(value), "{}", r.detail);
+            }
+        }
+    }
+
+    fn identity(ordering: &str) -> Adapter {
+        identity_named(ordering, "identity")
+    }
+
+    fn identity_named(ordering: &str, name: &str) -> Adapter {
+        config(&format!(
+            r#"
+topics: [t]
+type_field: action
+event_types: {{created: identity.created}}
+envelope:
+  event_id: {{uuid_from: ["$"]}}
+  entity_type: {{const: user}}
+  entity_id: {{path: id}}
+  occurred_at: {{path: timestamp}}
+  producer: {{const: auth}}
+  actor: {{const: {{actor_type: SYSTEM}}}}
+  schema_version: {{const: 1}}
+  privacy_tier: {{const: restricted}}
+  data: {{path: "$"}}
+ordering: {ordering}
+"#
+        ))
+        .build(name)
+        .unwrap()
+    }
+
+    #[test]
+    fn derived_event_ids_are_stable_per_content_and_adapter() {
+        let e = json!({"id": "u1", "action": "created", "timestamp": "2025-11-24T00:00:00Z", "sequence": 42});
+        let a = identity("off");
+        let id = |a: &Adapter, e: &Value| a.apply(e.clone()).unwrap().event["event_id"].clone();
+        let first = id(&a, &e);
+        let parsed = uuid::Uuid::parse_str(first.as_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Custom));
+        assert_eq!(id(&a, &e), first, "the same event, the same id");
+        // Key order and whitespace do not matter: the parsed content does.
+        let reordered: Value = serde_json::from_str(
+            r#"{ "timestamp": "2025-11-24T00:00:00Z", "sequence": 42, "action": "created", "id": "u1" }"#,
+        )
+        .unwrap();
+        assert_eq!(id(&a, &reordered), first);
+        let mut other = e.clone();
+        other["sequence"] = json!(43);
+        assert_ne!(id(&a, &other), first, "another event, another id");
+        let b = identity_named("off", "another");
+        assert_ne!(id(&b, &e), first, "ids are namespaced by the adapter");
+        // The whole event is the payload here.
+        assert_eq!(a.apply(e.clone()).unwrap().event["data"], e);
+    }
+
+    #[test]
+    fn sequences_order_events_or_say_why_not() {
+        let e = json!({"id": "u1", "action": "created", "timestamp": "2025-11-24T00:00:00Z", "sequence": 42});
+        let mut missing = e.clone();
+        missing.as_object_mut().unwrap().remove("sequence");
+        let route = identity("{sequence: {field: sequence, when_missing: route_unordered}}");
+        let strict = identity("{sequence: {field: sequence, when_missing: dead_letter}}");
+        assert_eq!(
+            route.apply(e.clone()).unwrap().order_by,
+            OrderBy::Sequence {
+                value: 42,
+                keyspace: Arc::from("identity")
+            }
+        );
+        assert_eq!(route.apply(missing.clone()).unwrap().order_by, OrderBy::Off);
+        let r = strict.apply(missing).unwrap_err();
+        assert_eq!(r.reason, Reason::AdapterMismatch);
+        assert!(r.detail.contains("sequence"), "{}", r.detail);
+        for bad in [json!("42"), json!(0), json!(4.5), json!(-3)] {
+            let mut e = e.clone();
+            e["sequence"] = bad.clone();
+            let r = route.apply(e).unwrap_err();
+            assert_eq!(r.reason, Reason::AdapterMismatch, "{bad}");
+            assert!(!r.detail.contains("4.5"), "{}", r.detail);
+        }
+    }
+
+    #[test]
+    fn a_broken_declaration_reports_every_problem_by_path() {
+        let c = config(
+            r#"
+type_field: "event..type"
+event_types: {}
+envelope:
+  event_id: {const: 7c9e6679-7425-40de-944b-e07fc1f90001}
+  entity_type: {path: a, const: user}
+  entity_id: {path: id}
+  entity_version: {path: v}
+  occurred_at: {const: 5}
+  producer: {uuid_from: []}
+  actor: {const: SYSTEM}
+  schema_version: {const: 0, convert: major_version}
+  privacy_tier: {const: secret}
+by_event_type:
+  user.nope: {entity_id: {path: ""}}
+ordering: off
+"#,
+        );
+        let problems = c.build("x").unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "topics",
+                "type_field",
+                "event_types",
+                "envelope.event_id.const",
+                "envelope.entity_type",
+                "envelope.occurred_at.const",
+                "envelope.producer.uuid_from",
+                "envelope.actor.const",
+                "envelope.schema_version",
+                "envelope.privacy_tier.const",
+                "envelope.data",
+                "by_event_type.user.nope",
+                "by_event_type.user.nope.entity_id.path",
+                "envelope.entity_version",
+            ],
+            "{problems:#?}"
+        );
+        let missing_ordering = config(
+            r#"
+topics: [t]
+type_field: type
+event_types: {A: a.b}
+envelope:
+  event_id: {path: id}
+  entity_type: {const: user}
+  entity_id: {path: id}
+  occurred_at: {path: at}
+  producer: {const: p}
+  actor: {const: {actor_type: SYSTEM}}
+  schema_version: {const: 1}
+  privacy_tier: {const: internal}
+  data: {path: "$"}
+"#,
+        );
+        let problems = missing_ordering.build("y").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "ordering");
+        let mut by_version = missing_ordering.clone();
+        by_version.ordering = Some(AdapterOrdering::EntityVersion);
+        assert_eq!(by_version.build("y").unwrap_err()[0].0, "ordering");
+        by_version.envelope.entity_version = Some(FieldSource {
+            path: Some("version".into()),
+            ..Default::default()
+        });
+        assert!(by_version.build("y").is_ok());
+    }
+}

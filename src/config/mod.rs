@@ -595,4 +595,102 @@ event_types:
         );
         assert!(err.to_string().starts_with("t.yaml: 6 problem(s)"));
     }
+
+    #[test]
+    fn every_shipped_topology_loads() {
+        for file in std::fs::read_dir("topology").unwrap() {
+            let path = file.unwrap().path();
+            let t = Topology::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            for (name, adapter) in &t.spec.adapters {
+                for topic in &adapter.topics {
+                    assert!(
+                        t.engine.adapters.contains_key(topic.as_str()),
+                        "{}: {name} does not read {topic}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let t = Topology::load(Path::new("topology/auth-identity.yaml")).unwrap();
+        assert_eq!(
+            t.spec.schemas.folder,
+            Path::new("avro/producers/auth-identity")
+        );
+        assert_eq!(t.engine.adapters.len(), 1);
+        assert_eq!(
+            Topology::default_embedded().spec.schemas.folder,
+            Path::new("avro")
+        );
+        assert!(Topology::default_embedded().engine.adapters.is_empty());
+    }
+
+    #[test]
+    fn broken_adapters_are_refused_with_every_problem() {
+        let adapter = |topics: &str, extra: &str| {
+            format!(
+                "    topics: {topics}
+    type_field: type
+    event_types: {{A: a.b{extra}}}
+    envelope:
+      event_id: {{path: id}}
+      entity_type: {{const: user}}
+      entity_id: {{path: id}}
+      occurred_at: {{path: at}}
+      producer: {{const: p}}
+      actor: {{const: {{actor_type: SYSTEM}}}}
+      schema_version: {{const: 1}}
+      privacy_tier: {{const: internal}}
+      data: {{path: payload}}
+    ordering: off
+"
+            )
+        };
+        let text = format!(
+            "input:
+  topics: [a.events, b.events]
+schemas:
+  folder: ''
+adapters:
+  first:
+{}  Second:
+{}  third:
+    topics: [b.events]
+    event_types: {{A: a.b}}
+    ordering: {{sequence: {{field: seq, when_missing: dead_letter}}}}
+",
+            adapter("[a.events, c.events]", ""),
+            adapter("[a.events]", ", B: Not.Valid"),
+        );
+        let err = Topology::parse(Path::new("t.yaml"), &text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "schemas.folder",
+                "adapters.Second",
+                "adapters.Second.event_types.B",
+                // Adapters are checked in name order: Second claimed it.
+                "adapters.first.topics[0]",
+                "adapters.first.topics[1]",
+                "adapters.third.type_field",
+                "adapters.third.envelope.event_id",
+                "adapters.third.envelope.entity_type",
+                "adapters.third.envelope.entity_id",
+                "adapters.third.envelope.occurred_at",
+                "adapters.third.envelope.producer",
+                "adapters.third.envelope.actor",
+                "adapters.third.envelope.schema_version",
+                "adapters.third.envelope.privacy_tier",
+                "adapters.third.envelope.data",
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("is already read by the adapter"),
+            "{err}"
+        );
+        let typo = "adapters:\n  x:\n    topics: [events.raw]\n    envelop: {}\n";
+        let err = Topology::parse(Path::new("t.yaml"), typo).unwrap_err();
+        assert!(err.to_string().contains("envelop"), "{err}");
+    }
 }
