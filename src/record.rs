@@ -373,3 +373,21 @@ impl fmt::Display for Rejection {
         write!(f, "{}: {}", self.reason, self.detail)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_every_reason_code_once() {
+        let readme = include_str!("../README.md");
+        let list = readme
+            .split("Reason codes:")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("the README has a reason code list");
+        let listed: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(listed, codes);
+    }
+}
