@@ -388,6 +388,12 @@ impl AdapterConfig {
             }
         }
         let maps_version = self.envelope.entity_version.is_some();
+        let versioned_types: Vec<&String> = self
+            .by_event_type
+            .iter()
+            .filter(|(_, m)| m.entity_version.is_some())
+            .map(|(t, _)| t)
+            .collect();
         let ordering = match &self.ordering {
             None => {
                 problem(
@@ -404,11 +410,23 @@ impl AdapterConfig {
                 None
             }
             Some(AdapterOrdering::EntityVersion) => Some(Ordering::EntityVersion),
-            Some(AdapterOrdering::Off | AdapterOrdering::Sequence(_)) if maps_version => {
-                problem(
-                    "envelope.entity_version".into(),
-                    "is mapped, so the producer has entity versions: order by them (ordering: entity_version)",
-                );
+            Some(AdapterOrdering::Off | AdapterOrdering::Sequence(_))
+                if maps_version || !versioned_types.is_empty() =>
+            {
+                let paths = maps_version
+                    .then(|| "envelope.entity_version".to_owned())
+                    .into_iter()
+                    .chain(
+                        versioned_types
+                            .iter()
+                            .map(|t| format!("by_event_type.{t}.entity_version")),
+                    );
+                for path in paths {
+                    problem(
+                        path,
+                        "is mapped, so the producer has entity versions: order by them (ordering: entity_version)",
+                    );
+                }
                 None
             }
             Some(AdapterOrdering::Off) => Some(Ordering::Off),
@@ -939,7 +957,7 @@ envelope:
   schema_version: {const: 0, convert: major_version}
   privacy_tier: {const: secret}
 by_event_type:
-  user.nope: {entity_id: {path: ""}}
+  user.nope: {entity_id: {path: ""}, entity_version: {path: w}}
 ordering: off
 "#,
         );
@@ -962,6 +980,7 @@ ordering: off
                 "by_event_type.user.nope",
                 "by_event_type.user.nope.entity_id.path",
                 "envelope.entity_version",
+                "by_event_type.user.nope.entity_version",
             ],
             "{problems:#?}"
         );

@@ -63,7 +63,8 @@ pub enum Command {
   privacy-router run --brokers broker:9093 -X security.protocol=SASL_SSL \\
       -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username=router -X sasl.password=...
 
-Without --registry-url, schemas come from the file registry over --schemas (avro/).")]
+Without --registry-url, schemas come from the file registry over --schemas (default: the
+topology's schemas.folder, avro/).")]
     Run(RunArgs),
     /// The embedded demo: an in-process mock Kafka cluster, the sample
     /// events produced into it, the real runtime over them, and what each

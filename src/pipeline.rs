@@ -1,9 +1,12 @@
 //! The pure entry point: one raw record in, what to emit out.
 //!
 //! [`Engine::process`] chains the stages — (adapt →) decode → validate →
-//! tier check → order → project → route — over a [`VersionStore`] and a [`SchemaLookup`]
-//! handed in by the caller. It needs no Kafka: `replay`, the tests and the
-//! benchmarks call it directly, and the Kafka runtime calls it per record.
+//! tier check → order → project → route — over a [`VersionStore`] and a
+//! [`SchemaLookup`] handed in by the caller. The adapt stage runs only for
+//! input topics whose topology declares an adapter ([`crate::adapt`]).
+//!
+//! It needs no Kafka: `replay`, the tests and the benchmarks call it
+//! directly, and the Kafka runtime calls it per record.
 //!
 //! Bad input never fails the call: it comes back as a dead letter. Only a
 //! registry that cannot be reached ([`EngineError::Transient`]: retry the same
