@@ -68,7 +68,8 @@ pub enum Command {
   privacy-router run --brokers broker:9093 -X security.protocol=SASL_SSL \\
       -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username=router -X sasl.password=...
 
-Without --registry-url, schemas come from the file registry over --schemas (avro/).")]
+Without --registry-url, schemas come from the file registry over --schemas (default: the
+topology's schemas.folder, avro/).")]
     Run(RunArgs),
     /// The embedded demo: an in-process mock Kafka cluster, the sample
     /// events produced into it, the real runtime over them, and what each
@@ -208,9 +209,20 @@ pub struct Common {
         env = "PRIVACY_ROUTER_TOPOLOGY"
     )]
     pub topology: PathBuf,
-    /// Folder of Avro schemas for the file-backed registry.
-    #[arg(long, default_value = "avro", env = "PRIVACY_ROUTER_SCHEMAS")]
-    pub schemas: PathBuf,
+    /// Folder of Avro schemas for the file-backed registry [default: the
+    /// topology's schemas.folder, which defaults to avro].
+    #[arg(long, env = "PRIVACY_ROUTER_SCHEMAS")]
+    pub schemas: Option<PathBuf>,
+}
+
+impl Common {
+    /// The file registry's folder: `--schemas`, else the topology's
+    /// `schemas.folder`.
+    pub fn schemas_dir(&self, topology: &Topology) -> PathBuf {
+        self.schemas
+            .clone()
+            .unwrap_or_else(|| topology.spec.schemas.folder.clone())
+    }
 }
 
 /// The secret key of pseudonyms.
@@ -234,6 +246,10 @@ pub struct ReplayArgs {
     /// Output folder.
     #[arg(long, default_value = "replay-out")]
     pub out: PathBuf,
+    /// The input topic the records are read as if from (it decides the
+    /// adapter, if any) [default: the topology's first input topic].
+    #[arg(long)]
+    pub topic: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -555,7 +571,7 @@ pub fn registry_choice(
         .filter(|u| !u.is_empty())
         .collect();
     if urls.is_empty() {
-        let reg = load_file_registry(&common.schemas, topology, engine)?;
+        let reg = load_file_registry(&common.schemas_dir(topology), topology, engine)?;
         return Ok(RegistryChoice::Shared(SharedRegistry::new(reg.registry)));
     }
     Ok(RegistryChoice::Confluent(ConfluentConfig {
@@ -602,7 +618,7 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
     let topology = load_topology(&args.common.topology)?;
     let hasher = hasher(&args.secrets)?;
     let engine = Engine::new(topology.engine.clone(), hasher.clone());
-    let reg = load_file_registry(&args.common.schemas, &topology, &engine)?;
+    let reg = load_file_registry(&args.common.schemas_dir(&topology), &topology, &engine)?;
     demo::demo(DemoConfig {
         topology,
         registry: SharedRegistry::new(reg.registry),
@@ -620,7 +636,8 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
 fn run_replay(args: ReplayArgs) -> Result<()> {
     let topology = load_topology(&args.common.topology)?;
     let mut engine = Engine::new(topology.engine.clone(), hasher(&args.secrets)?);
-    let mut reg = load_file_registry(&args.common.schemas, &topology, &engine)?.registry;
+    let mut reg =
+        load_file_registry(&args.common.schemas_dir(&topology), &topology, &engine)?.registry;
     let (mut input, len): (Box<dyn BufRead>, Option<u64>) = if args.input == Path::new("-") {
         (Box::new(BufReader::new(io::stdin())), None)
     } else {
@@ -633,7 +650,14 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         Some(n) if n > 4 << 20 && io::stderr().is_terminal() => ProgressBar::new(n),
         _ => ProgressBar::hidden(),
     };
-    let topic = topology.spec.input.topics[0].clone();
+    let topic = match args.topic {
+        Some(t) if topology.spec.input.topics.contains(&t) => t,
+        Some(t) => bail!(
+            "--topic {t:?} is not one of the topology's input topics ({})",
+            topology.spec.input.topics.join(", ")
+        ),
+        None => topology.spec.input.topics[0].clone(),
+    };
     let summary = replay(
         &mut engine,
         &mut reg,
@@ -657,12 +681,9 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
 
 fn run_sample(args: SampleArgs) -> Result<()> {
     let topology = load_topology(&args.common.topology)?;
-    let reg = file::load(
-        &args.common.schemas,
-        &topology.engine.subjects,
-        &topology.spec.input.topics,
-    )
-    .with_context(|| format!("loading schemas from {}", args.common.schemas.display()))?;
+    let dir = args.common.schemas_dir(&topology);
+    let reg = file::load(&dir, &topology.engine.subjects, &topology.spec.input.topics)
+        .with_context(|| format!("loading schemas from {}", dir.display()))?;
     let format = match args.format {
         SampleFormat::Jsonl => Format::Jsonl,
         SampleFormat::Framed => Format::Framed,

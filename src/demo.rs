@@ -300,7 +300,7 @@ fn table(report: &DemoReport, metrics: &Metrics, engine: &crate::pipeline::Engin
     );
     let get =
         |name: &str, labels: &[(&str, &str)]| metrics.value(name, labels).unwrap_or(0.0) as u64;
-    for v in ["accepted", "duplicate", "stale", "gap"] {
+    for v in ["accepted", "duplicate", "stale", "gap", "unordered"] {
         row(
             &format!("order: {v}"),
             get(names::ORDERING, &[("verdict", v)]),

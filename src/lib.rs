@@ -8,6 +8,7 @@
 //! | stage | module | what |
 //! |---|---|---|
 //! | types | [`record`] | raw records, decoded values, tiers, outputs, reasons |
+//! | adapt | [`adapt`] | a producer's own JSON event → the canonical envelope |
 //! | schema | [`schema`], [`classify`] | writer schema → compiled, classified nodes |
 //! | decode | [`schema::binary`], [`schema::json`] | Confluent-framed Avro or JSON → value |
 //! | validate | [`validate`] | seed 003 §6 rules, stable reason codes |
@@ -25,6 +26,7 @@
 //! `privacy-report`: what a topology and its schemas will do, worked out
 //! without running them), and [`cli`].
 
+pub mod adapt;
 pub mod classify;
 pub mod cli;
 pub mod config;

@@ -1,9 +1,12 @@
 //! The pure entry point: one raw record in, what to emit out.
 //!
-//! [`Engine::process`] chains the stages — decode → validate → tier check →
-//! order → project → route — over a [`VersionStore`] and a [`SchemaLookup`]
-//! handed in by the caller. It needs no Kafka: `replay`, the tests and the
-//! benchmarks call it directly, and the Kafka runtime calls it per record.
+//! [`Engine::process`] chains the stages — (adapt →) decode → validate →
+//! tier check → order → project → route — over a [`VersionStore`] and a
+//! [`SchemaLookup`] handed in by the caller. The adapt stage runs only for
+//! input topics whose topology declares an adapter ([`crate::adapt`]).
+//!
+//! It needs no Kafka: `replay`, the tests and the benchmarks call it
+//! directly, and the Kafka runtime calls it per record.
 //!
 //! Bad input never fails the call: it comes back as a dead letter. Only a
 //! registry that cannot be reached ([`EngineError::Transient`]: retry the same
@@ -16,10 +19,11 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::adapt::Adapter;
 use crate::classify::TagMap;
-use crate::order::{entity_key, verdict, Verdict, VersionStore};
+use crate::order::{entity_key, sequence_key, sequence_verdict, verdict, Verdict, VersionStore};
 use crate::project::{derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey};
-use crate::record::{Datum, OutRecord, RawRecord, Reason, Rejection, Tier};
+use crate::record::{Datum, OrderBy, OutRecord, RawRecord, Reason, Rejection, Tier};
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{binary, json, max_present_tier, CompiledSchema, Envelope};
 use crate::validate::{is_valid_event_type, validate};
@@ -188,6 +192,10 @@ pub struct EngineConfig {
     pub subjects: SubjectNaming,
     /// Event types limited to some tiers; all others reach all three.
     pub tier_limits: HashMap<String, HashSet<Tier>>,
+    /// Input topics whose records are a producer's own JSON events, with the
+    /// adapter that maps them onto the canonical envelope. Other topics
+    /// carry canonical events.
+    pub adapters: HashMap<Arc<str>, Arc<Adapter>>,
 }
 
 /// Fatal or transient trouble: the record was not processed and must be
@@ -215,12 +223,13 @@ pub struct StateUpdate {
 /// from the schema and the topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
-    /// Accepted, or a gap that was emitted.
+    /// Accepted, a gap that was emitted, or unordered.
     pub verdict: Verdict,
     /// One record per tier the event reaches.
     pub records: Vec<OutRecord>,
-    /// The store write to persist with the records.
-    pub state: StateUpdate,
+    /// The store write to persist with the records; `None` for an
+    /// [`Verdict::Unordered`] event, which touches no state.
+    pub state: Option<StateUpdate>,
     /// The schema path of a field above the declared tier, if any.
     pub tier_mismatch: Option<String>,
     /// Per tier ([`Tier::index`]): how many fields its record removes or
@@ -371,94 +380,128 @@ impl Engine {
                 ))
             }
         };
+        let adapter = if self.config.adapters.is_empty() {
+            None
+        } else {
+            self.config.adapters.get(&*raw.source.topic).cloned()
+        };
+        let mut order_by = OrderBy::EntityVersion;
         let json_doc;
-        let (writer, datum) = match value[0] {
-            0 => {
-                let Some(header) = value.get(1..5) else {
-                    return Ok(dl(
-                        Rejection::new(
-                            Reason::TruncatedFrame,
-                            "the frame is shorter than its 5-byte header",
+        let (writer, datum) = if let Some(adapter) = adapter {
+            // A producer's own JSON: adapted onto the canonical envelope,
+            // then read like a canonical JSON event.
+            let Some(doc) = json_object(value) else {
+                return Ok(dl(
+                    Rejection::new(
+                        Reason::MalformedJson,
+                        format!(
+                            "the value is not a JSON object (the adapter {} reads the producer's JSON events)",
+                            adapter.name()
                         ),
-                        &topic,
-                    ));
-                };
-                let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
-                let writer = match self.writer_by_id(id, registry)? {
-                    Ok(w) => w,
-                    Err(r) => return Ok(dl(r, &topic)),
-                };
-                match binary::decode(&writer.schema, &value[5..]) {
-                    Ok(d) => (writer, d),
-                    Err(e) => {
-                        return Ok(dl(
-                            Rejection::new(Reason::MalformedAvro, e.to_string()),
-                            &topic,
-                        ))
-                    }
-                }
+                    ),
+                    &topic,
+                ));
+            };
+            let adapted = match adapter.apply(doc) {
+                Ok(a) => a,
+                Err(r) => return Ok(dl(r, &topic)),
+            };
+            order_by = adapted.order_by;
+            json_doc = adapted.event;
+            match self.decode_json(&raw.source.topic, &json_doc, registry)? {
+                Ok(decoded) => decoded,
+                Err(r) => return Ok(dl(r, &topic)),
             }
-            b'{' => {
-                json_doc = match serde_json::from_slice::<serde_json::Value>(value) {
-                    Ok(v) if v.is_object() => v,
-                    _ => {
+        } else {
+            match value[0] {
+                0 => {
+                    let Some(header) = value.get(1..5) else {
                         return Ok(dl(
-                            Rejection::new(Reason::MalformedJson, "the value is not a JSON object"),
+                            Rejection::new(
+                                Reason::TruncatedFrame,
+                                "the frame is shorter than its 5-byte header",
+                            ),
                             &topic,
-                        ))
-                    }
-                };
-                let event_type = json_doc
-                    .get("event_type")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
-                if !is_valid_event_type(event_type) {
-                    return Ok(dl(
-                        Rejection::new(
-                            Reason::InvalidEventType,
-                            "event_type is missing or does not match ^[a-z]+\\.[a-z_]+$",
-                        ),
-                        &topic,
-                    ));
-                }
-                let writer =
-                    match self.writer_for_event_type(&raw.source.topic, event_type, registry)? {
+                        ));
+                    };
+                    let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
+                    let writer = match self.writer_by_id(id, registry)? {
                         Ok(w) => w,
                         Err(r) => return Ok(dl(r, &topic)),
                     };
-                match json::resolve(&writer.schema, &json_doc) {
-                    Ok(d) => (writer, d),
-                    Err(e) => {
-                        return Ok(dl(
-                            Rejection::new(
-                                Reason::SchemaMismatch,
-                                format!("the JSON event does not fit its schema at {e}"),
-                            ),
-                            &topic,
-                        ))
+                    match binary::decode(&writer.schema, &value[5..]) {
+                        Ok(d) => (writer, d),
+                        Err(e) => {
+                            return Ok(dl(
+                                Rejection::new(Reason::MalformedAvro, e.to_string()),
+                                &topic,
+                            ))
+                        }
                     }
                 }
-            }
-            _ => {
-                return Ok(dl(
-                    Rejection::new(
-                        Reason::UnknownMagicByte,
-                        "the value is neither Confluent-framed Avro (0x00) nor a JSON object",
-                    ),
-                    &topic,
-                ))
+                b'{' => {
+                    let Some(doc) = json_object(value) else {
+                        return Ok(dl(
+                            Rejection::new(Reason::MalformedJson, "the value is not a JSON object"),
+                            &topic,
+                        ));
+                    };
+                    json_doc = doc;
+                    match self.decode_json(&raw.source.topic, &json_doc, registry)? {
+                        Ok(decoded) => decoded,
+                        Err(r) => return Ok(dl(r, &topic)),
+                    }
+                }
+                _ => {
+                    return Ok(dl(
+                        Rejection::new(
+                            Reason::UnknownMagicByte,
+                            "the value is neither Confluent-framed Avro (0x00) nor a JSON object",
+                        ),
+                        &topic,
+                    ))
+                }
             }
         };
-        match self.route(&writer, &datum, store, registry)? {
+        match self.route(&writer, &datum, order_by, store, registry)? {
             Ok(outcome) => Ok(outcome),
             Err(r) => Ok(dl(r, &topic)),
         }
+    }
+
+    /// Reads a canonical JSON event against the schema registered for its
+    /// `event_type`.
+    fn decode_json<'v>(
+        &mut self,
+        topic: &str,
+        doc: &'v serde_json::Value,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Result<(Arc<Writer>, Datum<'v>), Rejection>, EngineError> {
+        let event_type = doc.get("event_type").and_then(|v| v.as_str()).unwrap_or("");
+        if !is_valid_event_type(event_type) {
+            return Ok(Err(Rejection::new(
+                Reason::InvalidEventType,
+                "event_type is missing or does not match ^[a-z]+\\.[a-z_]+$",
+            )));
+        }
+        let writer = match self.writer_for_event_type(topic, event_type, registry)? {
+            Ok(w) => w,
+            Err(r) => return Ok(Err(r)),
+        };
+        Ok(match json::resolve(&writer.schema, doc) {
+            Ok(d) => Ok((writer, d)),
+            Err(e) => Err(Rejection::new(
+                Reason::SchemaMismatch,
+                format!("the JSON event does not fit its schema at {e}"),
+            )),
+        })
     }
 
     fn route(
         &self,
         writer: &Writer,
         datum: &Datum<'_>,
+        order_by: OrderBy,
         store: &mut dyn VersionStore,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Result<Outcome, Rejection>, EngineError> {
@@ -503,9 +546,29 @@ impl Engine {
             .symbol(fields[env.entity_type].node, &values[env.entity_type])
             .unwrap_or_default();
         let entity_id = values[env.entity_id].as_str().unwrap_or_default();
-        let version = values[env.entity_version].as_i64().unwrap_or_default();
-        let key = entity_key(entity_type, entity_id);
-        let v = verdict(store.last_version(&key), version);
+        let (v, state) = match order_by {
+            OrderBy::EntityVersion => {
+                let Some(version) = values[env.entity_version].as_i64() else {
+                    return Ok(Err(Rejection::new(
+                        Reason::InvalidEntityVersion,
+                        "entity_version is null, and this topic orders events by it",
+                    )));
+                };
+                let key = entity_key(entity_type, entity_id);
+                (
+                    verdict(store.last_version(&key), version),
+                    Some((key, version)),
+                )
+            }
+            OrderBy::Sequence { value, keyspace } => {
+                let key = sequence_key(&keyspace, entity_type, entity_id);
+                (
+                    sequence_verdict(store.last_version(&key), value),
+                    Some((key, value)),
+                )
+            }
+            OrderBy::Off => (Verdict::Unordered, None),
+        };
         match v {
             Verdict::Duplicate | Verdict::Stale => return Ok(Ok(Outcome::Skipped(v))),
             Verdict::Gap { missing } if self.config.on_gap == GapPolicy::DeadLetter => {
@@ -561,11 +624,13 @@ impl Engine {
                 Err(NoHashKey) => return Ok(Err(no_key())),
             }
         }
-        store.record(&key, version);
+        if let Some((key, version)) = &state {
+            store.record(key, *version);
+        }
         Ok(Ok(Outcome::Routed(Routed {
             verdict: v,
             records,
-            state: StateUpdate { key, version },
+            state: state.map(|(key, version)| StateUpdate { key, version }),
             tier_mismatch,
             redacted: writer.derived.each_ref().map(|d| d.redacted),
         })))
@@ -700,6 +765,13 @@ impl Engine {
         };
         self.writer_by_id(id, registry)
     }
+}
+
+/// The value as a JSON object, if it is one.
+fn json_object(value: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .filter(serde_json::Value::is_object)
 }
 
 fn remember<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, item: T) {

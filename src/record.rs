@@ -154,6 +154,33 @@ impl Datum<'_> {
     }
 }
 
+/// What orders an event against the earlier events of its entity.
+///
+/// Canonical events are ordered by their `entity_version`. A producer
+/// without one is ordered by what its topic's adapter declares: a sequence
+/// number, or nothing at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderBy {
+    /// The envelope's `entity_version`: contiguous per entity, so a skipped
+    /// version is a gap (contract §4).
+    EntityVersion,
+    /// A number that only increases but is shared across entities (e.g. a
+    /// NATS JetStream stream sequence): per entity it has holes, so a jump
+    /// is not a gap; equal is a duplicate and lower is stale. `keyspace`
+    /// (the adapter's name) keeps these numbers apart from entity versions
+    /// and from other streams' sequences in the version store.
+    Sequence {
+        /// The sequence number of this event.
+        value: i64,
+        /// The version-store keyspace of this sequence.
+        keyspace: Arc<str>,
+    },
+    /// No ordering: the event is routed as it comes, without a verdict or a
+    /// version-store write (the adapter's `ordering: off`, or a missing
+    /// sequence its topology routes unordered).
+    Off,
+}
+
 /// Where a raw record came from: enough to point at it from a dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
@@ -225,6 +252,10 @@ pub enum Reason {
     MalformedAvro,
     /// The value starts like JSON but is not a JSON object.
     MalformedJson,
+    /// A producer's event does not fit the adapter its topic declares: the
+    /// field naming the event type, or a field the adapter maps into the
+    /// canonical envelope, is missing or of the wrong JSON type.
+    AdapterMismatch,
     /// The event does not have the shape of its schema, or the schema is not an
     /// event envelope.
     SchemaMismatch,
@@ -259,7 +290,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::EmptyValue,
         Reason::UnknownMagicByte,
         Reason::TruncatedFrame,
@@ -267,6 +298,7 @@ impl Reason {
         Reason::InvalidSchema,
         Reason::MalformedAvro,
         Reason::MalformedJson,
+        Reason::AdapterMismatch,
         Reason::SchemaMismatch,
         Reason::UnknownEventType,
         Reason::InvalidEventType,
@@ -292,6 +324,7 @@ impl Reason {
             Reason::InvalidSchema => "invalid_schema",
             Reason::MalformedAvro => "malformed_avro",
             Reason::MalformedJson => "malformed_json",
+            Reason::AdapterMismatch => "adapter_mismatch",
             Reason::SchemaMismatch => "schema_mismatch",
             Reason::UnknownEventType => "unknown_event_type",
             Reason::InvalidEventType => "invalid_event_type",
@@ -338,5 +371,23 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_every_reason_code_once() {
+        let readme = include_str!("../README.md");
+        let list = readme
+            .split("Reason codes:")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("the README has a reason code list");
+        let listed: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(listed, codes);
     }
 }

@@ -158,7 +158,7 @@ impl Metrics {
         for reason in Reason::ALL {
             dead_letters.with_label_values(&[reason.code()]);
         }
-        for v in ["accepted", "duplicate", "stale", "gap"] {
+        for v in VERDICT_LABELS {
             ordering.with_label_values(&[v]);
         }
         for o in ["committed", "aborted"] {
@@ -296,6 +296,9 @@ impl TopicCounters {
     }
 }
 
+/// The `verdict` label values, in the order of [`Pending`]'s counts.
+const VERDICT_LABELS: [&str; 5] = ["accepted", "duplicate", "stale", "gap", "unordered"];
+
 /// Counts of one transaction's outcomes, added to the counters only when it
 /// commits, so the counters say what downstream readers can see.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -303,7 +306,7 @@ pub struct Pending {
     produced: [u64; 3],
     redacted: [u64; 3],
     dead_letters: Vec<Reason>,
-    verdicts: [u64; 4],
+    verdicts: [u64; 5],
     tier_mismatches: u64,
     replayed: u64,
     inputs: u64,
@@ -323,6 +326,7 @@ impl Pending {
             Verdict::Duplicate => 1,
             Verdict::Stale => 2,
             Verdict::Gap { .. } => 3,
+            Verdict::Unordered => 4,
         };
         self.verdicts[i] += 1;
     }
@@ -363,7 +367,7 @@ pub fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
     for r in p.dead_letters {
         metrics.dead_letters.with_label_values(&[r.code()]).inc();
     }
-    for (i, v) in ["accepted", "duplicate", "stale", "gap"].iter().enumerate() {
+    for (i, v) in VERDICT_LABELS.iter().enumerate() {
         if p.verdicts[i] > 0 {
             metrics
                 .ordering

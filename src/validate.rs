@@ -6,7 +6,7 @@
 //! | `event_type` matches `^[a-z]+\.[a-z_]+$` | `invalid_event_type` |
 //! | `event_id` and every `uuid` field is a UUID | `invalid_uuid` |
 //! | `entity_id` is not empty | `invalid_entity_id` |
-//! | `entity_version >= 1` | `invalid_entity_version` |
+//! | `entity_version >= 1` (where present) | `invalid_entity_version` |
 //! | `schema_version >= 1` | `invalid_schema_version` |
 //! | every `*_cents >= 0` | `negative_cents` |
 //! | every `*_count >= 0` | `negative_count` |
@@ -72,7 +72,11 @@ pub fn validate(
             "entity_id is empty",
         ));
     }
-    if values[env.entity_version].as_i64().is_none_or(|v| v < 1) {
+    // Null only where the schema allows it: producers without entity
+    // versions (see `adapt`); whether the topic orders by it is the order
+    // stage's question.
+    let version = &values[env.entity_version];
+    if !version.is_null() && version.as_i64().is_none_or(|v| v < 1) {
         return Err(Rejection::new(
             Reason::InvalidEntityVersion,
             "entity_version is below 1",

@@ -241,8 +241,9 @@ fn user_created_reaches_each_tier_with_its_projection() {
         restricted.value.as_deref().unwrap(),
         "must-never-be-forwarded"
     ));
-    assert_eq!(r.state.key, b"user/65a1b2c3d4e5f60718293a4b");
-    assert_eq!(r.state.version, 1);
+    let state = r.state.unwrap();
+    assert_eq!(state.key, b"user/65a1b2c3d4e5f60718293a4b");
+    assert_eq!(state.version, 1);
     assert_eq!(r.tier_mismatch, None);
 }
 
@@ -647,5 +648,44 @@ fn bad_records_neither_grow_the_caches_nor_hammer_the_registry() {
         reg.calls <= 10_000 + 1 + refills + 50,
         "{} registry calls",
         reg.calls
+    );
+}
+
+#[test]
+fn a_per_event_type_subject_overrides_the_template() {
+    let topology = Topology::parse(
+        Path::new("test.yaml"),
+        "event_types:\n  user.created: {subject: 'legacy-{event_type}-value'}\n",
+    )
+    .unwrap();
+    // A registry filled with the default naming holds no such subject: the
+    // override is what the engine asks for, so user.created has no schema…
+    let mut d = Driver::default_topology();
+    d.engine = Engine::new(topology.engine.clone(), Some(Hasher::new(KEY).unwrap()));
+    let (_, reason, detail) = rejected(d.pipe_json(&user_created(1)));
+    assert_eq!(reason, Reason::UnknownEventType, "{detail}");
+    // …while the other event types keep the template.
+    let mut login = json!({
+        "event_id": "0b6f5f0e-7c57-4d0e-9a31-6d1f1c2b8e03", "event_type": "user.login_failed",
+        "entity_type": "user", "entity_id": "u1", "entity_version": 1, "occurred_at": "2026-05-01T12:00:00Z",
+        "producer": "auth", "actor": {"actor_type": "SYSTEM"}, "schema_version": 1, "privacy_tier": "restricted",
+    });
+    login["data"] = d_login_failed();
+    routed(d.pipe_json(&login));
+    // Once the schema is registered under the overriding subject, it is used.
+    let text = d
+        .events
+        .iter()
+        .find(|e| e.event_type == "user.created")
+        .unwrap()
+        .text
+        .clone();
+    d.registry
+        .register("legacy-user.created-value", &text)
+        .unwrap();
+    d.engine.forget_subjects();
+    assert_eq!(
+        routed(d.pipe_json(&user_created(1))).verdict.label(),
+        "accepted"
     );
 }

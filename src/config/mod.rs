@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapt::{Adapter, AdapterConfig};
 use crate::classify::TagMap;
 use crate::pipeline::{
     EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, SubjectNaming, Topics,
@@ -60,6 +61,10 @@ pub struct TopologyFile {
     /// Settings for single event types.
     #[serde(default)]
     pub event_types: BTreeMap<String, EventTypeConfig>,
+    /// Producers that do not write the canonical envelope: per adapter, the
+    /// input topics it reads and how their events map onto the envelope.
+    #[serde(default)]
+    pub adapters: BTreeMap<String, AdapterConfig>,
 }
 
 fn default_application_id() -> String {
@@ -188,16 +193,26 @@ pub struct SchemasConfig {
     /// `{domain}` and `{Type}` are filled in.
     #[serde(default = "default_subject_template")]
     pub subject_template: String,
+    /// Folder of the file registry (used when no registry URL is given),
+    /// relative to the working directory: `envelope.avsc` and
+    /// `events/<domain>/<event_type>.avsc`. `--schemas` overrides it.
+    #[serde(default = "default_schemas_folder")]
+    pub folder: PathBuf,
 }
 
 fn default_subject_template() -> String {
     DEFAULT_SUBJECT_TEMPLATE.to_owned()
 }
 
+fn default_schemas_folder() -> PathBuf {
+    PathBuf::from("avro")
+}
+
 impl Default for SchemasConfig {
     fn default() -> Self {
         SchemasConfig {
             subject_template: default_subject_template(),
+            folder: default_schemas_folder(),
         }
     }
 }
@@ -298,14 +313,15 @@ impl Topology {
                 message: e.to_string(),
             }],
         })?;
-        let problems = check(&spec);
+        let mut problems = check(&spec);
+        let adapters = build_adapters(&spec, &mut problems);
         if !problems.is_empty() {
             return Err(TopologyError {
                 file: path.to_owned(),
                 problems,
             });
         }
-        let engine = Arc::new(engine_config(&spec));
+        let engine = Arc::new(engine_config(&spec, adapters));
         Ok(Topology {
             file: path.to_owned(),
             spec,
@@ -406,7 +422,58 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
             check_template(subject, &format!("{base}.subject"), &mut problem);
         }
     }
+    if spec.schemas.folder.as_os_str().is_empty() {
+        problem("schemas.folder", "is empty".to_owned());
+    }
+    let mut claimed: HashMap<&str, &str> = HashMap::new();
+    for (name, adapter) in &spec.adapters {
+        let base = format!("adapters.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            problem(
+                &base,
+                "is not an adapter name (lowercase letters, digits, '_' and '-')".to_owned(),
+            );
+        }
+        for (i, topic) in adapter.topics.iter().enumerate() {
+            let path = format!("{base}.topics[{i}]");
+            if !spec.input.topics.contains(topic) {
+                problem(&path, "is not one of input.topics".to_owned());
+            } else if let Some(other) = claimed.insert(topic, name) {
+                problem(
+                    &path,
+                    format!("is already read by the adapter {other}; a topic has one adapter"),
+                );
+            }
+        }
+        for (producer_type, event_type) in &adapter.event_types {
+            if !is_valid_event_type(event_type) {
+                problem(
+                    &format!("{base}.event_types.{producer_type}"),
+                    "is not a canonical event type (^[a-z]+\\.[a-z_]+$)".to_owned(),
+                );
+            }
+        }
+    }
     problems
+}
+
+/// Builds every adapter, adding the problems of those that cannot be built.
+fn build_adapters(spec: &TopologyFile, problems: &mut Vec<Problem>) -> Vec<(String, Arc<Adapter>)> {
+    let mut built = Vec::new();
+    for (name, adapter) in &spec.adapters {
+        match adapter.build(name) {
+            Ok(a) => built.push((name.clone(), Arc::new(a))),
+            Err(ps) => problems.extend(ps.into_iter().map(|(path, message)| Problem {
+                path: format!("adapters.{name}.{path}"),
+                message,
+            })),
+        }
+    }
+    built
 }
 
 fn check_template(template: &str, path: &str, problem: &mut impl FnMut(&str, String)) {
@@ -431,8 +498,9 @@ fn check_template(template: &str, path: &str, problem: &mut impl FnMut(&str, Str
     }
 }
 
-fn engine_config(spec: &TopologyFile) -> EngineConfig {
+fn engine_config(spec: &TopologyFile, adapters: Vec<(String, Arc<Adapter>)>) -> EngineConfig {
     let o = &spec.outputs;
+    let by_name: HashMap<String, Arc<Adapter>> = adapters.into_iter().collect();
     EngineConfig {
         topics: Topics {
             tiers: [
@@ -461,6 +529,16 @@ fn engine_config(spec: &TopologyFile) -> EngineConfig {
                 c.tiers
                     .as_ref()
                     .map(|tiers| (t.clone(), tiers.iter().copied().collect::<HashSet<Tier>>()))
+            })
+            .collect(),
+        adapters: spec
+            .adapters
+            .iter()
+            .flat_map(|(name, a)| {
+                let adapter = by_name.get(name).cloned();
+                a.topics
+                    .iter()
+                    .filter_map(move |t| Some((Arc::from(t.as_str()), adapter.clone()?)))
             })
             .collect(),
     }
@@ -516,5 +594,103 @@ event_types:
             "{err}"
         );
         assert!(err.to_string().starts_with("t.yaml: 6 problem(s)"));
+    }
+
+    #[test]
+    fn every_shipped_topology_loads() {
+        for file in std::fs::read_dir("topology").unwrap() {
+            let path = file.unwrap().path();
+            let t = Topology::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            for (name, adapter) in &t.spec.adapters {
+                for topic in &adapter.topics {
+                    assert!(
+                        t.engine.adapters.contains_key(topic.as_str()),
+                        "{}: {name} does not read {topic}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let t = Topology::load(Path::new("topology/auth-identity.yaml")).unwrap();
+        assert_eq!(
+            t.spec.schemas.folder,
+            Path::new("avro/producers/auth-identity")
+        );
+        assert_eq!(t.engine.adapters.len(), 1);
+        assert_eq!(
+            Topology::default_embedded().spec.schemas.folder,
+            Path::new("avro")
+        );
+        assert!(Topology::default_embedded().engine.adapters.is_empty());
+    }
+
+    #[test]
+    fn broken_adapters_are_refused_with_every_problem() {
+        let adapter = |topics: &str, extra: &str| {
+            format!(
+                "    topics: {topics}
+    type_field: type
+    event_types: {{A: a.b{extra}}}
+    envelope:
+      event_id: {{path: id}}
+      entity_type: {{const: user}}
+      entity_id: {{path: id}}
+      occurred_at: {{path: at}}
+      producer: {{const: p}}
+      actor: {{const: {{actor_type: SYSTEM}}}}
+      schema_version: {{const: 1}}
+      privacy_tier: {{const: internal}}
+      data: {{path: payload}}
+    ordering: off
+"
+            )
+        };
+        let text = format!(
+            "input:
+  topics: [a.events, b.events]
+schemas:
+  folder: ''
+adapters:
+  first:
+{}  Second:
+{}  third:
+    topics: [b.events]
+    event_types: {{A: a.b}}
+    ordering: {{sequence: {{field: seq, when_missing: dead_letter}}}}
+",
+            adapter("[a.events, c.events]", ""),
+            adapter("[a.events]", ", B: Not.Valid"),
+        );
+        let err = Topology::parse(Path::new("t.yaml"), &text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "schemas.folder",
+                "adapters.Second",
+                "adapters.Second.event_types.B",
+                // Adapters are checked in name order: Second claimed it.
+                "adapters.first.topics[0]",
+                "adapters.first.topics[1]",
+                "adapters.third.type_field",
+                "adapters.third.envelope.event_id",
+                "adapters.third.envelope.entity_type",
+                "adapters.third.envelope.entity_id",
+                "adapters.third.envelope.occurred_at",
+                "adapters.third.envelope.producer",
+                "adapters.third.envelope.actor",
+                "adapters.third.envelope.schema_version",
+                "adapters.third.envelope.privacy_tier",
+                "adapters.third.envelope.data",
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("is already read by the adapter"),
+            "{err}"
+        );
+        let typo = "adapters:\n  x:\n    topics: [events.raw]\n    envelop: {}\n";
+        let err = Topology::parse(Path::new("t.yaml"), typo).unwrap_err();
+        assert!(err.to_string().contains("envelop"), "{err}");
     }
 }

@@ -1,5 +1,10 @@
 //! Order per entity (contract §4): the last accepted `entity_version` per
 //! (`entity_type`, `entity_id`) decides each event's verdict.
+//!
+//! Producers without an entity version are ordered by what their adapter
+//! declares ([`crate::record::OrderBy`]): a stream-wide sequence
+//! ([`sequence_verdict`], its own keyspace [`sequence_key`]) or nothing
+//! ([`Verdict::Unordered`]).
 
 pub mod store;
 
@@ -19,6 +24,9 @@ pub enum Verdict {
         /// How many versions are missing between the last and this one.
         missing: i64,
     },
+    /// The event's topology declares no ordering for it: routed as it came,
+    /// without a version-store write.
+    Unordered,
 }
 
 impl Verdict {
@@ -29,6 +37,7 @@ impl Verdict {
             Verdict::Duplicate => "duplicate",
             Verdict::Stale => "stale",
             Verdict::Gap { .. } => "gap",
+            Verdict::Unordered => "unordered",
         }
     }
 }
@@ -44,6 +53,29 @@ pub fn verdict(last: Option<i64>, v: i64) -> Verdict {
             missing: v.saturating_sub(l).saturating_sub(1),
         },
     }
+}
+
+/// The verdict for sequence number `seq` given the last accepted one, for a
+/// sequence shared across entities: per entity it only increases, with
+/// holes where other entities' events were numbered, so any increase is
+/// accepted; equal is a duplicate and lower is stale.
+pub fn sequence_verdict(last: Option<i64>, seq: i64) -> Verdict {
+    match last {
+        Some(l) if seq == l => Verdict::Duplicate,
+        Some(l) if seq < l => Verdict::Stale,
+        _ => Verdict::Accepted,
+    }
+}
+
+/// The state key of an entity ordered by a sequence: `keyspace`, `:`, then
+/// [`entity_key`]. Entity types never hold `:`, so these keys never meet
+/// entity-version keys, and two adapters' sequences never meet either.
+pub fn sequence_key(keyspace: &str, entity_type: &str, entity_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(keyspace.len() + 2 + entity_type.len() + entity_id.len());
+    k.extend_from_slice(keyspace.as_bytes());
+    k.push(b':');
+    k.extend_from_slice(&entity_key(entity_type, entity_id));
+    k
 }
 
 /// The state key of an entity: `entity_type`, `/`, `entity_id`. Entity types
@@ -71,6 +103,18 @@ mod tests {
         assert_eq!(verdict(Some(3), 1), Verdict::Stale);
         assert_eq!(verdict(Some(3), 6), Verdict::Gap { missing: 2 });
         assert_eq!(verdict(Some(i64::MAX), i64::MAX), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn sequences_only_increase_and_never_gap() {
+        assert_eq!(sequence_verdict(None, 42), Verdict::Accepted);
+        assert_eq!(sequence_verdict(Some(42), 97), Verdict::Accepted);
+        assert_eq!(sequence_verdict(Some(42), 42), Verdict::Duplicate);
+        assert_eq!(sequence_verdict(Some(42), 7), Verdict::Stale);
+        assert_eq!(
+            sequence_key("auth_identity", "user", "u1"),
+            b"auth_identity:user/u1"
+        );
     }
 
     /// The obviously-right model: a list of (key, last) pairs searched linearly.

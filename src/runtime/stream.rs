@@ -585,14 +585,24 @@ impl Task {
                     self.pending.produced(tier, r.redacted[tier.index()]);
                     self.send(rec, None, ts);
                 }
-                // The version, in the same transaction as the outputs.
+                // The version, in the same transaction as the outputs. An
+                // unordered event has none: like a dead letter, its resume
+                // marker keeps a replay from sending it twice.
                 let changelog = self.changelog.clone();
-                self.send_raw(
-                    &changelog,
-                    Some(p),
-                    &r.state.key,
-                    &encode_value(r.state.version),
-                );
+                match &r.state {
+                    Some(state) => self.send_raw(
+                        &changelog,
+                        Some(p),
+                        &state.key,
+                        &encode_value(state.version),
+                    ),
+                    None => self.send_raw(
+                        &changelog,
+                        Some(p),
+                        &resume_key(topic),
+                        &encode_value(offset + 1),
+                    ),
+                }
                 self.pending.verdict(r.verdict);
                 if let Some(field) = &r.tier_mismatch {
                     self.pending.tier_mismatch();

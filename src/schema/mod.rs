@@ -73,26 +73,38 @@ pub struct Field {
 }
 
 /// A validation rule implied by a field's name (seed 003 §6).
+///
+/// The seed names the rules in snake_case (`*_at`); producers that write
+/// camelCase (`createdAt`, `failedAttemptCount`) get the same rules from the
+/// same suffix after a lowercase letter or digit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameRule {
     /// No rule.
     None,
-    /// `*_cents`: an integer `>= 0`.
+    /// `*_cents` / `*Cents`: an integer `>= 0`.
     Cents,
-    /// `*_count`: an integer `>= 0`.
+    /// `*_count` / `*Count`: an integer `>= 0`.
     Count,
-    /// `*_at`: an ISO 8601 UTC instant when a string.
+    /// `*_at` / `*At`: an ISO 8601 UTC instant when a string.
     Instant,
 }
 
 impl NameRule {
     /// The rule for a field name.
     pub fn of(name: &str) -> NameRule {
-        if name.ends_with("_cents") {
+        let suffix = |snake: &str, camel: &str| {
+            name.ends_with(snake)
+                || name.strip_suffix(camel).is_some_and(|head| {
+                    head.bytes()
+                        .last()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                })
+        };
+        if suffix("_cents", "Cents") {
             NameRule::Cents
-        } else if name.ends_with("_count") {
+        } else if suffix("_count", "Count") {
             NameRule::Count
-        } else if name.ends_with("_at") {
+        } else if suffix("_at", "At") {
             NameRule::Instant
         } else {
             NameRule::None
@@ -306,6 +318,14 @@ impl CompiledSchema {
         };
         let stringy = |k: &Kind| matches!(k, Kind::String | Kind::Uuid);
         let integral = |k: &Kind| matches!(k, Kind::Int | Kind::Long);
+        // A producer without entity versions (see `adapt`) has a nullable
+        // one: `["null", "long"]`.
+        let version = |k: &Kind| {
+            integral(k)
+                || matches!(k, Kind::Union(bs) if bs.len() == 2
+                    && bs.iter().any(|b| self.nodes[*b].kind == Kind::Null)
+                    && bs.iter().any(|b| integral(&self.nodes[*b].kind)))
+        };
         let symbolic = |k: &Kind| matches!(k, Kind::Enum(_) | Kind::String);
         let optional_id = |name: &str| fields.iter().position(|f| f.name == name);
         Ok(Envelope {
@@ -313,7 +333,7 @@ impl CompiledSchema {
             event_type: find("event_type", &|k| matches!(k, Kind::String))?,
             entity_type: find("entity_type", &symbolic)?,
             entity_id: find("entity_id", &stringy)?,
-            entity_version: find("entity_version", &integral)?,
+            entity_version: find("entity_version", &version)?,
             occurred_at: find("occurred_at", &|k| matches!(k, Kind::String))?,
             schema_version: find("schema_version", &integral)?,
             privacy_tier: find("privacy_tier", &symbolic)?,
@@ -632,4 +652,57 @@ pub fn max_present_tier(schema: &CompiledSchema, datum: &Datum<'_>) -> (Tier, Op
         &mut best,
     );
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules_in_snake_and_camel_case() {
+        for (name, rule) in [
+            ("created_at", NameRule::Instant),
+            ("createdAt", NameRule::Instant),
+            ("total_cents", NameRule::Cents),
+            ("amountCents", NameRule::Cents),
+            ("member_count", NameRule::Count),
+            ("failedAttemptCount", NameRule::Count),
+            ("format", NameRule::None),
+            ("At", NameRule::None),
+            ("isActive", NameRule::None),
+            ("Count", NameRule::None),
+        ] {
+            assert_eq!(NameRule::of(name), rule, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_nullable_entity_version_is_still_an_envelope() {
+        let text = |version: &str| {
+            format!(
+                r#"{{"type":"record","name":"E","fields":[
+                {{"name":"event_id","type":"string"}},{{"name":"event_type","type":"string"}},
+                {{"name":"entity_type","type":"string"}},{{"name":"entity_id","type":"string"}},
+                {{"name":"entity_version","type":{version}}},{{"name":"occurred_at","type":"string"}},
+                {{"name":"schema_version","type":"int"}},{{"name":"privacy_tier","type":"string"}}]}}"#
+            )
+        };
+        let tags = TagMap::default();
+        for ok in [r#""long""#, r#"["null","long"]"#, r#"["long","null"]"#] {
+            let s = CompiledSchema::compile(&text(ok), &tags).unwrap();
+            assert!(s.envelope().is_ok(), "{ok}");
+        }
+        for bad in [
+            r#""string""#,
+            r#"["null","string"]"#,
+            r#"["null","long","string"]"#,
+        ] {
+            let s = CompiledSchema::compile(&text(bad), &tags).unwrap();
+            assert_eq!(
+                s.envelope().unwrap_err(),
+                "the envelope field entity_version has the wrong type",
+                "{bad}"
+            );
+        }
+    }
 }
