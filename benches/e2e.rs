@@ -488,37 +488,51 @@ fn run(a: &Args) -> serde_json::Value {
         eprintln!("== throughput: loading {} events", a.events);
         let (load_rate, size) = load(&brokers, &s, a.events, sample, None);
         eprintln!("   loaded at {load_rate:.0} events/s, mean {size:.0} bytes");
-        let copy = format!("{}.copy", s.app);
-        broker.topic(&copy, a.partitions, false);
-        eprintln!("== throughput: passthrough copy");
-        let me = std::env::current_exe().unwrap();
-        let spec = format!("{brokers}|{}|{copy}|{}-copy|{}", s.input, s.app, a.events);
-        let mut cmd = Command::new(me);
-        cmd.args([
-            "--bench",
-            "--passthrough",
-            &spec,
-            "--guarantee",
-            &a.guarantee,
-        ]);
-        for x in &a.kafka_config {
-            cmd.args(["-X", x]);
+        // Two references with the processor's client settings and
+        // guarantee: a 1:1 copy, and a copy with privacy-router's output
+        // shape (each record unchanged to three topics plus one keyed state
+        // record per input partition), i.e. the same I/O without the work.
+        let mut refs = Vec::new();
+        for mode in ["copy", "fanout"] {
+            let out_base = format!("{}.{mode}", s.app);
+            if mode == "copy" {
+                broker.topic(&out_base, a.partitions, false);
+            } else {
+                for t in ["a", "b", "c", "state"] {
+                    broker.topic(&format!("{out_base}.{t}"), a.partitions, t == "state");
+                }
+            }
+            eprintln!("== throughput: passthrough ({mode})");
+            let spec = format!(
+                "{brokers}|{}|{out_base}|{}-{mode}|{}|{mode}",
+                s.input, s.app, a.events
+            );
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args([
+                "--bench",
+                "--passthrough",
+                &spec,
+                "--guarantee",
+                &a.guarantee,
+            ]);
+            for x in &a.kafka_config {
+                cmd.args(["-X", x]);
+            }
+            let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+            let line = BufReader::new(child.stdout.take().unwrap())
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.starts_with("passthrough "))
+                .expect("the passthrough reports");
+            let _ = child.wait();
+            let secs: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let cpu: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+            let rate = a.events as f64 / secs;
+            eprintln!("   passthrough ({mode}): {rate:.0} events/s ({secs:.2} s); CPU s {cpu:.2}");
+            refs.push((mode, rate, secs, cpu));
         }
-        let broker_cpu0 = cpu_secs(broker.pid());
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let child_pid = child.id();
-        let line = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.starts_with("passthrough "))
-            .expect("the passthrough reports");
-        let secs: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let pass_cpu: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-        let pass_broker_cpu = cpu_secs(broker.pid()) - broker_cpu0;
-        let _ = child.wait();
-        let _ = child_pid;
-        let pass_rate = a.events as f64 / secs;
-        eprintln!("   passthrough: {pass_rate:.0} events/s ({secs:.2} s); CPU s: copy {pass_cpu:.2}, broker (whole run) {pass_broker_cpu:.2}");
+        let pass_rate = refs[0].1;
+        let fanout_rate = refs[1].1;
         eprintln!("== throughput: privacy-router");
         let mut p = Processor::start(&brokers, &s, &a.kafka_config);
         let (secs_pr, cpu_pr, cpu_broker) =
@@ -534,8 +548,9 @@ fn run(a: &Args) -> serde_json::Value {
         eprintln!("   {commits} commits, {commit_ms:.1} ms each on average; engine {process_us:.1} µs per record");
         p.stop();
         eprintln!(
-            "   privacy-router: {rate:.0} events/s ({secs_pr:.2} s), {:.0}% of the passthrough; CPU s: processor {cpu_pr:.2}, broker {cpu_broker:.2}; RSS {} MB (peak {} MB)",
+            "   privacy-router: {rate:.0} events/s ({secs_pr:.2} s), {:.0}% of the 1:1 copy, {:.0}% of the fan-out copy; CPU s: processor {cpu_pr:.2}, broker {cpu_broker:.2}; RSS {} MB (peak {} MB)",
             100.0 * rate / pass_rate,
+            100.0 * rate / fanout_rate,
             rss / 1024,
             hwm / 1024
         );
@@ -543,7 +558,8 @@ fn run(a: &Args) -> serde_json::Value {
             "events": a.events,
             "mean_value_bytes": size.round(),
             "load_events_per_s": load_rate.round(),
-            "passthrough": {"events_per_s": pass_rate.round(), "seconds": secs, "cpu_seconds": pass_cpu},
+            "passthrough_copy": {"events_per_s": refs[0].1.round(), "seconds": refs[0].2, "cpu_seconds": refs[0].3},
+            "passthrough_fanout": {"events_per_s": refs[1].1.round(), "seconds": refs[1].2, "cpu_seconds": refs[1].3},
             "privacy_router": {
                 "events": a.events,
                 "events_per_s": rate.round(),
@@ -558,7 +574,8 @@ fn run(a: &Args) -> serde_json::Value {
                 "mean_engine_us_per_record": process_us,
                 "broker_cpu_seconds": cpu_broker,
             },
-            "ratio": rate / pass_rate,
+            "ratio_to_copy": rate / pass_rate,
+            "ratio_to_fanout": rate / fanout_rate,
         });
     }
     if a.phases.iter().any(|p| p == "latency") {
@@ -676,18 +693,39 @@ fn latencies(brokers: &str, topic: &str, stop: &AtomicBool) -> Vec<i64> {
     out
 }
 
+fn send(producer: &BaseProducer<QuietContext>, mut rec: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                producer.poll(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// The passthrough: the same consumer and producer settings as the
 /// processor (`Connection`), the same guarantee and commit interval; it
 /// copies every record unchanged.
 fn passthrough(spec: &str, a: &Args) {
     let parts: Vec<&str> = spec.split('|').collect();
-    let (brokers, input, output, group, expect) = (
+    let (brokers, input, output, group, expect, mode) = (
         parts[0],
         parts[1],
         parts[2],
         parts[3],
         parts[4].parse::<usize>().unwrap(),
+        parts[5],
     );
+    let targets: Vec<String> = match mode {
+        "copy" => vec![output.to_owned()],
+        _ => ["a", "b", "c"]
+            .iter()
+            .map(|t| format!("{output}.{t}"))
+            .collect(),
+    };
+    let state = format!("{output}.state");
     let eos = a.guarantee == "exactly_once";
     let guarantee = if eos {
         Guarantee::ExactlyOnce
@@ -718,6 +756,7 @@ fn passthrough(spec: &str, a: &Args) {
     }
     let mut positions: HashMap<i32, i64> = HashMap::new();
     let mut copied = 0usize;
+    let mut copied_since_poll = 0u64;
     let mut committed = 0usize;
     let mut first: Option<Instant> = None;
     let mut cpu0 = 0.0;
@@ -743,26 +782,32 @@ fn passthrough(spec: &str, a: &Args) {
                     });
                 }
             }
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output).headers(headers);
-            if let Some(k) = m.key() {
-                rec = rec.key(k);
-            }
-            if let Some(v) = m.payload() {
-                rec = rec.payload(v);
-            }
-            if let Some(ts) = m.timestamp().to_millis() {
-                rec = rec.timestamp(ts);
-            }
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        rec = r;
-                        producer.poll(Duration::from_millis(20));
-                    }
+            for t in &targets {
+                let mut rec: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(t).headers(headers.clone());
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
                 }
+                if let Some(v) = m.payload() {
+                    rec = rec.payload(v);
+                }
+                if let Some(ts) = m.timestamp().to_millis() {
+                    rec = rec.timestamp(ts);
+                }
+                send(&producer, rec);
             }
-            producer.poll(Duration::ZERO);
+            if mode != "copy" {
+                let v = m.offset().to_be_bytes();
+                let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&state)
+                    .key(m.key().unwrap_or_default())
+                    .payload(&v[..])
+                    .partition(m.partition());
+                send(&producer, rec);
+            }
+            copied_since_poll += 1;
+            if copied_since_poll % 256 == 0 {
+                producer.poll(Duration::ZERO);
+            }
             positions.insert(m.partition(), m.offset() + 1);
             copied += 1;
         }
@@ -771,6 +816,11 @@ fn passthrough(spec: &str, a: &Args) {
             for (p, o) in &positions {
                 tpl.add_partition_offset(input, *p, Offset::Offset(*o))
                     .unwrap();
+            }
+            // Deliver first in 1 ms steps (rdkafka's flush sleeps in 100 ms
+            // steps), as the processor does.
+            while producer.in_flight_count() > 0 {
+                producer.poll(Duration::from_millis(1));
             }
             if eos {
                 let gm = consumer.group_metadata().unwrap();

@@ -721,9 +721,17 @@ fn run_sample(args: SampleArgs) -> Result<()> {
 }
 
 fn run_check(args: CheckArgs) -> Result<()> {
+    // The schema folder: --schemas, else the topology's (when it loads),
+    // else the default; a broken topology is reported by the check itself.
+    let schemas = match &args.common.schemas {
+        Some(dir) => dir.clone(),
+        None => Topology::load(&args.common.topology)
+            .map(|t| t.spec.schemas.folder.clone())
+            .unwrap_or_else(|_| PathBuf::from("avro")),
+    };
     let report = check::check(
         &args.common.topology,
-        &args.common.schemas,
+        &schemas,
         // Only whether the key is set and long enough: check never needs it.
         HashKey::of(std::env::var("PRIVACY_ROUTER_HASH_KEY").ok().as_deref()),
         CheckOptions {
@@ -741,7 +749,7 @@ fn run_check(args: CheckArgs) -> Result<()> {
             "check found {} error(s) in {} and {}",
             report.errors,
             args.common.topology.display(),
-            args.common.schemas.display()
+            schemas.display()
         );
     }
     Ok(())
@@ -781,21 +789,22 @@ fn run_privacy_report(args: ReportArgs) -> Result<()> {
     let topology = load_topology(&args.common.topology)?;
     let bytes = std::fs::read(&args.common.topology)
         .with_context(|| format!("reading {}", args.common.topology.display()))?;
-    let events = check::load_schemas(&topology, &args.common.schemas).map_err(|found| {
+    let schemas = args.common.schemas_dir(&topology);
+    let events = check::load_schemas(&topology, &schemas).map_err(|found| {
         let lines: Vec<String> = found
             .iter()
             .map(|f| format!("  - {}: {}", f.file, f.message))
             .collect();
         anyhow::anyhow!(
             "schemas in {} cannot be read:\n{}",
-            args.common.schemas.display(),
+            schemas.display(),
             lines.join("\n")
         )
     })?;
     let report = report::build(
         &topology,
         &bytes,
-        &args.common.schemas,
+        &schemas,
         &events,
         source_date()?,
     )

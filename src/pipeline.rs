@@ -235,6 +235,19 @@ pub struct Routed {
     /// Per tier ([`Tier::index`]): how many fields its record removes or
     /// pseudonymises.
     pub redacted: [u32; 3],
+    /// The event's `trace_id` and `correlation_id` for log lines, each only
+    /// where its schema classifies it at most internal (ids that may be
+    /// logged; a producer that marks one restricted keeps it out of logs).
+    pub log_ids: LogIds,
+}
+
+/// Ids of an event that may appear in log lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogIds {
+    /// `trace_id`, when present and classified at most internal.
+    pub trace_id: Option<String>,
+    /// `correlation_id`, when present and classified at most internal.
+    pub correlation_id: Option<String>,
 }
 
 /// What to do with one input record.
@@ -627,12 +640,23 @@ impl Engine {
         if let Some((key, version)) = &state {
             store.record(key, *version);
         }
+        let loggable = |i: Option<usize>| {
+            let i = i?;
+            (fields[i].class.tier <= Tier::Internal)
+                .then(|| values[i].as_str().map(str::to_owned))
+                .flatten()
+        };
+        let log_ids = LogIds {
+            trace_id: loggable(env.trace_id),
+            correlation_id: loggable(env.correlation_id),
+        };
         Ok(Ok(Outcome::Routed(Routed {
             verdict: v,
             records,
             state: state.map(|(key, version)| StateUpdate { key, version }),
             tier_mismatch,
             redacted: writer.derived.each_ref().map(|d| d.redacted),
+            log_ids,
         })))
     }
 
