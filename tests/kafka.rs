@@ -421,3 +421,41 @@ fn registry_503_and_broker_down_lose_nothing() {
     );
     assert_no_payload_in(&log, &payload_strings(&s.files, &inputs));
 }
+
+/// `at_least_once` (for brokers without transactions): without a crash it
+/// delivers the same records, once each; offsets are committed after the
+/// records are delivered.
+#[test]
+fn at_least_once_delivers_every_output() {
+    let s = Scenario::with_guarantee(Broker::mock(), 3, "at_least_once", "");
+    let values = s.samples(1500, 51, SampleFormat::Framed, true);
+    let inputs = produce(&s.broker.bootstrap(), &s.input, &s.files, &values);
+    let want = expected(&s, &inputs);
+    let mut p = s.processor("alo", &[]);
+    wait_for_outputs(&s, &want, &mut p);
+    let status = p.terminate();
+    assert!(status.success(), "exit {status}:\n{}", p.log_text());
+    let got = actual(&s, &want, QUIET, TIMEOUT);
+    assert_same(&want, &got, "at least once");
+    // The group's committed offsets cover every input.
+    use rdkafka::consumer::Consumer as _;
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", s.broker.bootstrap())
+        .set("group.id", &s.topology.spec.application_id)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for part in 0..3 {
+        tpl.add_partition(&s.input, part);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+        .sum();
+    assert_eq!(total, inputs.len() as i64, "committed offsets");
+    let log = p.log_text();
+    assert!(log.contains("guarantee=AtLeastOnce"), "{log}");
+    assert_no_payload_in(&log, &payload_strings(&s.files, &inputs));
+}

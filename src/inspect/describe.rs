@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::adapt::AdapterOrdering;
 use crate::config::Topology;
 use crate::pipeline::{GapPolicy, MismatchPolicy, OutputFormat};
 use crate::record::Tier;
@@ -112,14 +113,44 @@ pub fn graph(t: &Topology) -> Graph {
         detail,
     };
     let proc = |name: &str, detail: String| node(name, NodeKind::Processor, vec![], vec![], detail);
-    let mut nodes = vec![
-        node(
-            "source",
-            NodeKind::Source,
-            spec.input.topics.clone(),
-            vec![],
-            "raw events, one consumer group".to_owned(),
-        ),
+    let mut nodes = vec![node(
+        "source",
+        NodeKind::Source,
+        spec.input.topics.clone(),
+        vec![],
+        "raw events, one consumer group".to_owned(),
+    )];
+    if !spec.adapters.is_empty() {
+        let each: Vec<String> = spec
+            .adapters
+            .iter()
+            .map(|(name, a)| {
+                let ordering = match &a.ordering {
+                    Some(AdapterOrdering::Off) => "ordering off (unordered)".to_owned(),
+                    Some(AdapterOrdering::EntityVersion) | None => {
+                        "ordered by entity_version".to_owned()
+                    }
+                    Some(AdapterOrdering::Sequence(q)) => {
+                        format!("ordered by the sequence {}", q.field)
+                    }
+                };
+                format!(
+                    "{name} on [{}]: {} event type(s) mapped onto the canonical envelope, {ordering}",
+                    a.topics.join(", "),
+                    a.event_types.len()
+                )
+            })
+            .collect();
+        nodes.push(proc(
+            "adapt",
+            format!(
+                "producer JSON onto the canonical envelope: {}",
+                each.join("; ")
+            ),
+        ));
+    }
+    nodes.extend([
+
         proc(
             "decode",
             format!(
@@ -148,7 +179,7 @@ pub fn graph(t: &Topology) -> Graph {
                 name_of(&cfg.on_gap)
             ),
         ),
-    ];
+    ]);
     for tier in Tier::ALL {
         let not = excluded(tier);
         let mut detail = format!(
@@ -207,7 +238,17 @@ pub fn graph(t: &Topology) -> Graph {
             label,
         })
     };
-    edge("source", "decode", None);
+    if spec.adapters.is_empty() {
+        edge("source", "decode", None);
+    } else {
+        edge("source", "adapt", None);
+        edge("adapt", "decode", Some("canonical JSON".to_owned()));
+        edge(
+            "adapt",
+            DLQ,
+            Some("adapter_mismatch, unknown_event_type".to_owned()),
+        );
+    }
     edge("decode", "validate", None);
     edge(
         "decode",
@@ -580,5 +621,18 @@ mod tests {
         ] {
             assert!(m.contains(needle), "{needle:?} missing:\n{m}");
         }
+    }
+
+    #[test]
+    fn a_producer_adapter_is_a_stage_before_decode() {
+        let t = Topology::load(Path::new("topology/auth-identity.yaml")).unwrap();
+        let text = text(&t);
+        assert!(text.contains("Processor: adapt"), "{text}");
+        assert!(text.contains("ordered by the sequence"), "{text}");
+        assert!(text.contains("--> adapt"), "{text}");
+        let m = mermaid(&t);
+        assert!(m.contains("adapt"), "{m}");
+        let plain = super::text(&Topology::load(Path::new("topology/default.yaml")).unwrap());
+        assert!(!plain.contains("Processor: adapt"));
     }
 }

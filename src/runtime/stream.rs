@@ -359,7 +359,14 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         let mut guard = consumer.context().lock();
         match (guard.as_mut(), &result) {
             (Some(task), Ok(())) => task.commit(&consumer),
-            _ => Ok(()),
+            (Some(task), Err(_)) => {
+                // Failing: abort the open transaction now rather than leave
+                // it to the broker's transaction timeout (it would hold back
+                // read_committed readers of every partition it touched).
+                task.abort_quietly();
+                Ok(())
+            }
+            (None, _) => Ok(()),
         }
     };
     consumer.unsubscribe();
@@ -847,6 +854,16 @@ impl Task {
             })?;
         }
         Ok(())
+    }
+
+    /// Best effort on the way out after a fatal error: abort the open
+    /// transaction (bounded wait), ignoring what fails.
+    fn abort_quietly(&mut self) {
+        if self.guarantee == Guarantee::ExactlyOnce {
+            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(5)) {
+                warn!(error = %e, "Could not abort the open transaction; the broker will time it out.");
+            }
+        }
     }
 
     /// Waits until every record sent is delivered (or failed), serving

@@ -181,6 +181,16 @@ impl Scenario {
     /// stand-in holding every event schema of `avro/` under the input
     /// topic's subjects (with the same ids as the file registry).
     pub fn new(broker: Broker, partitions: i32, extra_topology: &str) -> Scenario {
+        Scenario::with_guarantee(broker, partitions, "exactly_once", extra_topology)
+    }
+
+    /// [`Scenario::new`] with a processing guarantee.
+    pub fn with_guarantee(
+        broker: Broker,
+        partitions: i32,
+        guarantee: &str,
+        extra_topology: &str,
+    ) -> Scenario {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -199,6 +209,7 @@ outputs:
   restricted: {app}.restricted
   dead_letter: {app}.dlq
 processing:
+  guarantee: {guarantee}
   commit_interval_ms: 100
 event_types:
   user.login_succeeded: {{tiers: [restricted]}}
