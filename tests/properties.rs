@@ -502,3 +502,128 @@ proptest! {
         prop_assert_eq!(store.len(), model.len());
     }
 }
+
+/// Producer events (each producer topology's own sample, through its
+/// adapter) with random structural damage — keys removed, values replaced
+/// by other JSON types, text truncated — never panic; what is not routed is
+/// dead-lettered unchanged, and details never quote a value.
+#[test]
+fn mutated_producer_events_never_panic() {
+    use privacy_router::config::Topology;
+    use serde_json::Value;
+
+    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        if let Value::Object(o) = v {
+            for (k, x) in o {
+                at.push(k.clone());
+                out.push(at.clone());
+                paths(x, at, out);
+                at.pop();
+            }
+        }
+    }
+    fn slot<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+        let mut cur = v;
+        for k in path {
+            cur = cur.as_object_mut()?.get_mut(k)?;
+        }
+        Some(cur)
+    }
+
+    let mut rng = fastrand::Rng::with_seed(17);
+    for (topology, sample) in [
+        ("topology/user-service.yaml", "samples/user-service.jsonl"),
+        ("topology/auth-identity.yaml", "samples/auth-identity.jsonl"),
+        (
+            "topology/user-catalogue.yaml",
+            "samples/user-catalogue.jsonl",
+        ),
+    ] {
+        let t = Topology::load(std::path::Path::new(topology)).unwrap();
+        let topic = t.spec.input.topics[0].clone();
+        let mut reg = file::load(
+            &t.spec.schemas.folder,
+            &t.engine.subjects,
+            &t.spec.input.topics,
+        )
+        .unwrap()
+        .registry;
+        let mut engine = Engine::new(
+            t.engine.clone(),
+            Some(Hasher::new(b"fuzz-key-0123456789abcdef").unwrap()),
+        );
+        let mut store = MemoryStore::default();
+        let lines: Vec<Value> = std::fs::read_to_string(sample)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert!(!lines.is_empty(), "{sample}");
+        let (mut routed, mut dead) = (0, 0);
+        for (n, e) in lines.iter().cycle().take(lines.len() * 60).enumerate() {
+            let mut v = e.clone();
+            let mut all = Vec::new();
+            paths(&v, &mut Vec::new(), &mut all);
+            let bytes = match rng.u8(..4) {
+                0 if !all.is_empty() => {
+                    let p = &all[rng.usize(..all.len())];
+                    let (last, parent) = p.split_last().unwrap();
+                    if let Some(Value::Object(o)) = slot(&mut v, parent) {
+                        o.remove(last);
+                    }
+                    serde_json::to_vec(&v).unwrap()
+                }
+                1 if !all.is_empty() => {
+                    let p = &all[rng.usize(..all.len())];
+                    let replacement = match rng.u8(..5) {
+                        0 => Value::Null,
+                        1 => Value::from(-7),
+                        2 => Value::from("not-what-you-expect"),
+                        3 => Value::Array(vec![Value::from(1)]),
+                        _ => serde_json::json!({"x": true}),
+                    };
+                    if let Some(s) = slot(&mut v, p) {
+                        *s = replacement;
+                    }
+                    serde_json::to_vec(&v).unwrap()
+                }
+                2 => {
+                    let mut b = serde_json::to_vec(&v).unwrap();
+                    b.truncate(rng.usize(1..b.len()));
+                    b
+                }
+                _ => serde_json::to_vec(&v).unwrap(),
+            };
+            let source = Source {
+                topic: Arc::from(topic.as_str()),
+                partition: 0,
+                offset: n as i64,
+            };
+            let raw = RawRecord {
+                source: &source,
+                key: None,
+                value: Some(&bytes),
+                headers: &[],
+            };
+            match engine
+                .process(&raw, &mut store, &mut reg)
+                .expect("the file registry never fails")
+            {
+                Outcome::DeadLettered { record, rejection } => {
+                    assert_eq!(record.value.as_deref(), Some(bytes.as_slice()));
+                    assert!(
+                        !rejection.detail.contains("not-what-you-expect"),
+                        "{}",
+                        rejection.detail
+                    );
+                    dead += 1;
+                }
+                _ => routed += 1,
+            }
+        }
+        assert!(
+            routed > 0 && dead > 0,
+            "{topology}: routed {routed}, dead-lettered {dead}"
+        );
+    }
+}
