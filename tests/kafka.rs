@@ -58,18 +58,7 @@ fn end_to_end(broker: Broker) {
         "never ready:\n{}",
         tail(&p.log_text(), 30)
     );
-    let wanted: usize = want.values().map(Vec::len).sum();
-    let mut seen = 0;
-    let done = wait_until(TIMEOUT, || {
-        assert!(p.running(), "the processor exited:\n{}", p.log_text());
-        seen = total(&s.broker.bootstrap(), &s.outputs(), true);
-        seen >= wanted
-    });
-    assert!(
-        done,
-        "{seen} of {wanted} outputs after {TIMEOUT:?}:\n{}",
-        tail(&p.log_text(), 40)
-    );
+    wait_for_outputs(&s, &want, &mut p);
 
     // The metrics say what the topics hold.
     let (_, m) = http_get(port, "/metrics").unwrap();

@@ -92,6 +92,14 @@ impl Broker {
         Broker::Tansu(child, format!("127.0.0.1:{port}"))
     }
 
+    /// The broker's process id (this process for the mock cluster).
+    pub fn pid(&self) -> u32 {
+        match self {
+            Broker::Mock(_) => std::process::id(),
+            Broker::Tansu(c, _) => c.id(),
+        }
+    }
+
     /// `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         match self {
@@ -653,8 +661,9 @@ pub struct Counts {
     pub tier_mismatches: u64,
 }
 
-/// The counts the pure engine gives for `inputs`.
-pub fn expected_counts(s: &Scenario, inputs: &[Input]) -> Counts {
+/// Every input through the pure engine, in produce order (which is each
+/// entity's order), as the runtime would see it.
+pub fn outcomes(s: &Scenario, inputs: &[Input]) -> (Vec<Outcome>, MemoryRegistry) {
     let mut engine = Engine::new(
         s.topology.engine.clone(),
         Some(Hasher::new(KEY.as_bytes()).unwrap()),
@@ -662,32 +671,44 @@ pub fn expected_counts(s: &Scenario, inputs: &[Input]) -> Counts {
     let mut reg: MemoryRegistry = s.files.registry.clone();
     let mut store = MemoryStore::default();
     let topic: Arc<str> = Arc::from(s.input.as_str());
+    let outcomes = inputs
+        .iter()
+        .map(|i| {
+            let source = Source {
+                topic: topic.clone(),
+                partition: i.partition,
+                offset: i.offset,
+            };
+            let raw = RawRecord {
+                source: &source,
+                key: i.key.as_deref(),
+                value: Some(&i.value),
+                headers: &[],
+            };
+            engine.process(&raw, &mut store, &mut reg).unwrap()
+        })
+        .collect();
+    (outcomes, reg)
+}
+
+/// The counts the pure engine gives for `inputs`.
+pub fn expected_counts(s: &Scenario, inputs: &[Input]) -> Counts {
     let mut c = Counts::default();
-    for i in inputs {
-        let source = Source {
-            topic: topic.clone(),
-            partition: i.partition,
-            offset: i.offset,
-        };
-        let raw = RawRecord {
-            source: &source,
-            key: i.key.as_deref(),
-            value: Some(&i.value),
-            headers: &[],
-        };
-        match engine.process(&raw, &mut store, &mut reg).unwrap() {
+    for outcome in outcomes(s, inputs).0 {
+        match outcome {
             Outcome::Routed(r) => {
                 *c.verdicts.entry(r.verdict.label().to_owned()).or_default() += 1;
                 c.tier_mismatches += u64::from(r.tier_mismatch.is_some());
                 for rec in r.records {
-                    let tier = ["public", "internal", "restricted"][s
+                    let i = s
                         .topology
                         .engine
                         .topics
                         .tiers
                         .iter()
                         .position(|t| *t == rec.topic)
-                        .unwrap()];
+                        .unwrap();
+                    let tier = ["public", "internal", "restricted"][i];
                     *c.tiers.entry(tier.to_owned()).or_default() += 1;
                 }
             }
@@ -729,31 +750,14 @@ pub type PerTopic = BTreeMap<String, Vec<Rec>>;
 /// What the pure engine emits for `inputs` (in produce order, which is each
 /// entity's order), normalised.
 pub fn expected(s: &Scenario, inputs: &[Input]) -> PerTopic {
-    let mut engine = Engine::new(
-        s.topology.engine.clone(),
-        Some(Hasher::new(KEY.as_bytes()).unwrap()),
-    );
-    let mut reg: MemoryRegistry = s.files.registry.clone();
-    let mut store = MemoryStore::default();
-    let topic: Arc<str> = Arc::from(s.input.as_str());
+    let (outcomes, mut reg) = outcomes(s, inputs);
     let mut out = PerTopic::new();
     for t in s.outputs() {
         out.insert(t, Vec::new());
     }
     let dlq = s.topology.engine.topics.dead_letter.to_string();
-    for i in inputs {
-        let source = Source {
-            topic: topic.clone(),
-            partition: i.partition,
-            offset: i.offset,
-        };
-        let raw = RawRecord {
-            source: &source,
-            key: i.key.as_deref(),
-            value: Some(&i.value),
-            headers: &[],
-        };
-        let records = match engine.process(&raw, &mut store, &mut reg).unwrap() {
+    for outcome in outcomes {
+        let records = match outcome {
             Outcome::Routed(r) => r.records,
             Outcome::Skipped(_) => vec![],
             Outcome::DeadLettered { record, .. } => vec![record],
@@ -966,4 +970,5 @@ pub fn reframe(values: &mut [Vec<u8>], map: &dyn Fn(u32) -> Option<u32>) {
 }
 
 /// `Format` re-exported for tests.
+#[allow(unused_imports)]
 pub use privacy_router::sample::Format as SampleFormat;
