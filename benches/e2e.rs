@@ -36,7 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use privacy_router::config::{Guarantee, Topology};
 use privacy_router::registry::file;
-use privacy_router::runtime::kafka::QuietContext;
+use privacy_router::runtime::kafka::{send_waiting, QuietContext};
 use privacy_router::runtime::Connection;
 use privacy_router::sample::{Format, Generator, Options};
 use privacy_router::schema::{binary, CompiledSchema};
@@ -247,15 +247,7 @@ fn load(brokers: &str, s: &Setup, n: usize, opts: Options, rate: Option<u64>) ->
         if let Some(k) = &key {
             rec = rec.key(k);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&producer, rec).map_err(|(e, _)| e).unwrap();
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(300)).unwrap();
@@ -655,18 +647,6 @@ fn latencies(brokers: &str, topic: &str, stop: &AtomicBool) -> Vec<i64> {
     out
 }
 
-fn send(producer: &BaseProducer<QuietContext>, mut rec: BaseRecord<'_, [u8], [u8]>) {
-    loop {
-        match producer.send(rec) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                rec = r;
-                producer.poll(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
 /// The passthrough: the same consumer and producer settings as the
 /// processor (`Connection`), the same guarantee and commit interval; it
 /// copies every record unchanged.
@@ -756,7 +736,7 @@ fn passthrough(spec: &str, a: &Args) {
                 if let Some(ts) = m.timestamp().to_millis() {
                     rec = rec.timestamp(ts);
                 }
-                send(&producer, rec);
+                send_waiting(&producer, rec).map_err(|(e, _)| e).unwrap();
             }
             if mode != "copy" {
                 let v = m.offset().to_be_bytes();
@@ -764,7 +744,7 @@ fn passthrough(spec: &str, a: &Args) {
                     .key(m.key().unwrap_or_default())
                     .payload(&v[..])
                     .partition(m.partition());
-                send(&producer, rec);
+                send_waiting(&producer, rec).map_err(|(e, _)| e).unwrap();
             }
             copied_since_poll += 1;
             if copied_since_poll.is_multiple_of(256) {

@@ -33,7 +33,7 @@ use crate::project::Hasher;
 use crate::record::{OutRecord, Tier};
 use crate::registry::SharedRegistry;
 use crate::replay::{bytes_json, headers_json, Renderer};
-use crate::runtime::kafka::QuietContext;
+use crate::runtime::kafka::{send_waiting, QuietContext};
 use crate::runtime::{self, Connection, RegistryChoice, RunConfig, Watch};
 use crate::telemetry::{names, Metrics};
 
@@ -183,15 +183,9 @@ fn produce(brokers: &str, topic: &str, events: &PathBuf) -> Result<(u64, Ends)> 
         if let Some(k) = &key {
             rec = rec.key(k);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        send_waiting(&producer, rec)
+            .map_err(|(e, _)| e)
+            .context("producing a sample event")?;
         n += 1;
     }
     producer

@@ -12,6 +12,8 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 
 use crate::config::Guarantee;
 
@@ -37,6 +39,37 @@ pub fn forward_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
 pub fn forward_error(error: &KafkaError, reason: &str) {
     if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
         tracing::warn!(target: "librdkafka", error = %error, reason, "Kafka client error.");
+    }
+}
+
+/// A record the producer refused, with why.
+pub type Refused<'a, K, P, D> = (KafkaError, BaseRecord<'a, K, P, D>);
+
+/// Sends a record, waiting while librdkafka's queue is full (serving
+/// delivery reports meanwhile); any other refusal is returned with the
+/// record.
+///
+/// # Errors
+/// The producer refused the record for a reason waiting cannot fix.
+#[allow(clippy::result_large_err)]
+pub fn send_waiting<'a, C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> Result<(), Refused<'a, K, P, C::DeliveryOpaque>>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -29,7 +29,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::kafka::{check_topics, forward_error, forward_log, Connection, QuietContext};
+use super::kafka::{
+    check_topics, forward_error, forward_log, send_waiting, Connection, QuietContext,
+};
 use super::state::{encode_value, restore, resume_key, Journal, PartitionState, RestoreError};
 use super::Progress;
 use crate::config::{Guarantee, Topology};
@@ -699,30 +701,20 @@ impl Task {
         self.produce(record);
     }
 
-    fn produce(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) {
+    fn produce(&mut self, record: BaseRecord<'_, [u8], [u8]>) {
         if self.broken.is_some() {
             return;
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    // Serve delivery reports now and then (they would
-                    // otherwise pile up until the commit drains them).
-                    self.sends = self.sends.wrapping_add(1);
-                    if self.sends.is_multiple_of(256) {
-                        self.producer.poll(Duration::ZERO);
-                    }
-                    return;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(20));
-                }
-                Err((e, r)) => {
-                    self.broken = Some(format!("producing to {}: {e}", r.topic));
-                    return;
+        match send_waiting(&self.producer, record) {
+            Ok(()) => {
+                // Serve delivery reports now and then (they would otherwise
+                // pile up until the commit drains them).
+                self.sends = self.sends.wrapping_add(1);
+                if self.sends.is_multiple_of(256) {
+                    self.producer.poll(Duration::ZERO);
                 }
             }
+            Err((e, r)) => self.broken = Some(format!("producing to {}: {e}", r.topic)),
         }
     }
 

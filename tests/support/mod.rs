@@ -32,7 +32,7 @@ use privacy_router::pipeline::{Engine, Outcome, SchemaLookup};
 use privacy_router::project::Hasher;
 use privacy_router::record::{RawRecord, Source};
 use privacy_router::registry::{file, MemoryRegistry};
-use privacy_router::runtime::kafka::QuietContext;
+use privacy_router::runtime::kafka::{send_waiting, QuietContext};
 use privacy_router::sample::{self, Format, Options};
 use privacy_router::schema::{binary, json as sjson, CompiledSchema};
 
@@ -505,15 +505,7 @@ pub fn produce_keyed(
         if let Some(k) = &keys[i] {
             rec = rec.key(k);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(20));
-                }
-            }
-        }
+        send_waiting(&producer, rec).map_err(|(e, _)| e).unwrap();
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
