@@ -8,6 +8,8 @@
 //!   wins.
 //! * **Fail closed**: a field with no label, no mapped tag and no default from
 //!   its own record is `restricted`.
+//! * **Overrides** from the topology ([`Overrides`]) raise a field's tier —
+//!   never lower it — for every version of every schema that has the field.
 //!
 //! A value's tier is the highest label on its path; because a container above
 //! tier `T` is removed whole from `T`'s record, projection only needs each
@@ -53,6 +55,56 @@ impl Default for TagMap {
     }
 }
 
+/// Tier floors set by compliance in the topology: per record full name, per
+/// field path inside that record (`email`, or `address.city` through a record
+/// defined inline), the lowest tier the field may have. An override can only
+/// raise a tier: the field's tier is the stricter of its schema's and the
+/// override's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Overrides(pub BTreeMap<String, BTreeMap<String, Tier>>);
+
+impl Overrides {
+    /// The override of a field, if any.
+    pub fn get(&self, record: &str, path: &str) -> Option<Tier> {
+        self.0.get(record)?.get(path).copied()
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(BTreeMap::is_empty)
+    }
+
+    /// Every override as (record, path, tier).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, Tier)> {
+        self.0.iter().flat_map(|(r, fields)| {
+            fields
+                .iter()
+                .map(move |(p, t)| (r.as_str(), p.as_str(), *t))
+        })
+    }
+}
+
+/// Everything from the topology that classification needs: the tag map and
+/// compliance's overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Confluent tag → tier.
+    pub tags: TagMap,
+    /// Tier floors per record and field path.
+    pub overrides: Overrides,
+}
+
+impl Rules {
+    /// The rules of a tag map without overrides.
+    pub fn with_tags(tags: TagMap) -> Self {
+        Rules {
+            tags,
+            overrides: Overrides::default(),
+        }
+    }
+}
+
 /// Where a field's tier came from; `check` reports fail-closed fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TierSource {
@@ -73,6 +125,9 @@ pub struct FieldClass {
     pub source: TierSource,
     /// Treatment below its tier.
     pub redact: Redact,
+    /// The tier the schema gave before a topology override raised it; `None`
+    /// when no override changed the field.
+    pub raised_from: Option<Tier>,
 }
 
 /// An annotation that cannot be read.
@@ -140,6 +195,7 @@ pub fn classify_field(
         tier,
         source,
         redact,
+        raised_from: None,
     })
 }
 

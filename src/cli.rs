@@ -12,15 +12,15 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 
-use crate::config::Topology;
+use crate::config::{self, Topology, TopologyError};
 use crate::demo::{self, DemoConfig};
 use crate::inspect::check::{self, CheckOptions, HashKey};
 use crate::inspect::{describe, report};
 use crate::pipeline::Engine;
 use crate::project::Hasher;
-use crate::registry::confluent::ConfluentConfig;
+use crate::registry::confluent::{ConfluentConfig, ConfluentRegistry};
 use crate::registry::file::{self, FileRegistry};
-use crate::registry::SharedRegistry;
+use crate::registry::{Catalogue, SharedRegistry};
 use crate::replay::{replay, InputFormat};
 use crate::runtime::{self, Connection, RegistryChoice, RunConfig};
 use crate::sample::{self, Format, Options};
@@ -476,7 +476,62 @@ pub fn load_file_registry(
             lines.join("\n")
         );
     }
+    let catalogue = Catalogue::read(
+        &mut reg.registry.clone(),
+        &topology.engine.subjects,
+        &topology.spec.input.topics,
+        format!("the folder {}", dir.display()),
+    )
+    .map_err(|e| anyhow::anyhow!("reading the schemas of {}: {e}", dir.display()))?;
+    check_against(topology, &catalogue)?;
     Ok(reg)
+}
+
+/// Checks what the topology says about schemas (event types, subject
+/// versions, overrides, tags) against the schemas the command reads:
+/// errors refuse the command with every problem listed, warnings are logged.
+///
+/// # Errors
+/// A [`TopologyError`] listing every error.
+pub fn check_against(topology: &Topology, catalogue: &Catalogue) -> Result<()> {
+    let found = config::schemas::check(topology, catalogue);
+    for w in &found.warnings {
+        tracing::warn!(file = %topology.file.display(), path = %w.path, "{}", w.message);
+    }
+    if found.errors.is_empty() {
+        return Ok(());
+    }
+    Err(TopologyError {
+        file: topology.file.clone(),
+        problems: found.errors,
+    }
+    .into())
+}
+
+/// Reads every version of the input subjects from the registry of
+/// `config` (on a blocking thread: the client waits on the async runtime).
+///
+/// # Errors
+/// Unusable registry settings, or a registry that cannot answer.
+pub async fn registry_catalogue(
+    config: &ConfluentConfig,
+    topology: &Topology,
+    metrics: &Metrics,
+) -> Result<Catalogue> {
+    let rt = tokio::runtime::Handle::current();
+    let config = config.clone();
+    let metrics = metrics.clone();
+    let naming = topology.engine.subjects.clone();
+    let topics = topology.spec.input.topics.clone();
+    tokio::task::spawn_blocking(move || -> Result<Catalogue> {
+        let mut registry =
+            ConfluentRegistry::new(&config, rt, metrics).context("schema registry settings")?;
+        let source = format!("the registry at {}", registry.url());
+        Catalogue::read(&mut registry, &naming, &topics, source.clone())
+            .map_err(|e| anyhow::anyhow!("reading the input subjects from {source}: {e}"))
+    })
+    .await
+    .context("reading the registry")?
 }
 
 /// Runs a parsed command line.
@@ -590,6 +645,11 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
     let hasher = hasher(&args.secrets)?;
     let engine = Engine::new(topology.engine.clone(), hasher.clone());
     let registry = registry_choice(&args.registry, &args.common, &topology, &engine)?;
+    let metrics = Metrics::default();
+    if let RegistryChoice::Confluent(c) = &registry {
+        let catalogue = registry_catalogue(c, &topology, &metrics).await?;
+        check_against(&topology, &catalogue)?;
+    }
     let metrics_addr = match args.metrics_addr.trim() {
         "" | "off" | "none" => None,
         a => Some(a.parse::<SocketAddr>().with_context(|| {
@@ -606,7 +666,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         registry,
         hasher,
         metrics_addr,
-        metrics: Metrics::default(),
+        metrics,
         create_topics: !args.no_create_topics,
         changelog_replication: args.changelog_replication,
         grace: Duration::from_secs(args.shutdown_grace_secs),
@@ -790,17 +850,19 @@ fn run_privacy_report(args: ReportArgs) -> Result<()> {
     let bytes = std::fs::read(&args.common.topology)
         .with_context(|| format!("reading {}", args.common.topology.display()))?;
     let schemas = args.common.schemas_dir(&topology);
-    let events = check::load_schemas(&topology, &schemas).map_err(|found| {
-        let lines: Vec<String> = found
-            .iter()
-            .map(|f| format!("  - {}: {}", f.file, f.message))
-            .collect();
-        anyhow::anyhow!(
-            "schemas in {} cannot be read:\n{}",
-            schemas.display(),
-            lines.join("\n")
-        )
-    })?;
+    let events = check::load_schemas(&topology, &schemas)
+        .map(|r| r.events)
+        .map_err(|found| {
+            let lines: Vec<String> = found
+                .iter()
+                .map(|f| format!("  - {}: {}", f.file, f.message))
+                .collect();
+            anyhow::anyhow!(
+                "schemas in {} cannot be read:\n{}",
+                schemas.display(),
+                lines.join("\n")
+            )
+        })?;
     let report = report::build(
         &topology,
         &bytes,

@@ -14,7 +14,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 1: refused at start-up; 2: usage (clap); 3: fatal while running.
+            if e.downcast_ref::<privacy_router::runtime::Fatal>().is_some() {
+                std::process::ExitCode::from(privacy_router::runtime::Fatal::EXIT_CODE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

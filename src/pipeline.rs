@@ -8,19 +8,22 @@
 //! It needs no Kafka: `replay`, the tests and the benchmarks call it
 //! directly, and the Kafka runtime calls it per record.
 //!
-//! Bad input never fails the call: it comes back as a dead letter. Only a
+//! Bad input never fails the call: it comes back as a dead letter, and so
+//! does an event whose derived tier schema the registry refuses
+//! (`derived_schema_rejected`: every other event type keeps flowing). Only a
 //! registry that cannot be reached ([`EngineError::Transient`]: retry the same
-//! record later, skip nothing) or refuses a registration
-//! ([`EngineError::Fatal`]) is an error.
+//! record later, skip nothing) or that refuses the processor itself (401,
+//! 403: [`EngineError::Fatal`]) is an error.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::adapt::Adapter;
-use crate::classify::TagMap;
+use crate::classify::Rules;
 use crate::order::{entity_key, sequence_key, sequence_verdict, verdict, Verdict, VersionStore};
 use crate::project::{derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey};
 use crate::record::{Datum, OrderBy, OutRecord, RawRecord, Reason, Rejection, Tier};
@@ -38,8 +41,13 @@ pub enum LookupError {
     /// retry, skip nothing).
     #[error("the schema registry is unavailable: {0}")]
     Unavailable(String),
-    /// The registry refused a registration, e.g. as incompatible (fatal: an
-    /// operator must act).
+    /// The registry refused this schema: incompatible with the subject's
+    /// earlier versions (409) or invalid (422). The events that need it are
+    /// dead-lettered; nothing else stops.
+    #[error("the schema registry refused the schema: {0}")]
+    Refused(String),
+    /// The registry refused the request itself (401, 403, another 4xx): an
+    /// operator must act (fatal).
     #[error("the schema registry refused the request: {0}")]
     Rejected(String),
 }
@@ -58,6 +66,25 @@ pub trait SchemaLookup {
     /// # Errors
     /// [`LookupError`]
     fn latest(&mut self, subject: &str) -> Result<(u32, Arc<str>), LookupError>;
+
+    /// One version of a subject (1, 2, …): its id and text.
+    ///
+    /// # Errors
+    /// [`LookupError::NotFound`] when the subject or the version does not
+    /// exist.
+    fn version(&mut self, subject: &str, version: u32) -> Result<(u32, Arc<str>), LookupError>;
+
+    /// Every subject, sorted.
+    ///
+    /// # Errors
+    /// [`LookupError`]
+    fn subjects(&mut self) -> Result<Vec<String>, LookupError>;
+
+    /// The versions of a subject, ascending.
+    ///
+    /// # Errors
+    /// [`LookupError::NotFound`] when the subject does not exist.
+    fn versions(&mut self, subject: &str) -> Result<Vec<u32>, LookupError>;
 
     /// Registers a schema under a subject (idempotent) and returns its id.
     ///
@@ -101,7 +128,8 @@ pub enum OutputFormat {
     Json,
 }
 
-/// How a JSON event's `event_type` maps to a registry subject.
+/// How a JSON event's `event_type` maps to a registry subject, and its
+/// `schema_version` to a version of that subject.
 ///
 /// The template may use `{topic}` (input topic), `{event_type}`, `{domain}`
 /// (the part before the dot) and `{Type}` (the event type in PascalCase:
@@ -112,6 +140,11 @@ pub struct SubjectNaming {
     pub template: String,
     /// Subjects (templates too) for single event types.
     pub overrides: HashMap<String, String>,
+    /// Per event type, producer `schema_version` → subject version, where
+    /// the two are numbered differently. An event type with a map reads only
+    /// the versions it maps; every other event type reads subject version
+    /// `schema_version`.
+    pub versions: HashMap<String, BTreeMap<u32, u32>>,
 }
 
 /// The default subject template: topic-record naming with our namespace.
@@ -122,6 +155,7 @@ impl Default for SubjectNaming {
         SubjectNaming {
             template: DEFAULT_SUBJECT_TEMPLATE.to_owned(),
             overrides: HashMap::new(),
+            versions: HashMap::new(),
         }
     }
 }
@@ -151,6 +185,80 @@ impl SubjectNaming {
             .replace("{domain}", domain)
             .replace("{Type}", &pascal_case(event_type))
     }
+
+    /// The subject version a JSON event of `event_type` with
+    /// `schema_version` is read with; `None` when the topology maps this
+    /// event type's versions and not this one.
+    pub fn subject_version(&self, event_type: &str, schema_version: u32) -> Option<u32> {
+        match self.versions.get(event_type) {
+            Some(map) => map.get(&schema_version).copied(),
+            None => Some(schema_version),
+        }
+    }
+
+    /// The event type whose subject (read from `topic`) is `subject`, if
+    /// any: the inverse of [`SubjectNaming::subject`]. Candidates are read
+    /// off the subject (an event type written out, or a PascalCase name
+    /// split back into domain and type) and each is checked by producing
+    /// the subject again, so a wrong guess is never returned.
+    pub fn event_type_of(&self, topic: &str, subject: &str) -> Option<String> {
+        let fits = |t: &str| is_valid_event_type(t) && self.subject(topic, t) == subject;
+        if let Some(t) = self.overrides.keys().find(|t| fits(t)) {
+            return Some(t.clone());
+        }
+        let bytes = subject.as_bytes();
+        let lower = |b: u8| b.is_ascii_lowercase() || b == b'_' || b == b'.';
+        // `{event_type}` written out: a maximal run of [a-z_.] or part of one.
+        let mut i = 0;
+        while i < bytes.len() {
+            if !lower(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let run_end = (i..bytes.len())
+                .find(|&j| !lower(bytes[j]))
+                .unwrap_or(bytes.len());
+            for a in i..run_end {
+                for b in a + 3..=run_end {
+                    if fits(&subject[a..b]) {
+                        return Some(subject[a..b].to_owned());
+                    }
+                }
+            }
+            i = run_end;
+        }
+        // `{Type}` (with or without `{domain}`): a PascalCase word, split at
+        // each word boundary into domain and type.
+        for word in subject.split(|c: char| !c.is_ascii_alphanumeric()) {
+            if !word.starts_with(|c: char| c.is_ascii_uppercase()) {
+                continue;
+            }
+            let snake = snake_words(word);
+            for (at, _) in snake.match_indices('_') {
+                let t = format!("{}.{}", &snake[..at], &snake[at + 1..]);
+                if fits(&t) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// `UserLoginFailed` → `user_login_failed`.
+fn snake_words(pascal: &str) -> String {
+    let mut out = String::with_capacity(pascal.len() + 4);
+    for (i, c) in pascal.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The topics records go to.
@@ -186,8 +294,9 @@ pub struct EngineConfig {
     pub on_gap: GapPolicy,
     /// Declared-tier mismatch handling.
     pub on_tier_mismatch: MismatchPolicy,
-    /// Confluent tag → tier mapping.
-    pub tags: TagMap,
+    /// Classification rules: the Confluent tag map and compliance's
+    /// overrides.
+    pub rules: Rules,
     /// JSON `event_type` → subject.
     pub subjects: SubjectNaming,
     /// Event types limited to some tiers; all others reach all three.
@@ -269,6 +378,8 @@ pub enum Outcome {
 /// A writer schema with what the engine derived from it.
 #[derive(Debug)]
 struct Writer {
+    /// Its registry id.
+    id: u32,
     schema: CompiledSchema,
     derived: [DerivedTier; 3],
 }
@@ -282,6 +393,28 @@ struct DerivedTier {
     compiled: Option<CompiledSchema>,
     /// Registered lazily, once.
     id: OnceLock<u32>,
+    /// The registry's last refusal of this schema and when it came: events
+    /// that need it are dead-lettered without asking again until
+    /// [`REFUSAL_RETRY`] has passed. Read only while `id` is unset.
+    refused: Mutex<Option<(Rejection, Instant)>>,
+}
+
+/// How long a refused derived schema is not offered to the registry again
+/// (an operator may change the subject's compatibility meanwhile).
+const REFUSAL_RETRY: Duration = Duration::from_secs(60);
+
+/// The registry refused a derived tier schema: what telemetry reports (the
+/// subject and the registry's message name schema fields, never values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The output subject, `<tier topic>-<record name>`.
+    pub subject: String,
+    /// The tier.
+    pub tier: Tier,
+    /// The writer schema's registry id.
+    pub writer_id: u32,
+    /// The registry's answer.
+    pub message: String,
 }
 
 type Cached = Result<Arc<Writer>, Rejection>;
@@ -293,13 +426,17 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     hasher: Option<Hasher>,
     by_id: HashMap<u32, Cached>,
-    by_subject: HashMap<String, u32>,
+    /// (subject, version) → id: versions never change, so this is never
+    /// refreshed.
+    by_subject: HashMap<(String, u32), u32>,
     /// Ids and subjects the registry did not have, so a stream of bad
     /// records does not become a stream of registry calls; bounded, because
     /// they come from the input.
     missing_ids: HashSet<u32>,
-    missing_subjects: HashSet<String>,
+    missing_subjects: HashMap<(String, u32), Rejection>,
     stats: CacheStats,
+    /// Refusals of derived schemas since the last [`Engine::take_refusals`].
+    refusals: Vec<Refusal>,
 }
 
 /// How often the engine's schema caches answered (hits) and how often it
@@ -324,9 +461,17 @@ impl Engine {
             by_id: HashMap::new(),
             by_subject: HashMap::new(),
             missing_ids: HashSet::new(),
-            missing_subjects: HashSet::new(),
+            missing_subjects: HashMap::new(),
             stats: CacheStats::default(),
+            refusals: Vec::new(),
         }
+    }
+
+    /// The registry's refusals of derived schemas since the last call (each
+    /// refusal once, when the registry answered it; later events that need
+    /// the schema are dead-lettered without a new refusal).
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// The cache statistics since the last call, which resets them.
@@ -339,11 +484,10 @@ impl Engine {
         &self.config
     }
 
-    /// Forgets which schema id each subject's latest version had, so a new
-    /// version registered for a JSON event type takes effect. Compiled
-    /// schemas by id are kept: an id's schema never changes.
-    pub fn forget_subjects(&mut self) {
-        self.by_subject.clear();
+    /// Forgets which ids, subjects and versions the registry did not have,
+    /// so a schema registered since takes effect. What it had is kept: an
+    /// id's schema and a subject version's id never change.
+    pub fn forget_misses(&mut self) {
         self.missing_subjects.clear();
         self.missing_ids.clear();
     }
@@ -363,7 +507,7 @@ impl Engine {
     /// # Errors
     /// The rejection that records written with this schema would get.
     pub fn check_schema(&self, text: &str) -> Result<CompiledSchema, Rejection> {
-        let w = self.compile(text)?;
+        let w = self.compile(0, text)?;
         Ok(w.schema)
     }
 
@@ -483,7 +627,7 @@ impl Engine {
     }
 
     /// Reads a canonical JSON event against the schema registered for its
-    /// `event_type`.
+    /// `event_type`, in the version its `schema_version` names.
     fn decode_json<'v>(
         &mut self,
         topic: &str,
@@ -497,10 +641,22 @@ impl Engine {
                 "event_type is missing or does not match ^[a-z]+\\.[a-z_]+$",
             )));
         }
-        let writer = match self.writer_for_event_type(topic, event_type, registry)? {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
+        let Some(schema_version) = doc
+            .get("schema_version")
+            .and_then(serde_json::Value::as_u64)
+            .filter(|v| *v >= 1)
+            .and_then(|v| u32::try_from(v).ok())
+        else {
+            return Ok(Err(Rejection::new(
+                Reason::InvalidSchemaVersion,
+                "schema_version is missing or not an integer >= 1; it selects the version of the event type's schema",
+            )));
         };
+        let writer =
+            match self.writer_for_event_type(topic, event_type, schema_version, registry)? {
+                Ok(w) => w,
+                Err(r) => return Ok(Err(r)),
+            };
         Ok(match json::resolve(&writer.schema, doc) {
             Ok(d) => Ok((writer, d)),
             Err(e) => Err(Rejection::new(
@@ -511,7 +667,7 @@ impl Engine {
     }
 
     fn route(
-        &self,
+        &mut self,
         writer: &Writer,
         datum: &Datum<'_>,
         order_by: OrderBy,
@@ -596,7 +752,8 @@ impl Engine {
         }
 
         let event_type = values[env.event_type].as_str().unwrap_or_default();
-        let limit = self.config.tier_limits.get(event_type);
+        let config = self.config.clone();
+        let limit = config.tier_limits.get(event_type);
         let no_key = || {
             Rejection::new(
                 Reason::RedactionUnavailable,
@@ -610,11 +767,14 @@ impl Engine {
             if limit.is_some_and(|l| !l.contains(&tier)) {
                 continue;
             }
-            let topic = &self.config.topics.tiers[tier.index()];
+            let topic = &config.topics.tiers[tier.index()];
             let derived = &writer.derived[tier.index()];
-            let framing = match self.config.format {
+            let framing = match config.format {
                 OutputFormat::Avro => {
-                    Framing::Avro(self.derived_id(schema, derived, topic, registry)?)
+                    match self.derived_id(writer, tier, derived, topic, registry)? {
+                        Ok(id) => Framing::Avro(id),
+                        Err(r) => return Ok(Err(r)),
+                    }
                 }
                 OutputFormat::Json => {
                     Framing::Json(derived.compiled.as_ref().expect("compiled for JSON output"))
@@ -630,7 +790,7 @@ impl Engine {
         let routing = event_routing(schema, env, datum, v, &tiers, self.hasher.as_ref());
         let mut records = Vec::with_capacity(tiers.len());
         for (i, (tier, framing)) in tiers.iter().zip(framings).enumerate() {
-            let topic = &self.config.topics.tiers[tier.index()];
+            let topic = &config.topics.tiers[tier.index()];
             let buf = std::mem::take(&mut bufs[i]);
             match tier_record(&routing, *tier, topic, framing, buf) {
                 Ok(r) => records.push(r),
@@ -660,30 +820,57 @@ impl Engine {
         })))
     }
 
+    /// The id of a tier's derived schema, registering it the first time;
+    /// a refusal (409, 422) is a rejection of the events that need it.
     fn derived_id(
-        &self,
-        schema: &CompiledSchema,
+        &mut self,
+        writer: &Writer,
+        tier: Tier,
         derived: &DerivedTier,
         topic: &str,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<u32, EngineError> {
+    ) -> Result<Result<u32, Rejection>, EngineError> {
         if let Some(id) = derived.id.get() {
-            return Ok(*id);
+            return Ok(Ok(*id));
         }
-        let subject = format!("{topic}-{}", schema.fullname().unwrap_or("record"));
-        let id = registry
-            .register(&subject, &derived.text)
-            .map_err(|e| match e {
-                LookupError::Unavailable(m) => EngineError::Transient(m),
-                other => EngineError::Fatal(format!(
-                    "registering the derived schema under {subject}: {other}"
-                )),
-            })?;
-        Ok(*derived.id.get_or_init(|| id))
+        let mut refused = derived.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((r, at)) = refused.as_ref() {
+            if at.elapsed() < REFUSAL_RETRY {
+                return Ok(Err(r.clone()));
+            }
+        }
+        let subject = derived_subject(topic, &writer.schema);
+        match registry.register(&subject, &derived.text) {
+            Ok(id) => {
+                *refused = None;
+                Ok(Ok(*derived.id.get_or_init(|| id)))
+            }
+            Err(LookupError::Unavailable(m)) => Err(EngineError::Transient(m)),
+            Err(LookupError::Refused(message)) => {
+                let r = Rejection::new(
+                    Reason::DerivedSchemaRejected,
+                    format!(
+                        "the registry refused the derived {tier} schema of writer schema {} under the subject {subject}: {message}",
+                        writer.id
+                    ),
+                );
+                *refused = Some((r.clone(), Instant::now()));
+                self.refusals.push(Refusal {
+                    subject,
+                    tier,
+                    writer_id: writer.id,
+                    message,
+                });
+                Ok(Err(r))
+            }
+            Err(other) => Err(EngineError::Fatal(format!(
+                "registering the derived {tier} schema under {subject}: {other}"
+            ))),
+        }
     }
 
-    fn compile(&self, text: &str) -> Result<Writer, Rejection> {
-        let schema = CompiledSchema::compile(text, &self.config.tags)
+    fn compile(&self, id: u32, text: &str) -> Result<Writer, Rejection> {
+        let schema = CompiledSchema::compile(text, &self.config.rules)
             .map_err(|e| Rejection::new(Reason::InvalidSchema, e.to_string()))?;
         if schema.has_hash() && self.hasher.is_none() {
             return Err(Rejection::new(
@@ -695,7 +882,7 @@ impl Engine {
             let text = derived_schema(&schema, tier).to_string();
             let compiled = match self.config.format {
                 OutputFormat::Json => Some(
-                    CompiledSchema::compile(&text, &self.config.tags).map_err(|e| {
+                    CompiledSchema::compile(&text, &self.config.rules).map_err(|e| {
                         Rejection::new(Reason::InvalidSchema, format!("derived {tier} schema: {e}"))
                     })?,
                 ),
@@ -706,6 +893,7 @@ impl Engine {
                 redacted: redacted_fields(&schema, tier),
                 compiled,
                 id: OnceLock::new(),
+                refused: Mutex::new(None),
             })
         };
         let derived = [
@@ -713,7 +901,11 @@ impl Engine {
             derive(Tier::Internal)?,
             derive(Tier::Restricted)?,
         ];
-        Ok(Writer { schema, derived })
+        Ok(Writer {
+            id,
+            schema,
+            derived,
+        })
     }
 
     fn writer_by_id(
@@ -737,14 +929,14 @@ impl Engine {
         }
         self.stats.misses += 1;
         let cached = match registry.schema_by_id(id) {
-            Ok(text) => self.compile(&text).map(Arc::new),
+            Ok(text) => self.compile(id, &text).map(Arc::new),
             Err(LookupError::NotFound) => {
                 remember(&mut self.missing_ids, id);
                 return Ok(unknown());
             }
-            Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
-                return Err(EngineError::Transient(m))
-            }
+            Err(
+                LookupError::Unavailable(m) | LookupError::Rejected(m) | LookupError::Refused(m),
+            ) => return Err(EngineError::Transient(m)),
         };
         // Only ids the registry holds are cached: one entry per registered schema.
         self.by_id.insert(id, cached.clone());
@@ -755,40 +947,80 @@ impl Engine {
         &mut self,
         topic: &str,
         event_type: &str,
+        schema_version: u32,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Cached, EngineError> {
         let subject = self.config.subjects.subject(topic, event_type);
-        let unknown = || {
-            Err(Rejection::new(
-                Reason::UnknownEventType,
-                "no schema is registered for the event type's subject",
-            ))
+        let Some(version) = self
+            .config
+            .subjects
+            .subject_version(event_type, schema_version)
+        else {
+            return Ok(Err(Rejection::new(
+                Reason::UnknownSchemaVersion,
+                format!(
+                    "schema_version {schema_version} is not one of the versions the topology maps for this event type"
+                ),
+            )));
         };
-        if self.missing_subjects.contains(&subject) {
+        let key = (subject, version);
+        let unknown = |subject: &str| {
+            Rejection::new(
+                Reason::UnknownSchemaVersion,
+                format!(
+                    "the subject {subject} has no version {version} (schema_version {schema_version}); the event is not read with another version"
+                ),
+            )
+        };
+        if let Some(r) = self.missing_subjects.get(&key) {
             self.stats.hits += 1;
-            return Ok(unknown());
+            return Ok(Err(r.clone()));
         }
-        let id = match self.by_subject.get(&subject) {
+        let id = match self.by_subject.get(&key) {
             Some(id) => *id,
             None => {
                 self.stats.misses += 1;
-                match registry.latest(&subject) {
+                match registry.version(&key.0, version) {
                     Ok((id, _)) => {
-                        self.by_subject.insert(subject, id);
+                        self.by_subject.insert(key, id);
                         id
                     }
                     Err(LookupError::NotFound) => {
-                        remember(&mut self.missing_subjects, subject);
-                        return Ok(unknown());
+                        // Which is missing, the subject or the version?
+                        // Only the answer differs; both are dead letters.
+                        let subject_known =
+                            matches!(registry.versions(&key.0), Ok(v) if !v.is_empty());
+                        let rejection = if subject_known {
+                            unknown(&key.0)
+                        } else {
+                            Rejection::new(
+                                Reason::UnknownEventType,
+                                "no schema is registered for the event type's subject",
+                            )
+                        };
+                        if self.missing_subjects.len() >= MAX_MISSING {
+                            self.missing_subjects.clear();
+                        }
+                        self.missing_subjects.insert(key, rejection.clone());
+                        return Ok(Err(rejection));
                     }
-                    Err(LookupError::Unavailable(m) | LookupError::Rejected(m)) => {
-                        return Err(EngineError::Transient(m))
-                    }
+                    Err(
+                        LookupError::Unavailable(m)
+                        | LookupError::Rejected(m)
+                        | LookupError::Refused(m),
+                    ) => return Err(EngineError::Transient(m)),
                 }
             }
         };
         self.writer_by_id(id, registry)
     }
+}
+
+/// The subject a tier's derived schema is registered under:
+/// `<tier topic>-<record full name>` (topic-record naming, since one topic
+/// holds many event types).
+pub fn derived_subject(topic: &str, schema: &CompiledSchema) -> String {
+    format!("{topic}-{}", schema.fullname().unwrap_or("record"))
 }
 
 /// The value as a JSON object, if it is one.

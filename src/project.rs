@@ -337,7 +337,7 @@ impl Projector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::TagMap;
+    use crate::classify::Rules;
     use crate::schema::binary::decode;
     use serde_json::json;
 
@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn removed_definition_is_redefined_at_first_remaining_use() {
-        let s = CompiledSchema::compile(TEXT, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(TEXT, &Rules::default()).unwrap();
         let derived = derived_schema(&s, Tier::Internal);
         let fields: Vec<&str> = derived["fields"]
             .as_array()
@@ -378,7 +378,7 @@ mod tests {
 
     #[test]
     fn projection_decodes_with_the_derived_schema() {
-        let s = CompiledSchema::compile(TEXT, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(TEXT, &Rules::default()).unwrap();
         let v = json!({"id": "e1", "email": "a@b.example", "billing": {"city": "Oslo", "street": "Main 1"},
                        "shipping": {"city": "Bergen", "street": "Side 2"}, "note": "unlabelled"});
         let d = crate::schema::json::resolve(&s, &v).unwrap();
@@ -387,7 +387,7 @@ mod tests {
             let mut body = Vec::new();
             encode_projection(&s, &d, tier, Some(&h), &mut body).unwrap();
             let derived =
-                CompiledSchema::compile(&derived_schema(&s, tier).to_string(), &TagMap::default())
+                CompiledSchema::compile(&derived_schema(&s, tier).to_string(), &Rules::default())
                     .unwrap();
             let back = crate::schema::json::render(
                 &derived,
@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn hashing_without_a_key_is_an_error() {
-        let s = CompiledSchema::compile(TEXT, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(TEXT, &Rules::default()).unwrap();
         let v = json!({"id": "e1", "email": "a@b.example", "billing": {"city": "c", "street": "s"},
                        "shipping": {"city": "c", "street": "s"}, "note": "n"});
         let d = crate::schema::json::resolve(&s, &v).unwrap();

@@ -261,6 +261,9 @@ pub enum Reason {
     SchemaMismatch,
     /// No schema is registered for the JSON event's `event_type`.
     UnknownEventType,
+    /// The JSON event's `schema_version` names a version that its subject
+    /// does not have (it is never read with another version).
+    UnknownSchemaVersion,
     /// `event_type` is missing or does not match `^[a-z]+\.[a-z_]+$`.
     InvalidEventType,
     /// `event_id` (or another `uuid` field) is not a UUID.
@@ -286,11 +289,15 @@ pub enum Reason {
     /// The schema asks for hashing (or the key must be pseudonymised) but no
     /// hash key is configured.
     RedactionUnavailable,
+    /// The registry refused a derived tier schema the event needs
+    /// (incompatible with the output subject's earlier versions, or
+    /// invalid); the event stays replayable once the subject accepts it.
+    DerivedSchemaRejected,
 }
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::EmptyValue,
         Reason::UnknownMagicByte,
         Reason::TruncatedFrame,
@@ -301,6 +308,7 @@ impl Reason {
         Reason::AdapterMismatch,
         Reason::SchemaMismatch,
         Reason::UnknownEventType,
+        Reason::UnknownSchemaVersion,
         Reason::InvalidEventType,
         Reason::InvalidUuid,
         Reason::InvalidEntityId,
@@ -312,6 +320,7 @@ impl Reason {
         Reason::TierMismatch,
         Reason::VersionGap,
         Reason::RedactionUnavailable,
+        Reason::DerivedSchemaRejected,
     ];
 
     /// The stable code.
@@ -327,6 +336,7 @@ impl Reason {
             Reason::AdapterMismatch => "adapter_mismatch",
             Reason::SchemaMismatch => "schema_mismatch",
             Reason::UnknownEventType => "unknown_event_type",
+            Reason::UnknownSchemaVersion => "unknown_schema_version",
             Reason::InvalidEventType => "invalid_event_type",
             Reason::InvalidUuid => "invalid_uuid",
             Reason::InvalidEntityId => "invalid_entity_id",
@@ -338,6 +348,7 @@ impl Reason {
             Reason::TierMismatch => "tier_mismatch",
             Reason::VersionGap => "version_gap",
             Reason::RedactionUnavailable => "redaction_unavailable",
+            Reason::DerivedSchemaRejected => "derived_schema_rejected",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use crate::classify::TagMap;
+use crate::classify::Rules;
 use crate::record::{Datum, Tier};
 use crate::registry::file::FileRegistry;
 use crate::route::put_frame_header;
@@ -125,7 +125,7 @@ impl Generator {
             .iter()
             .map(|e| {
                 EventTypeDebug(EventType {
-                    schema: CompiledSchema::compile(&e.text, &TagMap::default())
+                    schema: CompiledSchema::compile(&e.text, &Rules::default())
                         .expect("avro/ schemas compile"),
                     id: e.id,
                     domain: e

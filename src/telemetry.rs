@@ -60,6 +60,10 @@ pub mod names {
     pub const REGISTRY_ERRORS: &str = "privacy_router_registry_errors_total";
     /// Partitions assigned to this instance.
     pub const ASSIGNED: &str = "privacy_router_assigned_partitions";
+    /// Derived tier schemas the registry refused (409 incompatible, 422
+    /// invalid), by tier: the events that need them are dead-lettered as
+    /// `derived_schema_rejected` until the subject accepts them.
+    pub const DERIVED_REFUSED: &str = "privacy_router_derived_schemas_refused_total";
 }
 
 /// Every metric of the processor, registered in one injected registry.
@@ -83,6 +87,7 @@ pub struct Metrics {
     registry_lookups: IntCounterVec,
     registry_errors: IntCounterVec,
     assigned: IntGauge,
+    derived_refused: [IntCounter; 3],
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -167,7 +172,7 @@ impl Metrics {
         for o in ["hit", "miss"] {
             registry_lookups.with_label_values(&[o]);
         }
-        for o in ["unavailable", "rejected"] {
+        for o in ["unavailable", "refused", "rejected"] {
             registry_errors.with_label_values(&[o]);
         }
         let process_seconds = Histogram::with_opts(
@@ -233,6 +238,12 @@ impl Metrics {
             registry_lookups,
             registry_errors,
             assigned: gauge(r, names::ASSIGNED, "Input partitions assigned."),
+            derived_refused: per_tier(&counter_vec(
+                r,
+                names::DERIVED_REFUSED,
+                "Derived tier schemas the registry refused, by tier.",
+                &["tier"],
+            )),
             registry,
         }
     }
@@ -428,6 +439,23 @@ pub fn registry_error(metrics: &Metrics, kind: &'static str, what: &str, status:
         status = status.unwrap_or(0),
         "Schema registry call failed."
     );
+}
+
+/// The registry refused a derived tier schema. Counted every time the
+/// registry says so; logged once per subject and writer schema (`first`),
+/// since every event that needs the schema is refused the same way and goes
+/// to the dead-letter topic with the reason.
+pub fn derived_schema_refused(metrics: &Metrics, refusal: &crate::pipeline::Refusal, first: bool) {
+    metrics.derived_refused[refusal.tier.index()].inc();
+    if first {
+        tracing::error!(
+            subject = %refusal.subject,
+            tier = refusal.tier.as_str(),
+            writer_schema_id = refusal.writer_id,
+            registry = %refusal.message,
+            "The registry refused a derived schema; events that need it are dead-lettered as derived_schema_rejected until the subject accepts it (check the subject's compatibility)."
+        );
+    }
 }
 
 /// Partition state was restored from the changelog.

@@ -150,7 +150,9 @@ fn check_fails_on_a_broken_topology_naming_file_and_paths() {
         "event_types.User.Locked.tiers",
     ] {
         assert!(
-            out.contains(&format!("error: {file}: {path}: ")),
+            out.lines()
+                .any(|l| l.starts_with(&format!("error: {file}:"))
+                    && l.contains(&format!(": {path}: "))),
             "{path} missing:\n{out}"
         );
     }
@@ -297,7 +299,9 @@ fn check_reports_every_bad_schema_at_once() {
 }
 
 #[test]
-fn check_warns_about_a_tier_limit_for_an_event_type_without_a_schema() {
+fn check_refuses_a_tier_limit_for_an_event_type_without_a_schema() {
+    // A misspelt restriction must not lapse silently: the real
+    // user.login_failed would reach every tier.
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("typo.yaml");
     std::fs::write(
@@ -311,21 +315,49 @@ fn check_warns_about_a_tier_limit_for_an_event_type_without_a_schema() {
         .arg(&t)
         .output()
         .unwrap();
-    assert!(o.status.success(), "a warning alone passes");
+    assert!(!o.status.success(), "{}", stdout(&o));
     assert!(
         stdout(&o).contains(&format!(
-            "warning: {}: event_types.user.login_faild: no schema for this event type",
+            "error: {}:2:3: event_types.user.login_faild: no schema in the folder avro defines the event type user.login_faild; did you mean user.login_failed?",
             t.display()
         )),
         "{}",
         stdout(&o)
     );
-    let o = bin()
-        .args(["check", "--strict", "--topology"])
-        .arg(&t)
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "--strict makes it an error");
+    // run, replay and demo refuse it the same way, before touching anything.
+    for args in [
+        vec!["replay", "samples/events.jsonl", "--out"],
+        vec!["demo", "--out"],
+        vec![
+            "run",
+            "--brokers",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            "off",
+            "--out-unused",
+        ],
+    ] {
+        let mut cmd = bin();
+        let out_dir = dir.path().join("out");
+        let args: Vec<&str> = args.into_iter().filter(|a| *a != "--out-unused").collect();
+        cmd.args(&args);
+        if args.last() == Some(&"--out") {
+            cmd.arg(&out_dir);
+        }
+        let o = cmd
+            .arg("--topology")
+            .arg(&t)
+            .env("PRIVACY_ROUTER_HASH_KEY", "a-key-of-at-least-16-bytes")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("event_types.user.login_faild: no schema in the folder avro defines the event type user.login_faild; did you mean user.login_failed?"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(!out_dir.exists(), "{args:?} wrote output");
+    }
 }
 
 // ---------------------------------------------------------------- describe

@@ -588,6 +588,25 @@ impl SchemaLookup for Counting<'_> {
         self.calls += 1;
         self.inner.latest(subject)
     }
+    fn version(
+        &mut self,
+        subject: &str,
+        version: u32,
+    ) -> Result<(u32, Arc<str>), privacy_router::pipeline::LookupError> {
+        self.calls += 1;
+        self.inner.version(subject, version)
+    }
+    fn subjects(&mut self) -> Result<Vec<String>, privacy_router::pipeline::LookupError> {
+        self.calls += 1;
+        SchemaLookup::subjects(self.inner)
+    }
+    fn versions(
+        &mut self,
+        subject: &str,
+    ) -> Result<Vec<u32>, privacy_router::pipeline::LookupError> {
+        self.calls += 1;
+        self.inner.versions(subject)
+    }
     fn register(
         &mut self,
         subject: &str,
@@ -683,7 +702,7 @@ fn a_per_event_type_subject_overrides_the_template() {
     d.registry
         .register("legacy-user.created-value", &text)
         .unwrap();
-    d.engine.forget_subjects();
+    d.engine.forget_misses();
     assert_eq!(
         routed(d.pipe_json(&user_created(1))).verdict.label(),
         "accepted"

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use privacy_router::classify::TagMap;
+use privacy_router::classify::Rules;
 use privacy_router::order::{MemoryStore, VersionStore};
 use privacy_router::pipeline::{Engine, EngineConfig, Outcome};
 use privacy_router::project::{derived_schema, encode_projection, Hasher};
@@ -317,7 +317,7 @@ proptest! {
         let root = g.record(0);
         let value = g.rec_value(&root);
         let text = rec_schema(&root, &mut Vec::new()).to_string();
-        let schema = CompiledSchema::compile(&text, &TagMap::default()).expect("generated schema compiles");
+        let schema = CompiledSchema::compile(&text, &Rules::default()).expect("generated schema compiles");
         let datum = sjson::resolve(&schema, &value).expect("generated value resolves");
         let h = Hasher::new(b"property-test-key-0123456789").unwrap();
         let mut all_tokens = Vec::new();
@@ -465,7 +465,7 @@ proptest! {
     fn engine_ordering_matches_the_model(steps in proptest::collection::vec((0usize..4, 1i64..8), 1..60)) {
         let (mut engine, mut reg, events) = engine_and_registry();
         let product = events.iter().find(|e| e.event_type == "product.price_changed").unwrap();
-        let schema = CompiledSchema::compile(&product.text, &TagMap::default()).unwrap();
+        let schema = CompiledSchema::compile(&product.text, &Rules::default()).unwrap();
         let mut store = MemoryStore::default();
         let mut model: HashMap<usize, i64> = HashMap::new();
         for (entity, version) in steps {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use privacy_router::classify::{TagMap, TierSource};
+use privacy_router::classify::{Rules, TierSource};
 use privacy_router::config::Topology;
 use privacy_router::pipeline::SubjectNaming;
 use privacy_router::project::derived_schema;
@@ -126,7 +126,7 @@ fn every_event_type_of_seed_003_has_a_schema() {
 fn our_schemas_label_every_field_explicitly() {
     let mut unlabelled = Vec::new();
     for e in &all_events() {
-        let s = CompiledSchema::compile(&e.text, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(&e.text, &Rules::default()).unwrap();
         for (path, f) in s.fields_with_paths() {
             if f.class.source != TierSource::Label || f.attrs.get("privacy").is_none() {
                 unlabelled.push(format!("{}: {path}", e.path.display()));
@@ -143,7 +143,7 @@ fn our_schemas_label_every_field_explicitly() {
 #[test]
 fn every_schema_is_an_envelope_and_derives_valid_tier_schemas() {
     for e in &all_events() {
-        let s = CompiledSchema::compile(&e.text, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(&e.text, &Rules::default()).unwrap();
         s.envelope()
             .unwrap_or_else(|why| panic!("{}: {why}", e.path.display()));
         for tier in Tier::ALL {
@@ -160,7 +160,7 @@ fn pii_field_names_are_never_below_restricted() {
     // street address are restricted (or hashed below it) everywhere.
     let reg = load();
     for e in &reg.events {
-        let s = CompiledSchema::compile(&e.text, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(&e.text, &Rules::default()).unwrap();
         for (path, f) in s.fields_with_paths() {
             let n = f.name.as_str();
             let pii = n.contains("email")
@@ -191,7 +191,7 @@ fn the_schemas_use_every_avro_shape() {
         mut defaults,
     ) = (0, 0, 0, 0, 0, 0, 0, 0);
     for e in &reg.events {
-        let s = CompiledSchema::compile(&e.text, &TagMap::default()).unwrap();
+        let s = CompiledSchema::compile(&e.text, &Rules::default()).unwrap();
         for (_, f) in s.fields_with_paths() {
             match &s.node(f.node).kind {
                 Kind::Array(_) => arrays += 1,
@@ -236,7 +236,7 @@ fn producer_pii_field_names_are_never_below_restricted() {
     // Non-strings are flags about them (`notifications.email: true`).
     for (_, reg) in producers() {
         for e in &reg.events {
-            let s = CompiledSchema::compile(&e.text, &TagMap::default()).unwrap();
+            let s = CompiledSchema::compile(&e.text, &Rules::default()).unwrap();
             for (path, f) in s.fields_with_paths() {
                 let n = f.name.to_ascii_lowercase();
                 let pii = [

@@ -1,9 +1,15 @@
 //! The topology file (`topology/*.yaml`) → a validated [`Topology`].
 //!
 //! Unknown keys are refused (a typo in a redaction rule must not become a
-//! leak), and every semantic problem is reported at once with the file and
-//! the path of the bad value. Runtime knobs (brokers, registry URL, secrets)
-//! are CLI flags, not topology keys.
+//! leak), and every problem — structural (unknown key, wrong type) and
+//! semantic together — is reported at once with the file, the line and
+//! column, and the key path of the bad value ([`yaml`]). What can only be
+//! checked against the schemas (event types, overrides, tags) is
+//! [`schemas::check`]. Runtime knobs (brokers, registry URL, secrets) are CLI
+//! flags, not topology keys.
+
+pub mod schemas;
+pub mod yaml;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -13,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::adapt::{Adapter, AdapterConfig};
-use crate::classify::TagMap;
+use crate::classify::{Overrides, Rules, TagMap};
 use crate::pipeline::{
     EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, SubjectNaming, Topics,
     DEFAULT_SUBJECT_TEMPLATE,
@@ -25,8 +31,10 @@ use crate::validate::is_valid_event_type;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guarantee {
-    /// Outputs, dead letters, changelog and offsets in one transaction.
+    /// Outputs, dead letters, changelog and offsets in one transaction
+    /// (Kafka Streams' spelling `exactly_once_v2` is accepted too).
     #[default]
+    #[serde(alias = "exactly_once_v2")]
     ExactlyOnce,
     /// For brokers without transactions: outputs before offsets.
     AtLeastOnce,
@@ -183,6 +191,12 @@ pub struct ClassificationConfig {
     /// `emit` (default: count, log and route) or `dead_letter`.
     #[serde(default)]
     pub on_tier_mismatch: MismatchPolicy,
+    /// Compliance's tier floors: per record full name, per field path in
+    /// that record, the lowest tier the field may have in every version of
+    /// every schema that has it. Only raises a tier; an override below what
+    /// a schema says is refused.
+    #[serde(default)]
+    pub overrides: Overrides,
 }
 
 /// Schema lookup settings.
@@ -227,6 +241,11 @@ pub struct EventTypeConfig {
     /// Its subject, overriding the template.
     #[serde(default)]
     pub subject: Option<String>,
+    /// Producer `schema_version` → subject version, where the two are
+    /// numbered differently. With a map, only the mapped versions are read;
+    /// without one, subject version = `schema_version`.
+    #[serde(default)]
+    pub versions: Option<BTreeMap<u32, u32>>,
 }
 
 /// One problem in a topology file.
@@ -236,6 +255,19 @@ pub struct Problem {
     pub path: String,
     /// What is wrong.
     pub message: String,
+    /// Where in the file, when known.
+    pub place: Option<yaml::Place>,
+}
+
+impl Problem {
+    /// A problem at `path`, place unknown.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+            place: None,
+        }
+    }
 }
 
 /// Every problem found in a topology file.
@@ -256,7 +288,16 @@ impl fmt::Display for TopologyError {
             self.problems.len()
         )?;
         for p in &self.problems {
-            writeln!(f, "  - {}: {}", p.path, p.message)?;
+            match p.place {
+                Some(at) => writeln!(
+                    f,
+                    "  - {}:{at}: {}: {}",
+                    self.file.display(),
+                    p.path,
+                    p.message
+                )?,
+                None => writeln!(f, "  - {}: {}", p.path, p.message)?,
+            }
         }
         Ok(())
     }
@@ -273,9 +314,22 @@ pub struct Topology {
     pub spec: TopologyFile,
     /// What the engine needs.
     pub engine: Arc<EngineConfig>,
+    /// Where each key and value stands in the file.
+    located: Arc<yaml::Located>,
 }
 
 impl Topology {
+    /// Where the value at a key path (`event_types.user.created`) stands in
+    /// the file, or its nearest enclosing key's.
+    pub fn place(&self, path: &str) -> Option<yaml::Place> {
+        self.located.key_place(path)
+    }
+
+    /// True when the file itself writes the key at `path` (not a default).
+    pub fn writes(&self, path: &str) -> bool {
+        self.located.has(path)
+    }
+
     /// The changelog topic of the version store.
     pub fn changelog_topic(&self) -> String {
         format!("{}-entity-versions-changelog", self.spec.application_id)
@@ -288,10 +342,7 @@ impl Topology {
     pub fn load(path: &Path) -> Result<Topology, TopologyError> {
         let text = std::fs::read_to_string(path).map_err(|e| TopologyError {
             file: path.to_owned(),
-            problems: vec![Problem {
-                path: "<file>".to_owned(),
-                message: e.to_string(),
-            }],
+            problems: vec![Problem::new("<file>", e.to_string())],
         })?;
         Self::parse(path, &text)
     }
@@ -301,31 +352,65 @@ impl Topology {
     /// # Errors
     /// A [`TopologyError`] listing every problem.
     pub fn parse(path: &Path, text: &str) -> Result<Topology, TopologyError> {
-        let spec: TopologyFile = if text.trim().is_empty() {
-            serde_saphyr::from_str("{}")
-        } else {
-            serde_saphyr::from_str(text)
-        }
-        .map_err(|e| TopologyError {
+        let refuse = |problems| TopologyError {
             file: path.to_owned(),
-            problems: vec![Problem {
-                path: "<yaml>".to_owned(),
-                message: e.to_string(),
-            }],
-        })?;
-        let mut problems = check(&spec);
-        let adapters = build_adapters(&spec, &mut problems);
-        if !problems.is_empty() {
-            return Err(TopologyError {
-                file: path.to_owned(),
-                problems,
+            problems,
+        };
+        let mut located = yaml::Located::parse(text)
+            .map_err(|message| refuse(vec![Problem::new("<yaml>", message)]))?;
+        let mut structural = Vec::new();
+        let spec: Option<TopologyFile> = located.read(&mut structural);
+        let mut problems: Vec<Problem> = structural
+            .into_iter()
+            .map(|p| {
+                let place = if p.message.starts_with("unknown key") {
+                    located.key_place(&p.path)
+                } else {
+                    located.place(&p.path)
+                };
+                Problem {
+                    message: with_suggestion(&p.path, &p.message),
+                    path: p.path,
+                    place,
+                }
+            })
+            .collect();
+        let Some(spec) = spec else {
+            return Err(refuse(problems));
+        };
+        let mut semantic = check(&spec);
+        let adapters = build_adapters(&spec, &mut semantic);
+        // A value taken out for a structural problem is read as its default;
+        // what the semantic checks then say about that path is not news.
+        let structural: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
+        for mut p in semantic {
+            let follows = structural.iter().any(|s| {
+                p.path == *s
+                    || p.path
+                        .strip_prefix(s.as_str())
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
             });
+            if follows {
+                continue;
+            }
+            p.place = p.place.or_else(|| located.key_place(&p.path));
+            problems.push(p);
+        }
+        if !problems.is_empty() {
+            // File order; problems without a place (there are none in a
+            // file that parsed) last, in the order found.
+            problems.sort_by_key(|p| {
+                p.place
+                    .map_or((u64::MAX, u64::MAX), |at| (at.line, at.column))
+            });
+            return Err(refuse(problems));
         }
         let engine = Arc::new(engine_config(&spec, adapters));
         Ok(Topology {
             file: path.to_owned(),
             spec,
             engine,
+            located: Arc::new(located),
         })
     }
 
@@ -347,12 +432,7 @@ fn valid_topic(name: &str) -> bool {
 
 fn check(spec: &TopologyFile) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut problem = |path: &str, message: String| {
-        problems.push(Problem {
-            path: path.to_owned(),
-            message,
-        })
-    };
+    let mut problem = |path: &str, message: String| problems.push(Problem::new(path, message));
     if !valid_topic(&spec.application_id) {
         problem(
             "application_id",
@@ -421,6 +501,34 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
         if let Some(subject) = &cfg.subject {
             check_template(subject, &format!("{base}.subject"), &mut problem);
         }
+        for (from, to) in cfg.versions.iter().flatten() {
+            if *from == 0 || *to == 0 {
+                problem(
+                    &format!("{base}.versions.{from}"),
+                    "versions start at 1 (schema_version and subject versions alike)".to_owned(),
+                );
+            }
+        }
+    }
+    for (record, fields) in &spec.classification.overrides.0 {
+        let base = format!("classification.overrides.{record}");
+        if record.is_empty() || record.split('.').any(|part| part.is_empty()) {
+            problem(
+                &base,
+                "is not a record full name (e.g. com.example.UserCreated)".to_owned(),
+            );
+        }
+        if fields.is_empty() {
+            problem(&base, "names no field path".to_owned());
+        }
+        for path in fields.keys() {
+            if path.is_empty() || path.split('.').any(|part| part.is_empty()) {
+                problem(
+                    &format!("{base}.{path}"),
+                    "is not a field path (field names joined by '.')".to_owned(),
+                );
+            }
+        }
     }
     if spec.schemas.folder.as_os_str().is_empty() {
         problem("schemas.folder", "is empty".to_owned());
@@ -467,13 +575,48 @@ fn build_adapters(spec: &TopologyFile, problems: &mut Vec<Problem>) -> Vec<(Stri
     for (name, adapter) in &spec.adapters {
         match adapter.build(name) {
             Ok(a) => built.push((name.clone(), Arc::new(a))),
-            Err(ps) => problems.extend(ps.into_iter().map(|(path, message)| Problem {
-                path: format!("adapters.{name}.{path}"),
-                message,
-            })),
+            Err(ps) => {
+                problems.extend(ps.into_iter().map(|(path, message)| {
+                    Problem::new(format!("adapters.{name}.{path}"), message)
+                }))
+            }
         }
     }
     built
+}
+
+/// A serde message with a "did you mean" for an unknown key or variant.
+fn with_suggestion(path: &str, message: &str) -> String {
+    let expected: Vec<&str> = message
+        .split_once("expected ")
+        .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let got = if message.starts_with("unknown key") {
+        path.rsplit('.').next().unwrap_or(path).to_owned()
+    } else if let Some(rest) = message.strip_prefix("unknown variant `") {
+        rest.split('`').next().unwrap_or_default().to_owned()
+    } else {
+        return message.to_owned();
+    };
+    match did_you_mean(&got, expected.iter().copied()) {
+        Some(s) => format!("{message}; did you mean `{s}`?"),
+        None => message.to_owned(),
+    }
+}
+
+/// The candidate closest to `word`, if one is close enough to be a likely
+/// misspelling of it.
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (word.len().max(c.len()) / 3).max(2))
+        .min_by_key(|(d, c)| (*d, *c))
+        .map(|(_, c)| c)
 }
 
 fn check_template(template: &str, path: &str, problem: &mut impl FnMut(&str, String)) {
@@ -513,13 +656,21 @@ fn engine_config(spec: &TopologyFile, adapters: Vec<(String, Arc<Adapter>)>) -> 
         format: o.format,
         on_gap: spec.ordering.on_gap,
         on_tier_mismatch: spec.classification.on_tier_mismatch,
-        tags: spec.classification.tags.clone(),
+        rules: Rules {
+            tags: spec.classification.tags.clone(),
+            overrides: spec.classification.overrides.clone(),
+        },
         subjects: SubjectNaming {
             template: spec.schemas.subject_template.clone(),
             overrides: spec
                 .event_types
                 .iter()
                 .filter_map(|(t, c)| c.subject.clone().map(|s| (t.clone(), s)))
+                .collect(),
+            versions: spec
+                .event_types
+                .iter()
+                .filter_map(|(t, c)| c.versions.clone().map(|v| (t.clone(), v)))
                 .collect(),
         },
         tier_limits: spec
@@ -665,13 +816,14 @@ adapters:
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
+            // In file order; Second claimed the topic (adapters are checked
+            // in name order) though first is written above it.
             [
                 "schemas.folder",
-                "adapters.Second",
-                "adapters.Second.event_types.B",
-                // Adapters are checked in name order: Second claimed it.
                 "adapters.first.topics[0]",
                 "adapters.first.topics[1]",
+                "adapters.Second",
+                "adapters.Second.event_types.B",
                 "adapters.third.type_field",
                 "adapters.third.envelope.event_id",
                 "adapters.third.envelope.entity_type",

@@ -9,10 +9,15 @@
 //!   fail-closed default (no label of their own, no mapped tag, no default
 //!   from their own record): safe, but almost always a label forgotten by a
 //!   producer; `--allow-fail-closed` makes them warnings.
+//!   Also what the topology names that no schema has (configuration fails
+//!   closed, see [`crate::config::schemas`]): an event type in `event_types`
+//!   or an adapter's mapping (a misspelt name would leave the real one
+//!   unlimited), a subject version, an override that matches no field or
+//!   would lower one.
 //! * **warning** — probably a mistake, never a leak: an unmapped
-//!   `confluent:tags` entry, a tier limit for an event type that has no
-//!   schema (a misspelt name would leave the real one unlimited), a hash key
-//!   that is set but too short. `--strict` makes warnings errors.
+//!   `confluent:tags` entry, a tag in the topology's map that no field
+//!   carries, a hash key that is set but too short. `--strict` makes
+//!   warnings errors.
 //! * **note** — the hash key is not set while schemas ask for
 //!   `redact: hash` (`check` does not need it; `run` does).
 //! * **info** — fields whose tier came from Confluent tags.
@@ -24,9 +29,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{compile_event, event_view, field_file, Provenance, SchemaProblem};
-use crate::config::Topology;
+use crate::config::yaml::Place;
+use crate::config::{self, Topology};
 use crate::project::MIN_KEY_LEN;
-use crate::registry::file::{self, EventSchema, FileRegistryError};
+use crate::registry::file::{self, EventSchema, FileRegistry, FileRegistryError};
+use crate::registry::Catalogue;
 
 /// How serious a finding is. Ordered: errors first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -73,6 +80,9 @@ pub struct Finding {
     pub message: String,
     /// The event types it concerns (sorted; empty for topology findings).
     pub event_types: Vec<String>,
+    /// Line and column in `file`, for findings in the topology file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
 }
 
 /// How strict `check` is.
@@ -136,7 +146,10 @@ pub fn check(topology: &Path, schemas: &Path, key: HashKey, opts: CheckOptions) 
     match Topology::load(topology) {
         Err(e) => {
             for p in e.problems {
-                findings.push(error("topology", &e.file, &p.path, p.message));
+                findings.push(Finding {
+                    place: p.place,
+                    ..error("topology", &e.file, &p.path, p.message)
+                });
             }
             findings.push(Finding {
                 severity: Severity::Note,
@@ -146,14 +159,24 @@ pub fn check(topology: &Path, schemas: &Path, key: HashKey, opts: CheckOptions) 
                 message: "not checked: reading schemas needs a valid topology (tag map, subjects)"
                     .to_owned(),
                 event_types: Vec::new(),
+                place: None,
             });
         }
         Ok(t) => match load_schemas(&t, schemas) {
             Err(found) => findings.extend(found),
-            Ok(events) => {
-                let (found, fields) = check_events(&t, schemas, &events, key, opts);
+            Ok(reg) => {
+                let (found, fields) = check_events(&t, schemas, &reg.events, key, opts);
                 findings.extend(found);
-                counts = (events.len(), fields);
+                counts = (reg.events.len(), fields);
+                match Catalogue::read(
+                    &mut reg.registry.clone(),
+                    &t.engine.subjects,
+                    &t.spec.input.topics,
+                    format!("the folder {}", schemas.display()),
+                ) {
+                    Ok(catalogue) => findings.extend(topology_against(&t, &catalogue)),
+                    Err(e) => findings.push(error("schema_folder", schemas, "", e.to_string())),
+                }
             }
         },
     }
@@ -168,7 +191,34 @@ fn error(code: &'static str, file: &Path, path: &str, message: String) -> Findin
         path: path.to_owned(),
         message,
         event_types: Vec::new(),
+        place: None,
     }
+}
+
+/// What the topology names that the schemas do not have, as findings
+/// ([`crate::config::schemas::check`]: errors and warnings).
+pub fn topology_against(t: &Topology, catalogue: &Catalogue) -> Vec<Finding> {
+    let found = config::schemas::check(t, catalogue);
+    let as_finding = |severity, code, p: crate::config::Problem| Finding {
+        severity,
+        code,
+        file: t.file.display().to_string(),
+        path: p.path,
+        message: p.message,
+        event_types: Vec::new(),
+        place: p.place,
+    };
+    found
+        .errors
+        .into_iter()
+        .map(|p| as_finding(Severity::Error, "topology", p))
+        .chain(
+            found
+                .warnings
+                .into_iter()
+                .map(|p| as_finding(Severity::Warning, "unused_tag", p)),
+        )
+        .collect()
 }
 
 /// The file registry over `dir` for the topology, or every file that cannot
@@ -176,7 +226,7 @@ fn error(code: &'static str, file: &Path, path: &str, message: String) -> Findin
 ///
 /// # Errors
 /// Findings naming each bad file.
-pub fn load_schemas(t: &Topology, dir: &Path) -> Result<Vec<EventSchema>, Vec<Finding>> {
+pub fn load_schemas(t: &Topology, dir: &Path) -> Result<FileRegistry, Vec<Finding>> {
     let mut files = Vec::new();
     if let Err(e) = avsc_files(dir, &mut files) {
         return Err(vec![error(
@@ -209,21 +259,17 @@ pub fn load_schemas(t: &Topology, dir: &Path) -> Result<Vec<EventSchema>, Vec<Fi
     if !bad.is_empty() {
         return Err(bad);
     }
-    file::load(dir, &t.engine.subjects, &t.spec.input.topics)
-        .map(|r| r.events)
-        .map_err(|e| {
-            vec![match e {
-                FileRegistryError::Io { path, source } => error(
-                    "schema_folder",
-                    &path,
-                    "",
-                    format!("cannot be read: {source}"),
-                ),
-                FileRegistryError::Bad { path, message } => {
-                    error("invalid_schema", &path, "", message)
-                }
-            }]
-        })
+    file::load(dir, &t.engine.subjects, &t.spec.input.topics).map_err(|e| {
+        vec![match e {
+            FileRegistryError::Io { path, source } => error(
+                "schema_folder",
+                &path,
+                "",
+                format!("cannot be read: {source}"),
+            ),
+            FileRegistryError::Bad { path, message } => error("invalid_schema", &path, "", message),
+        }]
+    })
 }
 
 fn avsc_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -310,24 +356,10 @@ pub fn check_events(
                 path,
                 message,
                 event_types: types,
+                place: None,
             }
         })
         .collect();
-    for event_type in t.spec.event_types.keys() {
-        if !events.iter().any(|e| &e.event_type == event_type) {
-            findings.push(Finding {
-                severity: Severity::Warning,
-                code: "tier_limit_without_schema",
-                file: t.file.display().to_string(),
-                path: format!("event_types.{event_type}"),
-                message: format!(
-                    "no schema for this event type in {}: a misspelt name leaves the real event type unlimited",
-                    schemas_dir.display()
-                ),
-                event_types: Vec::new(),
-            });
-        }
-    }
     if events.is_empty() {
         findings.push(Finding {
             severity: Severity::Warning,
@@ -336,6 +368,7 @@ pub fn check_events(
             path: String::new(),
             message: "holds no event type schema".to_owned(),
             event_types: Vec::new(),
+            place: None,
         });
     }
     let env = |severity, message: String| Finding {
@@ -345,6 +378,7 @@ pub fn check_events(
         path: "PRIVACY_ROUTER_HASH_KEY".to_owned(),
         message,
         event_types: Vec::new(),
+        place: None,
     };
     match key {
         HashKey::Missing if hashing > 0 => findings.push(env(
@@ -440,8 +474,8 @@ pub fn report(
         }
     }
     findings.sort_by(|a, b| {
-        (a.severity, &a.file, &a.path, a.code, &a.message)
-            .cmp(&(b.severity, &b.file, &b.path, b.code, &b.message))
+        (a.severity, &a.file, a.place, &a.path, a.code, &a.message)
+            .cmp(&(b.severity, &b.file, b.place, &b.path, b.code, &b.message))
     });
     let count = |s| findings.iter().filter(|f| f.severity == s).count();
     let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
@@ -469,7 +503,14 @@ impl CheckReport {
         for f in &self.findings {
             let _ = write!(s, "{}: ", f.severity.as_str());
             if !f.file.is_empty() {
-                let _ = write!(s, "{}: ", f.file);
+                match f.place {
+                    Some(at) => {
+                        let _ = write!(s, "{}:{at}: ", f.file);
+                    }
+                    None => {
+                        let _ = write!(s, "{}: ", f.file);
+                    }
+                }
             }
             if !f.path.is_empty() {
                 let _ = write!(s, "{}: ", f.path);
@@ -525,6 +566,7 @@ mod tests {
         let (fullname, schema) = file::compose(&envelope, event_type, payload).unwrap();
         let domain = event_type.split('.').next().unwrap();
         EventSchema {
+            version: 1,
             event_type: event_type.to_owned(),
             fullname,
             path: PathBuf::from(format!("s/events/{domain}/{event_type}.avsc")),
@@ -539,7 +581,25 @@ mod tests {
 
     fn run(yaml: &str, events: &[EventSchema], key: HashKey, opts: CheckOptions) -> CheckReport {
         let t = Topology::parse(Path::new("t.yaml"), yaml).unwrap();
-        let (found, fields) = check_events(&t, Path::new("s"), events, key, opts);
+        let (mut found, fields) = check_events(&t, Path::new("s"), events, key, opts);
+        use crate::registry::SchemaLookup as _;
+        let mut registry = crate::registry::MemoryRegistry::default();
+        for e in events {
+            registry
+                .register(
+                    &t.engine.subjects.subject("events.raw", &e.event_type),
+                    &e.text,
+                )
+                .unwrap();
+        }
+        let catalogue = Catalogue::read(
+            &mut registry,
+            &t.engine.subjects,
+            &t.spec.input.topics,
+            "the folder s",
+        )
+        .unwrap();
+        found.extend(topology_against(&t, &catalogue));
         report(
             Path::new("t.yaml"),
             Path::new("s"),
@@ -633,12 +693,13 @@ mod tests {
             ])),
         )];
         let r = run(
-            "event_types:\n  user.created_typo: {tiers: [restricted]}\n",
+            "event_types:\n  user.created_typo: {tiers: [restricted]}\nclassification:\n  tags: {PII: restricted, INTERNAL: internal, UNUSED: public}\n",
             &events,
             HashKey::Missing,
             CheckOptions::default(),
         );
-        assert!(r.ok, "{}", r.text());
+        // A misspelt event type is an error: its restriction would lapse.
+        assert!(!r.ok, "{}", r.text());
         let codes: Vec<(Severity, &str, &str)> = r
             .findings
             .iter()
@@ -647,11 +708,12 @@ mod tests {
         assert_eq!(
             codes,
             [
+                (Severity::Error, "topology", "event_types.user.created_typo"),
                 (Severity::Warning, "unmapped_tag", "data.a"),
                 (
                     Severity::Warning,
-                    "tier_limit_without_schema",
-                    "event_types.user.created_typo"
+                    "unused_tag",
+                    "classification.tags.UNUSED"
                 ),
                 (Severity::Note, "hash_key", "PRIVACY_ROUTER_HASH_KEY"),
                 (Severity::Info, "tag_classified_field", "data.a"),
@@ -659,6 +721,10 @@ mod tests {
             ]
         );
         let text = r.text();
+        assert!(
+            text.contains("t.yaml:2:3: event_types.user.created_typo: no schema in the folder s defines the event type user.created_typo; did you mean user.created?"),
+            "{text}"
+        );
         assert!(text.contains("data.a: tier restricted from confluent:tags PII, stricter than its \"privacy\" label public"), "{text}");
         assert!(
             text.contains(
@@ -666,9 +732,13 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.ends_with("OK: 0 error(s), 2 warning(s)\n"), "{text}");
+        assert!(
+            text.ends_with("FAILED: 1 error(s), 2 warning(s)\n"),
+            "{text}"
+        );
         let json: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
-        assert_eq!(json["findings"][0]["severity"], "warning");
+        assert_eq!(json["findings"][0]["severity"], "error");
+        assert_eq!(json["findings"][1]["severity"], "warning");
         assert_eq!(HashKey::of(Some("short")), HashKey::TooShort);
         assert_eq!(HashKey::of(Some("")), HashKey::Missing);
     }

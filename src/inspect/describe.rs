@@ -314,7 +314,8 @@ pub fn graph(t: &Topology) -> Graph {
         ),
         (
             "classification.tags".to_owned(),
-            cfg.tags
+            cfg.rules
+                .tags
                 .0
                 .iter()
                 .map(|(tag, tier)| format!("{tag} -> {tier}"))

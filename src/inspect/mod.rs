@@ -176,7 +176,7 @@ pub struct SchemaProblem {
 /// # Errors
 /// The first [`SchemaProblem`] of the schema.
 pub fn compile_event(text: &str, config: &EngineConfig) -> Result<CompiledSchema, SchemaProblem> {
-    let schema = CompiledSchema::compile(text, &config.tags).map_err(|e| SchemaProblem {
+    let schema = CompiledSchema::compile(text, &config.rules).map_err(|e| SchemaProblem {
         path: e.path,
         message: e.message,
     })?;
@@ -194,7 +194,7 @@ pub fn compile_event(text: &str, config: &EngineConfig) -> Result<CompiledSchema
             .err()
             .map(|e| e.to_string())
             .or_else(|| {
-                CompiledSchema::compile(&derived.to_string(), &config.tags)
+                CompiledSchema::compile(&derived.to_string(), &config.rules)
                     .err()
                     .map(|e| e.to_string())
             });
@@ -368,15 +368,18 @@ fn provenance(f: &Field, config: &EngineConfig) -> (Provenance, Option<Tier>, Ve
         .unwrap_or_default();
     let unmapped: Vec<String> = tags
         .iter()
-        .filter(|t| !config.tags.0.contains_key(**t))
+        .filter(|t| !config.rules.tags.0.contains_key(**t))
         .map(|t| (*t).to_owned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let tagged = tags.iter().filter_map(|t| config.tags.0.get(*t)).max();
+    let tagged = tags
+        .iter()
+        .filter_map(|t| config.rules.tags.0.get(*t))
+        .max();
     let winning = |tier: Tier| -> Vec<String> {
         tags.iter()
-            .filter(|t| config.tags.0.get(**t) == Some(&tier))
+            .filter(|t| config.rules.tags.0.get(**t) == Some(&tier))
             .map(|t| (*t).to_owned())
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -439,7 +442,7 @@ pub fn type_name(s: &CompiledSchema, id: NodeId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::TagMap;
+    use crate::classify::{Rules, TagMap};
     use std::collections::{HashMap, HashSet};
 
     const TEXT: &str = r#"{"type":"record","name":"E","namespace":"t","fields":[
@@ -459,6 +462,7 @@ mod tests {
 
     fn event(text: &str) -> EventSchema {
         EventSchema {
+            version: 1,
             event_type: "user.created".to_owned(),
             fullname: "t.E".to_owned(),
             path: PathBuf::from("avro/events/user/user.created.avsc"),
@@ -468,7 +472,7 @@ mod tests {
     }
 
     fn view(config: &EngineConfig) -> EventView {
-        let schema = CompiledSchema::compile(TEXT, &config.tags).unwrap();
+        let schema = CompiledSchema::compile(TEXT, &config.rules).unwrap();
         event_view(&event(TEXT), &schema, config)
     }
 
@@ -544,7 +548,7 @@ mod tests {
     #[test]
     fn the_topologys_tag_map_is_the_one_used() {
         let config = EngineConfig {
-            tags: TagMap([("PII".to_owned(), Tier::Internal)].into()),
+            rules: Rules::with_tags(TagMap([("PII".to_owned(), Tier::Internal)].into())),
             ..EngineConfig::default()
         };
         let v = view(&config);
@@ -584,7 +588,7 @@ mod tests {
             {"name":"tree","privacy":"public","type":{"type":"record","name":"Node","fields":[
                 {"name":"children","privacy":"public","type":{"type":"array","items":"Node"}}]}}]}"#;
         let config = EngineConfig::default();
-        let schema = CompiledSchema::compile(text, &config.tags).unwrap();
+        let schema = CompiledSchema::compile(text, &config.rules).unwrap();
         let v = event_view(&event(text), &schema, &config);
         let paths: Vec<&str> = v.fields.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(

@@ -124,6 +124,7 @@ pub fn build(
         dead_letter: t.engine.topics.dead_letter.to_string(),
         tags: t
             .engine
+            .rules
             .tags
             .0
             .iter()
@@ -615,6 +616,7 @@ mod tests {
         let (fullname, schema) =
             crate::registry::file::compose(&envelope, "user.created", payload).unwrap();
         let e = EventSchema {
+            version: 1,
             event_type: "user.created".to_owned(),
             fullname,
             path: PathBuf::from("avro/events/user/user.created.avsc"),

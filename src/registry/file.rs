@@ -1,12 +1,14 @@
 //! The file-backed registry over `avro/`: the embedded default.
 //!
 //! `avro/envelope.avsc` is the canonical envelope; every
-//! `avro/events/<domain>/<event_type>.avsc` is one event type's payload. An
-//! event type's schema is the envelope renamed to
+//! `avro/events/<domain>/<event_type>.avsc` is one event type's payload
+//! (version 1 of its subject), and `<event_type>.v<N>.avsc` beside it is
+//! version N (2, 3, … without gaps), as a producer evolving its schema
+//! would register them. An event type's schema is the envelope renamed to
 //! `<envelope namespace>.<domain>.<EventType>` with `data` set to the payload,
 //! registered under the subject the topology's naming gives for each input
-//! topic. Ids are assigned in event-type order, so they are stable for a
-//! given `avro/` folder.
+//! topic. Ids are assigned in (event type, version) order, so they are stable
+//! for a given `avro/` folder.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ use crate::validate::is_valid_event_type;
 pub struct EventSchema {
     /// `user.created`
     pub event_type: String,
+    /// The subject version this file is (1 for `<event_type>.avsc`).
+    pub version: u32,
     /// The composed record's full name.
     pub fullname: String,
     /// The payload file.
@@ -130,6 +134,17 @@ pub fn compose(
     Ok((fullname, schema))
 }
 
+/// `user.created.v2` → (`user.created`, Some(2)); `user.created` →
+/// (`user.created`, None).
+fn split_version(stem: &str) -> (&str, Option<u32>) {
+    if let Some((head, tail)) = stem.rsplit_once(".v") {
+        if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) {
+            return (head, tail.parse().ok().or(Some(0)));
+        }
+    }
+    (stem, None)
+}
+
 /// Loads `dir` and registers every event type under the subjects `naming`
 /// gives for each of `topics`.
 ///
@@ -144,18 +159,52 @@ pub fn load(
     let envelope = read_json(&envelope_path)?;
     let mut files = Vec::new();
     payload_files(&dir.join("events"), &mut files)?;
-    files.sort_by_key(|p| p.file_stem().map(|s| s.to_owned()));
-    let mut registry = MemoryRegistry::default();
-    let mut events = Vec::with_capacity(files.len());
+    let mut named = Vec::with_capacity(files.len());
     for path in files {
-        let event_type = path
+        let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        if !is_valid_event_type(&event_type) {
-            return Err(bad(&path, "the file name must be <event_type>.avsc with event_type matching ^[a-z]+\\.[a-z_]+$"));
+        let (event_type, version) = split_version(&stem);
+        if !is_valid_event_type(event_type) || version == Some(0) {
+            return Err(bad(&path, "the file name must be <event_type>.avsc or <event_type>.v<N>.avsc with event_type matching ^[a-z]+\\.[a-z_]+$ and N >= 2"));
         }
+        named.push((event_type.to_owned(), version.unwrap_or(1), path));
+    }
+    named.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for pair in named.windows(2) {
+        let ((t0, v0, p0), (t1, v1, p1)) = (&pair[0], &pair[1]);
+        if t0 == t1 && *v1 == *v0 {
+            return Err(bad(
+                p1,
+                format!("is version {v1} of {t1}, like {}", p0.display()),
+            ));
+        }
+        if t0 == t1 && *v1 != v0 + 1 {
+            return Err(bad(
+                p1,
+                format!("is version {v1} of {t1}, but version {} is missing", v0 + 1),
+            ));
+        }
+        if t0 != t1 && *v1 != 1 {
+            return Err(bad(
+                p1,
+                format!("is version {v1} of {t1}, but {t1}.avsc (version 1) is missing"),
+            ));
+        }
+    }
+    if let Some((t, v, p)) = named.first() {
+        if *v != 1 {
+            return Err(bad(
+                p,
+                format!("is version {v} of {t}, but {t}.avsc (version 1) is missing"),
+            ));
+        }
+    }
+    let mut registry = MemoryRegistry::default();
+    let mut events = Vec::with_capacity(named.len());
+    for (event_type, version, path) in named {
         let payload = read_json(&path)?;
         let (fullname, schema) =
             compose(&envelope, &event_type, payload).map_err(|m| bad(&envelope_path, m))?;
@@ -168,6 +217,7 @@ pub fn load(
         }
         events.push(EventSchema {
             event_type,
+            version,
             fullname,
             path,
             text,

@@ -12,11 +12,12 @@
 pub mod confluent;
 pub mod file;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use crate::pipeline::SubjectNaming;
 pub use crate::pipeline::{LookupError, SchemaLookup};
 
 /// An in-memory registry with Confluent's id semantics: the same schema
@@ -29,7 +30,7 @@ pub struct MemoryRegistry {
 
 impl MemoryRegistry {
     /// Every subject with its versions' ids, sorted by subject.
-    pub fn subjects(&self) -> Vec<(&str, &[u32])> {
+    pub fn subject_ids(&self) -> Vec<(&str, &[u32])> {
         let mut v: Vec<_> = self
             .subjects
             .iter()
@@ -58,9 +59,29 @@ impl SchemaLookup for MemoryRegistry {
         Ok((id, self.schema_by_id(id)?))
     }
 
+    fn version(&mut self, subject: &str, version: u32) -> Result<(u32, Arc<str>), LookupError> {
+        let id = *self
+            .subjects
+            .get(subject)
+            .and_then(|v| v.get((version as usize).checked_sub(1)?))
+            .ok_or(LookupError::NotFound)?;
+        Ok((id, self.schema_by_id(id)?))
+    }
+
+    fn subjects(&mut self) -> Result<Vec<String>, LookupError> {
+        let mut v: Vec<String> = self.subjects.keys().cloned().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    fn versions(&mut self, subject: &str) -> Result<Vec<u32>, LookupError> {
+        let ids = self.subjects.get(subject).ok_or(LookupError::NotFound)?;
+        Ok((1..=ids.len() as u32).collect())
+    }
+
     fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError> {
         let parsed: Value = serde_json::from_str(schema)
-            .map_err(|e| LookupError::Rejected(format!("not JSON: {e}")))?;
+            .map_err(|e| LookupError::Refused(format!("not JSON: {e}")))?;
         let id = match self.by_id.iter().position(|(v, _)| *v == parsed) {
             Some(i) => i as u32 + 1,
             None => {
@@ -104,8 +125,104 @@ impl SchemaLookup for SharedRegistry {
         self.with(|r| r.latest(subject))
     }
 
+    fn version(&mut self, subject: &str, version: u32) -> Result<(u32, Arc<str>), LookupError> {
+        self.with(|r| r.version(subject, version))
+    }
+
+    fn subjects(&mut self) -> Result<Vec<String>, LookupError> {
+        self.with(|r| SchemaLookup::subjects(r))
+    }
+
+    fn versions(&mut self, subject: &str) -> Result<Vec<u32>, LookupError> {
+        self.with(|r| r.versions(subject))
+    }
+
     fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError> {
         self.with(|r| r.register(subject, schema))
+    }
+}
+
+/// One version of a subject that an input topic's events are read with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownSchema {
+    /// The subject.
+    pub subject: String,
+    /// The input topic whose naming gives this subject.
+    pub topic: String,
+    /// The event type the subject belongs to.
+    pub event_type: String,
+    /// The subject version (1, 2, …).
+    pub version: u32,
+    /// The schema's global id.
+    pub id: u32,
+    /// The schema text.
+    pub text: Arc<str>,
+}
+
+/// Every version of every subject that a topology's input topics read
+/// events with, from the registry the processor uses: what configuration is
+/// checked against and what `privacy-report` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalogue {
+    /// Where the schemas came from, for messages: `the folder avro`, `the
+    /// registry at http://…`.
+    pub source: String,
+    /// Sorted by subject and version.
+    pub schemas: Vec<KnownSchema>,
+}
+
+impl Catalogue {
+    /// Reads every version of every subject that `naming` gives an event
+    /// type for one of `topics` (subjects of other topics, and derived tier
+    /// subjects, are not the input's).
+    ///
+    /// # Errors
+    /// The registry's error.
+    pub fn read(
+        registry: &mut dyn SchemaLookup,
+        naming: &SubjectNaming,
+        topics: &[String],
+        source: impl Into<String>,
+    ) -> Result<Catalogue, LookupError> {
+        let mut schemas = Vec::new();
+        for subject in registry.subjects()? {
+            let Some((topic, event_type)) = topics
+                .iter()
+                .find_map(|t| naming.event_type_of(t, &subject).map(|e| (t, e)))
+            else {
+                continue;
+            };
+            for version in registry.versions(&subject)? {
+                let (id, text) = registry.version(&subject, version)?;
+                schemas.push(KnownSchema {
+                    subject: subject.clone(),
+                    topic: topic.clone(),
+                    event_type: event_type.clone(),
+                    version,
+                    id,
+                    text,
+                });
+            }
+        }
+        schemas.sort_by(|a, b| (&a.subject, a.version).cmp(&(&b.subject, b.version)));
+        Ok(Catalogue {
+            source: source.into(),
+            schemas,
+        })
+    }
+
+    /// The event types that have a schema.
+    pub fn event_types(&self) -> BTreeSet<&str> {
+        self.schemas.iter().map(|s| s.event_type.as_str()).collect()
+    }
+
+    /// The versions of an event type's subject (as read from `topic`).
+    pub fn versions_of(&self, event_type: &str) -> BTreeSet<u32> {
+        self.schemas
+            .iter()
+            .filter(|s| s.event_type == event_type)
+            .map(|s| s.version)
+            .collect()
     }
 }
 
@@ -122,6 +239,14 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(r.latest("a-value").unwrap().0, c);
+        assert_eq!(r.version("a-value", 1).unwrap().0, a);
+        assert_eq!(r.version("a-value", 2).unwrap().0, c);
+        assert_eq!(r.version("a-value", 3), Err(LookupError::NotFound));
+        assert_eq!(r.versions("a-value").unwrap(), [1, 2]);
+        assert_eq!(
+            SchemaLookup::subjects(&mut r).unwrap(),
+            ["a-value", "b-value"]
+        );
         assert_eq!(r.schema_by_id(0), Err(LookupError::NotFound));
         assert_eq!(r.schema_by_id(99), Err(LookupError::NotFound));
     }

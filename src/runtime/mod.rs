@@ -36,6 +36,19 @@ use crate::registry::SharedRegistry;
 use crate::telemetry::{self, Health, Metrics};
 pub use kafka::Connection;
 
+/// A fatal error of a running processor (fenced by a newer instance, the
+/// registry refusing the processor itself, the consumer failing): the
+/// process ends with [`Fatal::EXIT_CODE`] so that an orchestrator restarts
+/// it, unlike a start-up problem (exit code 1) that a restart does not fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+impl Fatal {
+    /// The exit code of a fatal runtime error.
+    pub const EXIT_CODE: u8 = 3;
+}
+
 /// Where schemas come from.
 #[derive(Debug, Clone)]
 pub enum RegistryChoice {

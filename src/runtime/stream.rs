@@ -24,7 +24,9 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
@@ -33,7 +35,7 @@ use super::kafka::{
     check_topics, forward_error, forward_log, send_waiting, Connection, QuietContext,
 };
 use super::state::{encode_value, restore, resume_key, Journal, PartitionState, RestoreError};
-use super::Progress;
+use super::{Fatal, Progress};
 use crate::config::{Guarantee, Topology};
 use crate::order::{Verdict, VersionStore};
 use crate::pipeline::{Engine, EngineError, Outcome, SchemaLookup};
@@ -207,6 +209,9 @@ struct Task {
     /// Set in a callback that cannot return an error.
     fatal: Option<anyhow::Error>,
     dead_letter_log: RateLimit,
+    /// Derived schemas whose refusal was logged, by (subject, writer id):
+    /// each is logged once, however many events it refuses.
+    refusals_logged: HashSet<(String, u32)>,
 }
 
 /// Logs at most `max` lines per window, then says how many it held back.
@@ -336,6 +341,7 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         broken: None,
         fatal: None,
         dead_letter_log: RateLimit::new(),
+        refusals_logged: HashSet::new(),
     };
     let ctx = StreamCtx {
         task: Mutex::new(Some(task)),
@@ -354,7 +360,9 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
     s.health.set_ready(false, "joining the consumer group");
     info!(group = app, instance = %s.instance_id, guarantee = ?guarantee, "Stream thread started.");
 
-    let result = poll_loop(s, &consumer);
+    // From here on, an error ends a running processor: it is fatal (its
+    // own exit code), unlike the start-up problems above.
+    let result = poll_loop(s, &consumer).map_err(|e| anyhow::Error::new(Fatal(format!("{e:#}"))));
     // Finish the open transaction, then leave the group (the revoke
     // callback finds nothing left to commit).
     let finished = {
@@ -536,6 +544,12 @@ impl Task {
                 .process(&raw, &mut store, self.registry.as_mut());
             if let Some(t) = started {
                 telemetry::processed(&self.settings.metrics, t.elapsed());
+            }
+            for refusal in self.engine.take_refusals() {
+                let first = self
+                    .refusals_logged
+                    .insert((refusal.subject.clone(), refusal.writer_id));
+                telemetry::derived_schema_refused(&self.settings.metrics, &refusal, first);
             }
             match result {
                 Ok(o) => break o,
@@ -730,7 +744,7 @@ impl Task {
             self.commit(consumer)?;
         }
         if self.last_refresh.elapsed() >= SUBJECT_REFRESH {
-            self.engine.forget_subjects();
+            self.engine.forget_misses();
             self.last_refresh = Instant::now();
         }
         if self.last_gauges.elapsed() >= Duration::from_secs(1) {
@@ -852,10 +866,30 @@ impl Task {
     /// transaction (bounded wait), ignoring what fails.
     fn abort_quietly(&mut self) {
         if self.guarantee == Guarantee::ExactlyOnce {
-            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(5)) {
+            if let Err(e) = self.abort_open(Duration::from_secs(5)) {
                 warn!(error = %e, "Could not abort the open transaction; the broker will time it out.");
             }
         }
+    }
+
+    /// Aborts the open transaction while records may still be queued or in
+    /// flight: they are purged first and their delivery reports served (an
+    /// abort waits for every outstanding record to be reported, and nothing
+    /// else polls this producer), then the abort is sent.
+    fn abort_open(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
+        let until = Instant::now() + timeout;
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+            self.producer.poll(Duration::from_millis(10));
+        }
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let result = self.producer.abort_transaction(left);
+        // Reports of what the abort itself failed.
+        self.producer.poll(Duration::ZERO);
+        result
     }
 
     /// Waits until every record sent is delivered (or failed), serving
@@ -880,10 +914,11 @@ impl Task {
     fn abort(&mut self, consumer: &BaseConsumer<StreamCtx>, why: &str) -> Result<()> {
         let started = Instant::now();
         if self.guarantee == Guarantee::ExactlyOnce {
-            let producer = &self.producer;
             retry_txn(&self.settings, "abort_transaction", || {
-                producer.abort_transaction(TXN_TIMEOUT)
+                self.abort_open(TXN_TIMEOUT)
             })?;
+        } else {
+            self.drain();
         }
         self.producer.context().failed.store(0, Ordering::Relaxed);
         self.journal.roll_back(&mut self.parts);

@@ -279,10 +279,10 @@ pub fn encode(datum: &Datum<'_>, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::TagMap;
+    use crate::classify::Rules;
 
     fn schema(text: &str) -> CompiledSchema {
-        CompiledSchema::compile(text, &TagMap::default()).unwrap()
+        CompiledSchema::compile(text, &Rules::default()).unwrap()
     }
 
     #[test]

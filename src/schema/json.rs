@@ -252,7 +252,7 @@ pub fn render(s: &CompiledSchema, id: NodeId, d: &Datum<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::TagMap;
+    use crate::classify::Rules;
     use serde_json::json;
 
     fn schema() -> CompiledSchema {
@@ -264,7 +264,7 @@ mod tests {
                  {"type":"record","name":"Card","fields":[{"name":"last4","type":"string"}]},
                  {"type":"record","name":"Wallet","fields":[{"name":"provider","type":"string"}]}]},
               {"name":"tags","type":{"type":"array","items":"string"},"default":[]}]}"#,
-            &TagMap::default(),
+            &Rules::default(),
         )
         .unwrap()
     }

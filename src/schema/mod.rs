@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::classify::{self, FieldClass, Redact, TagMap};
+use crate::classify::{self, FieldClass, Redact, Rules};
 use crate::record::{Datum, Tier};
 
 /// Index of a node in a [`CompiledSchema`].
@@ -154,6 +154,22 @@ pub struct CompiledSchema {
     root: NodeId,
     has_hash: bool,
     envelope: Result<Envelope, String>,
+    overridden: Vec<OverrideHit>,
+}
+
+/// A topology override that matched a field of this schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideHit {
+    /// The record full name it is keyed by.
+    pub record: String,
+    /// The field path inside that record.
+    pub path: String,
+    /// The tier the schema gives the field.
+    pub schema_tier: Tier,
+    /// The override's tier. Below `schema_tier` it changes nothing (an
+    /// override never lowers a tier) and the topology is refused where the
+    /// schema is known in advance.
+    pub override_tier: Tier,
 }
 
 /// Positions of the canonical envelope fields in the root record.
@@ -188,7 +204,7 @@ impl CompiledSchema {
     /// A [`SchemaError`] when the text is not JSON, not valid Avro, or carries
     /// annotations that cannot be read (an unknown tier, `redact: hash` on a
     /// type that cannot be hashed).
-    pub fn compile(text: &str, tags: &TagMap) -> Result<Self, SchemaError> {
+    pub fn compile(text: &str, rules: &Rules) -> Result<Self, SchemaError> {
         let json: Value = serde_json::from_str(text)
             .map_err(|e| SchemaError::new("", format!("not JSON: {e}")))?;
         apache_avro::Schema::parse(&json)
@@ -196,8 +212,10 @@ impl CompiledSchema {
         let mut c = Compiler {
             nodes: Vec::new(),
             names: HashMap::new(),
-            tags,
+            rules,
             has_hash: false,
+            scopes: Vec::new(),
+            overridden: Vec::new(),
         };
         let root = c.parse(&json, None, "")?;
         let mut schema = CompiledSchema {
@@ -205,6 +223,7 @@ impl CompiledSchema {
             root,
             has_hash: c.has_hash,
             envelope: Err(String::new()),
+            overridden: c.overridden,
         };
         schema.envelope = schema.find_envelope();
         Ok(schema)
@@ -236,6 +255,23 @@ impl CompiledSchema {
     /// True when some field asks for `redact: hash`.
     pub fn has_hash(&self) -> bool {
         self.has_hash
+    }
+
+    /// Every named record with its fields.
+    pub fn records(&self) -> impl Iterator<Item = (&str, &[Field])> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match (&n.kind, &n.fullname) {
+                (Kind::Record(fields), Some(name)) => Some((name.as_str(), fields.as_slice())),
+                _ => None,
+            })
+    }
+
+    /// The topology overrides that matched a field of this schema, in schema
+    /// order: those that raised a tier, those that left it as it was, and
+    /// those that would have lowered it (and did not).
+    pub fn overridden(&self) -> &[OverrideHit] {
+        &self.overridden
     }
 
     /// The envelope view, or why this schema is not an event envelope.
@@ -365,8 +401,12 @@ fn hashable(nodes: &[Node], id: NodeId) -> bool {
 struct Compiler<'t> {
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
-    tags: &'t TagMap,
+    rules: &'t Rules,
     has_hash: bool,
+    /// The records being compiled, outermost first, each with the path from
+    /// it to the field being compiled: where overrides are looked up.
+    scopes: Vec<(String, String)>,
+    overridden: Vec<OverrideHit>,
 }
 
 const PRIMITIVES: [&str; 8] = [
@@ -534,10 +574,12 @@ impl Compiler<'_> {
             }
         };
         let id = self.push(kind, Some(fullname.clone()), Value::Object(attrs));
-        self.names.insert(fullname, id);
+        self.names.insert(fullname.clone(), id);
         if ty == "record" || ty == "error" {
-            let fields = self.parse_fields(o, own_ns.as_deref(), path)?;
-            self.nodes[id].kind = Kind::Record(fields);
+            self.scopes.push((fullname, String::new()));
+            let fields = self.parse_fields(o, own_ns.as_deref(), path);
+            self.scopes.pop();
+            self.nodes[id].kind = Kind::Record(fields?);
         }
         Ok(id)
     }
@@ -567,9 +609,27 @@ impl Compiler<'_> {
             let ty = f
                 .get("type")
                 .ok_or_else(|| SchemaError::new(&fpath, "a field needs a \"type\""))?;
-            let node = self.parse(ty, ns, &fpath)?;
-            let class = classify::classify_field(f, default, self.tags)
+            // Inside the field's type, every enclosing record's path goes
+            // through this field.
+            let outer: Vec<String> = self
+                .scopes
+                .iter_mut()
+                .map(|(_, p)| {
+                    let inner = join(p, name);
+                    std::mem::replace(p, inner)
+                })
+                .collect();
+            let node = self.parse(ty, ns, &fpath);
+            let field_paths: Vec<(String, String)> = self
+                .scopes
+                .iter_mut()
+                .zip(outer)
+                .map(|((record, p), before)| (record.clone(), std::mem::replace(p, before)))
+                .collect();
+            let node = node?;
+            let mut class = classify::classify_field(f, default, &self.rules.tags)
                 .map_err(|e| SchemaError::new(&fpath, e.to_string()))?;
+            self.apply_overrides(&mut class, field_paths);
             if class.redact == Redact::Hash {
                 self.has_hash = true;
                 if !hashable(&self.nodes, node) {
@@ -590,6 +650,32 @@ impl Compiler<'_> {
             });
         }
         Ok(fields)
+    }
+}
+
+impl Compiler<'_> {
+    /// Raises a field's tier to the strictest override that names it through
+    /// any enclosing record; never lowers it.
+    fn apply_overrides(&mut self, class: &mut FieldClass, paths: Vec<(String, String)>) {
+        if self.rules.overrides.is_empty() {
+            return;
+        }
+        let schema_tier = class.tier;
+        for (record, path) in paths {
+            let Some(floor) = self.rules.overrides.get(&record, &path) else {
+                continue;
+            };
+            if floor > class.tier {
+                class.tier = floor;
+                class.raised_from = Some(schema_tier);
+            }
+            self.overridden.push(OverrideHit {
+                record,
+                path,
+                schema_tier,
+                override_tier: floor,
+            });
+        }
     }
 }
 
@@ -687,7 +773,7 @@ mod tests {
                 {{"name":"schema_version","type":"int"}},{{"name":"privacy_tier","type":"string"}}]}}"#
             )
         };
-        let tags = TagMap::default();
+        let tags = Rules::default();
         for ok in [r#""long""#, r#"["null","long"]"#, r#"["long","null"]"#] {
             let s = CompiledSchema::compile(&text(ok), &tags).unwrap();
             assert!(s.envelope().is_ok(), "{ok}");

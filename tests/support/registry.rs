@@ -3,13 +3,27 @@
 //!
 //! * `GET /schemas/ids/{id}` → `200 {"schema": …}` (no `schemaType` for
 //!   Avro, as Confluent answers), `404 {"error_code": 40403, …}`;
-//! * `GET /subjects/{subject}/versions/latest` → `200 {"subject", "version",
-//!   "id", "schema"}`, `404 {"error_code": 40401, …}`;
+//! * `GET /subjects/{subject}/versions/{version|latest}` → `200 {"subject",
+//!   "version", "id", "schema"}`; `404 {"error_code": 40401}` for a missing
+//!   subject, `404 {"error_code": 40402}` for a missing version, `422
+//!   {"error_code": 42202}` for a version that is not a positive number;
+//! * `GET /subjects/{subject}/versions` → `[1, 2, …]`, `404 40401`;
 //! * `POST /subjects/{subject}/versions` with
 //!   `application/vnd.schemaregistry.v1+json` `{"schema": …}` → `200
 //!   {"id": …}`; the same schema (compared as parsed JSON) keeps its id in
 //!   every subject and is not added twice to a subject; a schema that is not
-//!   valid Avro → `422 {"error_code": 42201, …}`;
+//!   valid Avro → `422 {"error_code": 42201, …}`; a schema the subject's
+//!   compatibility level refuses → `409 {"error_code": 409, "message":
+//!   "Schema being registered is incompatible with an earlier schema for
+//!   subject …"}` (the level is `BACKWARD` unless set, as on Confluent;
+//!   checked with apache-avro's resolution rules);
+//! * `POST /compatibility/subjects/{subject}/versions/latest` → `200
+//!   {"is_compatible": …}` (with `"messages"` when `verbose=true`); a subject
+//!   without versions is compatible;
+//! * `GET /config`, `PUT /config`, `GET /config/{subject}`,
+//!   `PUT /config/{subject}` with `{"compatibility": LEVEL}` → the level
+//!   (`{"compatibilityLevel": …}` on GET, the request echoed on PUT), `422
+//!   {"error_code": 42203}` for an unknown level;
 //! * `GET /subjects` → the subject names.
 //!
 //! With credentials set, a request without the right basic-auth header
@@ -39,6 +53,90 @@ struct Store {
     schemas: Vec<(Value, String)>,
     /// Ids per subject, in version order.
     subjects: BTreeMap<String, Vec<u32>>,
+    /// The global compatibility level (`None`: BACKWARD, Confluent's default).
+    global_level: Option<String>,
+    /// Levels set per subject.
+    levels: BTreeMap<String, String>,
+}
+
+const LEVELS: [&str; 7] = [
+    "NONE",
+    "BACKWARD",
+    "BACKWARD_TRANSITIVE",
+    "FORWARD",
+    "FORWARD_TRANSITIVE",
+    "FULL",
+    "FULL_TRANSITIVE",
+];
+
+impl Store {
+    fn level(&self, subject: &str) -> &str {
+        self.levels
+            .get(subject)
+            .or(self.global_level.as_ref())
+            .map_or("BACKWARD", String::as_str)
+    }
+
+    /// Why `subject`'s level refuses `candidate` as its next version, if it
+    /// does: one message per earlier version it cannot be resolved with.
+    fn incompatibilities(&self, subject: &str, candidate: &str) -> Vec<String> {
+        let level = self.level(subject);
+        let ids = self.subjects.get(subject).map(Vec::as_slice).unwrap_or(&[]);
+        let against: &[u32] = match level {
+            "NONE" => &[],
+            l if l.ends_with("_TRANSITIVE") => ids,
+            _ => ids.last().map(std::slice::from_ref).unwrap_or(&[]),
+        };
+        let Ok(new) = apache_avro::Schema::parse_str(candidate) else {
+            return vec!["the schema is not valid Avro".to_owned()];
+        };
+        let mut out = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if !against.contains(id) {
+                continue;
+            }
+            let old = apache_avro::Schema::parse_str(&self.schemas[*id as usize - 1].1)
+                .expect("stored schemas parse");
+            let backward = level.starts_with("BACKWARD") || level.starts_with("FULL");
+            let forward = level.starts_with("FORWARD") || level.starts_with("FULL");
+            use apache_avro::schema_compatibility::SchemaCompatibility;
+            if backward {
+                if let Err(e) = SchemaCompatibility::can_read(&old, &new) {
+                    out.push(format!(
+                        "{{oldSchemaVersion: {}, compatibility: '{level}', description: 'the new schema cannot read data written with version {}: {e}'}}",
+                        i + 1,
+                        i + 1
+                    ));
+                }
+            }
+            if forward {
+                if let Err(e) = SchemaCompatibility::can_read(&new, &old) {
+                    out.push(format!(
+                        "{{oldSchemaVersion: {}, compatibility: '{level}', description: 'version {} cannot read data written with the new schema: {e}'}}",
+                        i + 1,
+                        i + 1
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Registers `text` (already valid) under `subject`, returning its id.
+    fn add(&mut self, subject: &str, parsed: Value, text: &str) -> u32 {
+        let id = match self.schemas.iter().position(|(v, _)| *v == parsed) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.schemas.push((parsed, text.to_owned()));
+                self.schemas.len() as u32
+            }
+        };
+        let versions = self.subjects.entry(subject.to_owned()).or_default();
+        if !versions.contains(&id) {
+            versions.push(id);
+        }
+        id
+    }
 }
 
 /// The shared state and fault switches.
@@ -59,6 +157,8 @@ pub struct Inner {
     pub requests: AtomicU64,
     /// `user:password` required in basic auth, if set.
     pub credentials: Mutex<Option<String>>,
+    /// Registrations refused as incompatible (409).
+    pub refusals: AtomicU64,
 }
 
 /// A running stand-in.
@@ -147,7 +247,53 @@ async fn by_id(
     }
 }
 
-async fn latest(
+async fn version(
+    State(inner): State<Arc<Inner>>,
+    Path((subject, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&inner, &headers) {
+        return r;
+    }
+    let store = inner.store.lock().unwrap();
+    let Some(ids) = store.subjects.get(&subject).filter(|ids| !ids.is_empty()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            40401,
+            &format!("Subject '{subject}' not found."),
+        );
+    };
+    let n = match version.as_str() {
+        "latest" | "-1" => ids.len(),
+        v => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    42202,
+                    &format!(
+                        "The specified version '{version}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
+                    ),
+                )
+            }
+        },
+    };
+    match ids.get(n - 1) {
+        Some(id) => ok(json!({
+            "subject": subject,
+            "version": n,
+            "id": id,
+            "schema": store.schemas[*id as usize - 1].1,
+        })),
+        None => error(
+            StatusCode::NOT_FOUND,
+            40402,
+            &format!("Version {n} not found."),
+        ),
+    }
+}
+
+async fn versions(
     State(inner): State<Arc<Inner>>,
     Path(subject): Path<String>,
     headers: HeaderMap,
@@ -156,22 +302,115 @@ async fn latest(
         return r;
     }
     let store = inner.store.lock().unwrap();
-    match store.subjects.get(&subject) {
-        Some(ids) if !ids.is_empty() => {
-            let id = *ids.last().unwrap();
-            ok(json!({
-                "subject": subject,
-                "version": ids.len(),
-                "id": id,
-                "schema": store.schemas[id as usize - 1].1,
-            }))
-        }
-        _ => error(
+    match store.subjects.get(&subject).filter(|ids| !ids.is_empty()) {
+        Some(ids) => ok(json!((1..=ids.len()).collect::<Vec<_>>())),
+        None => error(
             StatusCode::NOT_FOUND,
             40401,
             &format!("Subject '{subject}' not found."),
         ),
     }
+}
+
+/// The `schema` of a request body, or the error Confluent answers.
+fn requested_schema(body: &[u8]) -> Result<(Value, String), Response> {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return Err(error(StatusCode::BAD_REQUEST, 400, "Unrecognized field"));
+    };
+    let Some(text) = req.get("schema").and_then(Value::as_str) else {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            "Empty schema",
+        ));
+    };
+    if req
+        .get("schemaType")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "AVRO")
+    {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            "Invalid schema",
+        ));
+    }
+    if apache_avro::Schema::parse_str(text).is_err() {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            "Either the input schema or one its references is invalid",
+        ));
+    }
+    Ok((serde_json::from_str(text).unwrap(), text.to_owned()))
+}
+
+async fn compatibility(
+    State(inner): State<Arc<Inner>>,
+    Path(subject): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = gate(&inner, &headers) {
+        return r;
+    }
+    let (_, text) = match requested_schema(&body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let store = inner.store.lock().unwrap();
+    let messages = store.incompatibilities(&subject, &text);
+    let mut answer = json!({ "is_compatible": messages.is_empty() });
+    if query.as_deref().is_some_and(|q| q.contains("verbose=true")) {
+        answer["messages"] = json!(messages);
+    }
+    ok(answer)
+}
+
+async fn get_config(
+    State(inner): State<Arc<Inner>>,
+    subject: Option<Path<String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&inner, &headers) {
+        return r;
+    }
+    let store = inner.store.lock().unwrap();
+    let level = match &subject {
+        Some(Path(s)) => store.level(s).to_owned(),
+        None => store.level("").to_owned(),
+    };
+    ok(json!({ "compatibilityLevel": level }))
+}
+
+async fn put_config(
+    State(inner): State<Arc<Inner>>,
+    subject: Option<Path<String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = gate(&inner, &headers) {
+        return r;
+    }
+    let level = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("compatibility")?.as_str().map(str::to_owned));
+    let Some(level) = level.filter(|l| LEVELS.contains(&l.as_str())) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42203,
+            "Invalid compatibility level. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive",
+        );
+    };
+    let mut store = inner.store.lock().unwrap();
+    match subject {
+        Some(Path(s)) => {
+            store.levels.insert(s, level.clone());
+        }
+        None => store.global_level = Some(level.clone()),
+    }
+    ok(json!({ "compatibility": level }))
 }
 
 async fn register(
@@ -183,39 +422,33 @@ async fn register(
     if let Some(r) = gate(&inner, &headers) {
         return r;
     }
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, 400, "Unrecognized field");
+    let (parsed, text) = match requested_schema(&body) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let Some(text) = req.get("schema").and_then(Value::as_str) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Empty schema");
-    };
-    if req
-        .get("schemaType")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "AVRO")
-    {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid schema");
+    let mut store = inner.store.lock().unwrap();
+    // Already a version of this subject: its id, whatever the level says.
+    let existing = store.subjects.get(&subject).and_then(|ids| {
+        ids.iter()
+            .find(|id| store.schemas[**id as usize - 1].0 == parsed)
+            .copied()
+    });
+    if let Some(id) = existing {
+        return ok(json!({ "id": id }));
     }
-    if apache_avro::Schema::parse_str(text).is_err() {
+    let messages = store.incompatibilities(&subject, &text);
+    if !messages.is_empty() {
+        inner.refusals.fetch_add(1, Ordering::SeqCst);
         return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            42201,
-            "Either the input schema or one its references is invalid",
+            StatusCode::CONFLICT,
+            409,
+            &format!(
+                "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]",
+                messages.join(", ")
+            ),
         );
     }
-    let parsed: Value = serde_json::from_str(text).unwrap();
-    let mut store = inner.store.lock().unwrap();
-    let id = match store.schemas.iter().position(|(v, _)| *v == parsed) {
-        Some(i) => i as u32 + 1,
-        None => {
-            store.schemas.push((parsed, text.to_owned()));
-            store.schemas.len() as u32
-        }
-    };
-    let versions = store.subjects.entry(subject).or_default();
-    if !versions.contains(&id) {
-        versions.push(id);
-    }
+    let id = store.add(&subject, parsed, &text);
     ok(json!({ "id": id }))
 }
 
@@ -234,11 +467,14 @@ impl Registry {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/schemas/ids/{id}", get(by_id))
-            .route("/subjects/{subject}/versions/latest", get(latest))
+            .route("/subjects/{subject}/versions/{version}", get(version))
+            .route("/subjects/{subject}/versions", get(versions).post(register))
             .route(
-                "/subjects/{subject}/versions",
-                axum::routing::post(register),
+                "/compatibility/subjects/{subject}/versions/latest",
+                axum::routing::post(compatibility),
             )
+            .route("/config", get(get_config).put(put_config))
+            .route("/config/{subject}", get(get_config).put(put_config))
             .route("/subjects", get(subjects))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -252,22 +488,25 @@ impl Registry {
         }
     }
 
-    /// Registers directly (as a producer's serializer would), returning the id.
+    /// Registers directly (as a producer's serializer would, with the
+    /// subject's compatibility level ignored), returning the id.
     pub fn register(&self, subject: &str, schema: &str) -> u32 {
         let parsed: Value = serde_json::from_str(schema).unwrap();
-        let mut store = self.inner.store.lock().unwrap();
-        let id = match store.schemas.iter().position(|(v, _)| *v == parsed) {
-            Some(i) => i as u32 + 1,
-            None => {
-                store.schemas.push((parsed, schema.to_owned()));
-                store.schemas.len() as u32
-            }
-        };
-        let versions = store.subjects.entry(subject.to_owned()).or_default();
-        if !versions.contains(&id) {
-            versions.push(id);
-        }
-        id
+        self.inner
+            .store
+            .lock()
+            .unwrap()
+            .add(subject, parsed, schema)
+    }
+
+    /// Sets a subject's compatibility level (`NONE`, `BACKWARD`, …).
+    pub fn set_level(&self, subject: &str, level: &str) {
+        self.inner
+            .store
+            .lock()
+            .unwrap()
+            .levels
+            .insert(subject.to_owned(), level.to_owned());
     }
 
     /// The schema text of an id.
