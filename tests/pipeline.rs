@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use privacy_router::config::Topology;
 use privacy_router::order::{MemoryStore, VersionStore};
-use privacy_router::pipeline::{Engine, Outcome, Routed, SchemaLookup};
+use privacy_router::pipeline::{Engine, LookupError, Outcome, Routed, SchemaLookup};
 use privacy_router::project::Hasher;
 use privacy_router::record::{OutRecord, RawRecord, Reason, Source};
 use privacy_router::registry::{file, MemoryRegistry};
@@ -706,5 +706,254 @@ fn a_per_event_type_subject_overrides_the_template() {
     assert_eq!(
         routed(d.pipe_json(&user_created(1))).verdict.label(),
         "accepted"
+    );
+}
+
+// ------------------------------------------------------- schema evolution
+
+const USER_CREATED_SUBJECT: &str = "events.raw-com.privacyrouter.events.user.UserCreated";
+
+/// Version 2 of user.created as a producer would register it: the
+/// restricted `date_of_birth` removed, `locale` relabelled public.
+fn user_created_v2(d: &Driver) -> String {
+    let v1 = &d
+        .events
+        .iter()
+        .find(|e| e.event_type == "user.created")
+        .unwrap()
+        .text;
+    let mut s: Value = serde_json::from_str(v1).unwrap();
+    let data = s["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "data")
+        .unwrap();
+    let fields = data["type"]["fields"].as_array_mut().unwrap();
+    fields.retain(|f| f["name"] != "date_of_birth");
+    let locale = fields.iter_mut().find(|f| f["name"] == "locale").unwrap();
+    locale["privacy"] = json!("public");
+    s.to_string()
+}
+
+fn with_schema_version(mut v: Value, n: i64) -> Value {
+    v["schema_version"] = json!(n);
+    v
+}
+
+#[test]
+fn a_json_event_is_read_with_the_schema_version_it_names() {
+    let mut d = Driver::default_topology();
+    let v2 = user_created_v2(&d);
+    d.registry.register(USER_CREATED_SUBJECT, &v2).unwrap();
+    assert_eq!(d.registry.versions(USER_CREATED_SUBJECT).unwrap(), [1, 2]);
+
+    // A version 1 event after version 2 exists: read with version 1, so
+    // `locale` stays internal (v2's public label is not its own) and the
+    // restricted `date_of_birth` that v2 removed is not lost.
+    let r = routed(d.pipe_json(&user_created(1)));
+    let [public, internal, restricted] = [0, 1, 2].map(|i| r.records[i].clone());
+    let p = d.decode(&public);
+    assert!(p["data"].get("locale").is_none(), "{p}");
+    assert!(!contains(public.value.as_deref().unwrap(), "pt-PT"));
+    assert_eq!(d.decode(&internal)["data"]["locale"], json!("pt-PT"));
+    let full = d.decode(&restricted);
+    assert_eq!(full["data"]["date_of_birth"], json!("1991-02-03"));
+    assert_eq!(full["schema_version"], json!(1));
+
+    // A version 2 event: `locale` is public now, `date_of_birth` is not in
+    // its schema (a key its own version does not know is not forwarded).
+    let r = routed(d.pipe_json(&with_schema_version(user_created(2), 2)));
+    let [public, internal, restricted] = [0, 1, 2].map(|i| r.records[i].clone());
+    assert_eq!(d.decode(&public)["data"]["locale"], json!("pt-PT"));
+    assert_eq!(d.decode(&internal)["data"]["locale"], json!("pt-PT"));
+    let full = d.decode(&restricted);
+    assert!(full["data"].get("date_of_birth").is_none(), "{full}");
+    assert_eq!(full["data"]["email"], json!("sentinel.person@example.org"));
+    for rec in [&public, &internal] {
+        for pii in PII.iter().filter(|p| **p != "1991-02-03") {
+            assert!(!contains(rec.value.as_deref().unwrap(), pii), "{pii}");
+        }
+    }
+
+    // A version the subject does not have: dead-lettered, never read with
+    // another version.
+    let (record, reason, detail) = rejected(d.pipe_json(&with_schema_version(user_created(3), 3)));
+    assert_eq!(reason, Reason::UnknownSchemaVersion, "{detail}");
+    assert!(detail.contains(USER_CREATED_SUBJECT), "{detail}");
+    assert!(detail.contains("version 3"), "{detail}");
+    assert_eq!(
+        record.value.as_deref(),
+        Some(&serde_json::to_vec(&with_schema_version(user_created(3), 3)).unwrap()[..])
+    );
+    // A missing or malformed schema_version is a dead letter too.
+    let mut none = user_created(3);
+    none.as_object_mut().unwrap().remove("schema_version");
+    let (_, reason, _) = rejected(d.pipe_json(&none));
+    assert_eq!(reason, Reason::InvalidSchemaVersion);
+}
+
+#[test]
+fn the_topology_maps_producer_versions_to_subject_versions() {
+    let mut d = Driver::with("event_types:\n  user.created:\n    versions: {7: 2, 6: 1}\n");
+    let v2 = user_created_v2(&d);
+    d.registry.register(USER_CREATED_SUBJECT, &v2).unwrap();
+    let r = routed(d.pipe_json(&with_schema_version(user_created(1), 7)));
+    assert_eq!(d.decode(&r.records[0])["data"]["locale"], json!("pt-PT"));
+    let r = routed(d.pipe_json(&with_schema_version(user_created(2), 6)));
+    assert!(d.decode(&r.records[0])["data"].get("locale").is_none());
+    // With a map, an unmapped version is refused rather than guessed.
+    let (_, reason, detail) = rejected(d.pipe_json(&user_created(3)));
+    assert_eq!(reason, Reason::UnknownSchemaVersion);
+    assert!(
+        detail.contains("not one of the versions the topology maps"),
+        "{detail}"
+    );
+}
+
+/// A registry that refuses registrations under some subjects, as Confluent
+/// does for an incompatible schema (409).
+struct Refusing<'a> {
+    inner: &'a mut MemoryRegistry,
+    refuse: &'a str,
+    registrations: usize,
+}
+
+impl SchemaLookup for Refusing<'_> {
+    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, LookupError> {
+        self.inner.schema_by_id(id)
+    }
+    fn latest(&mut self, subject: &str) -> Result<(u32, Arc<str>), LookupError> {
+        self.inner.latest(subject)
+    }
+    fn version(&mut self, subject: &str, version: u32) -> Result<(u32, Arc<str>), LookupError> {
+        self.inner.version(subject, version)
+    }
+    fn subjects(&mut self) -> Result<Vec<String>, LookupError> {
+        SchemaLookup::subjects(self.inner)
+    }
+    fn versions(&mut self, subject: &str) -> Result<Vec<u32>, LookupError> {
+        self.inner.versions(subject)
+    }
+    fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError> {
+        self.registrations += 1;
+        if subject == self.refuse {
+            return Err(LookupError::Refused(format!(
+                "HTTP 409: Schema being registered is incompatible with an earlier schema for subject \"{subject}\""
+            )));
+        }
+        self.inner.register(subject, schema)
+    }
+}
+
+#[test]
+fn a_refused_derived_schema_dead_letters_its_events_and_nothing_else() {
+    let mut d = Driver::default_topology();
+    let refused = "events.public-com.privacyrouter.events.user.UserCreated";
+    let mut reg = Refusing {
+        inner: &mut d.registry,
+        refuse: refused,
+        registrations: 0,
+    };
+    let source = Source {
+        topic: Arc::from("events.raw"),
+        partition: 0,
+        offset: 7,
+    };
+    let mut pipe =
+        |engine: &mut Engine, store: &mut MemoryStore, reg: &mut Refusing<'_>, v: &Value| {
+            let value = serde_json::to_vec(v).unwrap();
+            let raw = RawRecord {
+                source: &source,
+                key: None,
+                value: Some(&value),
+                headers: &[],
+            };
+            (engine.process(&raw, store, reg).unwrap(), value)
+        };
+    let (out, value) = pipe(&mut d.engine, &mut d.store, &mut reg, &user_created(1));
+    let (record, reason, detail) = rejected(out);
+    assert_eq!(reason, Reason::DerivedSchemaRejected);
+    assert!(detail.contains(refused), "{detail}");
+    assert!(detail.contains("incompatible"), "{detail}");
+    assert!(!detail.contains("sentinel"), "{detail}");
+    assert_eq!(
+        record.value.as_deref(),
+        Some(&value[..]),
+        "unchanged, replayable"
+    );
+    assert_eq!(
+        record.header("x-error-reason"),
+        Some(&b"derived_schema_rejected"[..])
+    );
+    // The version was not recorded: the event can be replayed later.
+    assert_eq!(d.store.last_version(b"user/65a1b2c3d4e5f60718293a4b"), None);
+    let refusals = d.engine.take_refusals();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].subject, refused);
+
+    // The next event of the type is dead-lettered without asking again…
+    let before = reg.registrations;
+    let (out, _) = pipe(&mut d.engine, &mut d.store, &mut reg, &user_created(1));
+    assert_eq!(rejected(out).1, Reason::DerivedSchemaRejected);
+    assert_eq!(reg.registrations, before);
+    assert!(d.engine.take_refusals().is_empty(), "logged once");
+    // …while every other event type keeps flowing.
+    let mut login = json!({
+        "event_id": "0b6f5f0e-7c57-4d0e-9a31-6d1f1c2b8e03", "event_type": "user.login_failed",
+        "entity_type": "user", "entity_id": "u1", "entity_version": 1, "occurred_at": "2026-05-01T12:00:00Z",
+        "producer": "auth", "actor": {"actor_type": "SYSTEM"}, "schema_version": 1, "privacy_tier": "restricted",
+    });
+    login["data"] = d_login_failed();
+    let (out, _) = pipe(&mut d.engine, &mut d.store, &mut reg, &login);
+    routed(out);
+}
+
+#[test]
+fn an_override_raises_a_tier_in_every_version_and_never_lowers_one() {
+    let yaml = "classification:\n  overrides:\n    com.privacyrouter.events.user.UserCreatedData:\n      locale: restricted\n      email: public\n";
+    let mut d = Driver::with(yaml);
+    let v2 = user_created_v2(&d);
+    d.registry.register(USER_CREATED_SUBJECT, &v2).unwrap();
+    for (n, v) in [
+        (1, user_created(1)),
+        (2, with_schema_version(user_created(2), 2)),
+    ] {
+        let r = routed(d.pipe_json(&v));
+        let [public, internal, restricted] = [0, 1, 2].map(|i| r.records[i].clone());
+        assert!(d.decode(&public)["data"].get("locale").is_none(), "v{n}");
+        assert!(d.decode(&internal)["data"].get("locale").is_none(), "v{n}");
+        assert_eq!(
+            d.decode(&restricted)["data"]["locale"],
+            json!("pt-PT"),
+            "v{n}"
+        );
+        // `email: public` would lower it: it stays restricted (hashed below).
+        assert!(
+            !contains(public.value.as_deref().unwrap(), "sentinel.person"),
+            "v{n}"
+        );
+    }
+    // …and the topology is refused for trying.
+    let topology = Topology::parse(Path::new("t.yaml"), yaml).unwrap();
+    let catalogue = privacy_router::registry::Catalogue::read(
+        &mut d.registry,
+        &topology.engine.subjects,
+        &topology.spec.input.topics,
+        "the test registry",
+    )
+    .unwrap();
+    let found = privacy_router::config::schemas::check(&topology, &catalogue);
+    let paths: Vec<&str> = found.errors.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["classification.overrides.com.privacyrouter.events.user.UserCreatedData.email"],
+        "{:?}",
+        found.errors
+    );
+    assert!(
+        found.errors[0].message.contains("would lower"),
+        "{:?}",
+        found.errors
     );
 }
