@@ -484,6 +484,10 @@ pub fn load_file_registry(
     )
     .map_err(|e| anyhow::anyhow!("reading the schemas of {}: {e}", dir.display()))?;
     check_against(topology, &catalogue)?;
+    // Derived schemas from here on meet Confluent's default compatibility,
+    // so a refusal shows up in replay and the demo as it would in production.
+    let mut reg = reg;
+    reg.registry.enforce_backward(true);
     Ok(reg)
 }
 

@@ -21,14 +21,42 @@ use crate::pipeline::SubjectNaming;
 pub use crate::pipeline::{LookupError, SchemaLookup};
 
 /// An in-memory registry with Confluent's id semantics: the same schema
-/// (compared as JSON) gets the same global id in every subject.
+/// (compared as JSON) gets the same global id in every subject. With
+/// [`MemoryRegistry::enforce_backward`], a registration that cannot read
+/// the subject's latest version is refused as Confluent's default
+/// (`BACKWARD`) refuses it, so `replay` and the demo dead-letter what a
+/// production registry would refuse.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRegistry {
     by_id: Vec<(Value, Arc<str>)>,
     subjects: HashMap<String, Vec<u32>>,
+    backward: bool,
 }
 
 impl MemoryRegistry {
+    /// Refuses (or stops refusing) registrations that are not backward
+    /// compatible with the subject's latest version.
+    pub fn enforce_backward(&mut self, on: bool) {
+        self.backward = on;
+    }
+
+    /// Why `schema` cannot be `subject`'s next version under `BACKWARD`.
+    fn incompatible(&self, subject: &str, schema: &str) -> Option<String> {
+        let latest = *self.subjects.get(subject)?.last()?;
+        let old = apache_avro::Schema::parse_str(&self.by_id[latest as usize - 1].1).ok()?;
+        let new = match apache_avro::Schema::parse_str(schema) {
+            Ok(s) => s,
+            Err(e) => return Some(format!("invalid schema: {e}")),
+        };
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new)
+            .err()
+            .map(|e| {
+                format!(
+                    "Schema being registered is incompatible with an earlier schema for subject \"{subject}\" (BACKWARD): {e}"
+                )
+            })
+    }
+
     /// Every subject with its versions' ids, sorted by subject.
     pub fn subject_ids(&self) -> Vec<(&str, &[u32])> {
         let mut v: Vec<_> = self
@@ -82,6 +110,15 @@ impl SchemaLookup for MemoryRegistry {
     fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError> {
         let parsed: Value = serde_json::from_str(schema)
             .map_err(|e| LookupError::Refused(format!("not JSON: {e}")))?;
+        let known = self.subjects.get(subject).is_some_and(|ids| {
+            ids.iter()
+                .any(|id| self.by_id[*id as usize - 1].0 == parsed)
+        });
+        if self.backward && !known {
+            if let Some(why) = self.incompatible(subject, schema) {
+                return Err(LookupError::Refused(why));
+            }
+        }
         let id = match self.by_id.iter().position(|(v, _)| *v == parsed) {
             Some(i) => i as u32 + 1,
             None => {
@@ -229,6 +266,22 @@ impl Catalogue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backward_refuses_what_cannot_read_the_latest_version() {
+        let mut r = MemoryRegistry::default();
+        let v1 = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
+        let v2 = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"string"}]}"#;
+        let v2d = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"string","default":"x"}]}"#;
+        r.register("s", v1).unwrap();
+        r.enforce_backward(true);
+        assert!(matches!(r.register("s", v2), Err(LookupError::Refused(m)) if m.contains("incompatible")));
+        assert!(r.register("s", v2d).is_ok());
+        // Registering a known version again is always accepted.
+        assert!(r.register("s", v1).is_ok());
+        r.enforce_backward(false);
+        assert!(r.register("s", v2).is_ok());
+    }
 
     #[test]
     fn same_schema_same_id_across_subjects() {

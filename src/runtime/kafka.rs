@@ -147,7 +147,12 @@ impl Connection {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5");
         if guarantee == Guarantee::ExactlyOnce {
-            c.set("transactional.id", transactional_id);
+            // 10 s, as Kafka Streams sets under exactly-once (librdkafka's
+            // default is 60 s): a crashed instance's open transaction holds
+            // back read_committed readers of every partition it wrote to
+            // until the broker aborts it at this timeout.
+            c.set("transactional.id", transactional_id)
+                .set("transaction.timeout.ms", "10000");
         }
         self.finish(c)
     }

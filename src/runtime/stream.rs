@@ -160,7 +160,7 @@ impl ConsumerContext for StreamCtx {
         let Some(task) = guard.as_mut() else { return };
         match rebalance {
             Rebalance::Revoke(tpl) => task.on_revoke(consumer, tpl),
-            Rebalance::Assign(tpl) => task.on_assign(tpl),
+            Rebalance::Assign(tpl) => task.on_assign(consumer, tpl),
             Rebalance::Error(e) => warn!(error = %e, "Rebalance failed."),
         }
     }
@@ -448,8 +448,29 @@ fn retry_txn(
                 warn!(call = what, error = %e, "Transactional call failed; retrying.");
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(e) => return Err(anyhow!(e).context(what.to_owned())),
+            Err(e) => return Err(txn_failure(e, what)),
         }
+    }
+}
+
+/// A transactional call's failure as the operator should read it: a fenced
+/// producer is named as such (another instance owns the partitions now;
+/// nothing of this one's open transaction is committed).
+fn txn_failure(e: KafkaError, what: &str) -> anyhow::Error {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::FencedInstanceId
+                | RDKafkaErrorCode::Fenced
+        )
+    );
+    if fenced {
+        tracing::error!(call = what, error = %e, "This instance was fenced: another instance took over its partitions while it was away. Its open transaction is not committed; exiting.");
+        anyhow!(e).context(format!("{what}: fenced by another instance"))
+    } else {
+        anyhow!(e).context(what.to_owned())
     }
 }
 
@@ -459,6 +480,10 @@ fn retriable(e: &KafkaError) -> bool {
         KafkaError::Flush(_) => true,
         _ => false,
     }
+}
+
+fn guarantee_is_exactly_once(g: Guarantee) -> bool {
+    g == Guarantee::ExactlyOnce
 }
 
 fn requires_abort(e: &KafkaError) -> bool {
@@ -821,7 +846,7 @@ impl Task {
                             warn!(error = %e, "Commit not finished; retrying.");
                             std::thread::sleep(Duration::from_millis(100));
                         }
-                        Err(e) => return Err(anyhow!(e).context("committing the transaction")),
+                        Err(e) => return Err(txn_failure(e, "committing the transaction")),
                     }
                 }
             }
@@ -971,8 +996,36 @@ impl Task {
         self.gauges();
     }
 
-    fn on_assign(&mut self, tpl: &TopicPartitionList) {
+    fn on_assign(&mut self, consumer: &BaseConsumer<StreamCtx>, tpl: &TopicPartitionList) {
         self.settings.health.set_ready(false, "restoring state");
+        // Before restoring: wait until no transaction of a previous owner
+        // still holds offsets of these partitions (KIP-447). Asking for the
+        // committed offsets of a read_committed consumer does that (the
+        // group coordinator answers UNSTABLE_OFFSET_COMMIT until the
+        // transaction commits or aborts); restoring first could miss the
+        // changelog records such a transaction then commits.
+        if guarantee_is_exactly_once(self.guarantee) {
+            let started = Instant::now();
+            match consumer.committed_offsets(tpl.clone(), TXN_TIMEOUT) {
+                Ok(_) => {
+                    let waited = started.elapsed();
+                    if waited > Duration::from_secs(1) {
+                        info!(
+                            waited_ms = waited.as_millis() as u64,
+                            "Waited for a previous owner's transaction to end before restoring."
+                        );
+                    }
+                }
+                Err(e) => {
+                    if !self.stopping() {
+                        self.fatal = Some(anyhow!(e).context(
+                            "reading the committed offsets of newly assigned partitions",
+                        ));
+                    }
+                    return;
+                }
+            }
+        }
         for el in tpl.elements() {
             let topic = self.input(el.topic());
             self.assigned.insert((topic, el.partition()));
