@@ -14,8 +14,10 @@ use indicatif::ProgressBar;
 
 use crate::config::{self, Topology, TopologyError};
 use crate::demo::{self, DemoConfig};
-use crate::inspect::check::{self, CheckOptions, HashKey};
-use crate::inspect::{describe, report};
+use crate::inspect::candidate::{self, Candidate};
+use crate::inspect::check::{self, CheckOptions, HashKey, SchemaInput};
+use crate::inspect::describe::OverrideEffects;
+use crate::inspect::{describe, inspect_all, override_effects, report, Schemas};
 use crate::pipeline::Engine;
 use crate::project::Hasher;
 use crate::registry::confluent::{ConfluentConfig, ConfluentRegistry};
@@ -36,6 +38,8 @@ use crate::telemetry::Metrics;
   PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production privacy-router replay samples/events.jsonl
   privacy-router sample --count 200000 --format framed > events.bin
   privacy-router check --topology topology/default.yaml --schemas avro
+  privacy-router check --registry-url http://registry:8081 --schema user.created.avsc \
+      --subject events.raw-com.privacyrouter.events.user.UserCreated
   privacy-router describe --format mermaid
   privacy-router privacy-report --format html -o privacy-report.html")]
 pub struct Cli {
@@ -89,12 +93,20 @@ topology's schemas.folder, avro/).")]
   privacy-router sample --count 300 > samples/events.jsonl
   privacy-router sample --count 200000 --no-anomalies --format framed -o load.bin")]
     Sample(SampleArgs),
-    /// Check a topology and every schema it reads, reporting every problem
-    /// at once with its file and path, and list the fields that fall to the
-    /// fail-closed default or take their tier from tags. Needs no broker,
-    /// registry or hash key; exits non-zero on errors (for producers' CI).
+    /// Check a topology and every schema it reads (the schema folder, or
+    /// every version of every input subject in the registry given by
+    /// --registry-url), reporting every problem at once with its file or
+    /// subject version and path; list the fields that fall to the
+    /// fail-closed default or take their tier from tags, and what each
+    /// override changes. With --schema and --subject, check a new writer
+    /// schema before registering it: what each tier would gain and lose, and
+    /// whether the registry would accept its derived tier schemas. Needs no
+    /// broker or hash key; exits non-zero on errors (for producers' CI).
     #[command(after_help = "Examples:
   privacy-router check --topology topology/default.yaml --schemas avro
+  privacy-router check --registry-url http://registry:8081       # what production reads
+  privacy-router check --registry-url http://registry:8081 \\
+      --schema user.created.avsc --subject events.raw-com.privacyrouter.events.user.UserCreated
   privacy-router check --format json > check.json       # for CI tools
   privacy-router check --strict                          # warnings fail too
   privacy-router check --allow-fail-closed               # unlabelled fields only warn
@@ -102,26 +114,37 @@ topology's schemas.folder, avro/).")]
 Errors: topology problems, schemas that do not compile with the engine's rules
 or are not an event envelope, and fields with no label, no mapped tag and no
 default from their own record (they fall to the fail-closed default,
-restricted). Warnings: unmapped confluent:tags, tier limits for event types
-without a schema, a hash key that is too short. Exit status 1 on any error.")]
+restricted); with --schema also a subject that is not an input subject, and a
+writer or derived tier schema the registry would refuse (its events would be
+dead-lettered as derived_schema_rejected). Warnings: unmapped confluent:tags,
+unused tags, a hash key that is too short. Exit status 1 on any error.")]
     Check(CheckArgs),
     /// Print the topology as a graph, like Kafka Streams'
     /// Topology#describe(): input topics, the stages, the state store and
     /// its changelog, the tier and dead-letter topics, tier limits,
-    /// policies and the processing guarantee.
+    /// overrides and what they change, policies and the processing
+    /// guarantee.
     #[command(after_help = "Examples:
   privacy-router describe --topology topology/default.yaml
-  privacy-router describe --format mermaid > topology.mmd")]
+  privacy-router describe --format mermaid > topology.mmd
+  privacy-router describe --registry-url http://registry:8081   # overrides against the registry
+
+Schemas are read only when the topology has classification.overrides, to say
+what each one changes; when they cannot be read, describe says so and goes on.")]
     Describe(DescribeArgs),
-    /// Write the privacy report: for every event type, which field reaches
-    /// which tier and how (kept, hashed, removed), computed with the
-    /// engine's own rule and the topology's tier limits.
+    /// Write the privacy report: for every version of every event type's
+    /// schema, which field reaches which tier and how (kept, hashed,
+    /// removed), computed with the engine's own rule and the topology's tier
+    /// limits and overrides; with a sign-off block for the reviewer.
     #[command(after_help = "Examples:
   privacy-router privacy-report > privacy-report.md
+  privacy-router privacy-report --registry-url http://registry:8081 --format html -o privacy-report.html
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) privacy-router privacy-report --format html -o privacy-report.html
 
-The report is dated only when SOURCE_DATE_EPOCH is set, so the same inputs
-give the same bytes.")]
+With --registry-url the report covers every version of every input subject in
+the registry production uses, naming each subject, version and schema id. It
+is dated with SOURCE_DATE_EPOCH when set (the same inputs then give the same
+bytes), else with the current time.")]
     PrivacyReport(ReportArgs),
 }
 
@@ -140,6 +163,16 @@ pub struct CheckArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub registry: RegistryArgs,
+    /// A new writer schema (the whole envelope, JSON) to check before it is
+    /// registered: needs --subject and --registry-url.
+    #[arg(long, value_name = "FILE.avsc", requires = "subject")]
+    pub schema: Option<PathBuf>,
+    /// The input subject --schema is meant for.
+    #[arg(long, requires = "schema")]
+    pub subject: Option<String>,
     /// Output layout.
     #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
     pub format: CheckFormat,
@@ -164,13 +197,12 @@ pub enum DescribeFormat {
 /// `describe` flags.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// Topology file.
-    #[arg(
-        long,
-        default_value = "topology/default.yaml",
-        env = "PRIVACY_ROUTER_TOPOLOGY"
-    )]
-    pub topology: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub registry: RegistryArgs,
     /// Output layout.
     #[arg(long, value_enum, default_value_t = DescribeFormat::Text)]
     pub format: DescribeFormat,
@@ -191,6 +223,9 @@ pub struct ReportArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub registry: RegistryArgs,
     /// Output layout.
     #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
     pub format: ReportFormat,
@@ -784,25 +819,124 @@ fn run_sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// The registry settings of `check`, `describe` and `privacy-report`, when
+/// a URL is given.
+fn confluent_config(args: &RegistryArgs) -> Option<ConfluentConfig> {
+    let urls: Vec<String> = args
+        .registry_url
+        .iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    (!urls.is_empty()).then(|| ConfluentConfig {
+        urls,
+        username: args.registry_user.clone(),
+        password: args.registry_password.clone(),
+        ca_file: args.registry_ca_file.clone(),
+        cert_file: args.registry_cert_file.clone(),
+        key_file: args.registry_key_file.clone(),
+        timeout: Duration::from_millis(args.registry_timeout_ms),
+    })
+}
+
+/// A registry client with the runtime its calls wait on (kept alive as long
+/// as the client). Its blocking calls are made from this thread, which is
+/// not one of the runtime's.
+struct RegistryClient {
+    registry: ConfluentRegistry,
+    url: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl RegistryClient {
+    fn new(config: &ConfluentConfig) -> Result<RegistryClient> {
+        let rt = tokio_runtime()?;
+        let registry = ConfluentRegistry::new(config, rt.handle().clone(), Metrics::default())
+            .context("schema registry settings")?;
+        let url = registry.url().to_owned();
+        Ok(RegistryClient {
+            registry,
+            url,
+            _rt: rt,
+        })
+    }
+}
+
+/// The schemas `describe` and `privacy-report` read: the registry's input
+/// subjects with --registry-url, the schema folder otherwise.
+fn read_schemas(common: &Common, registry: &RegistryArgs, topology: &Topology) -> Result<Schemas> {
+    match confluent_config(registry) {
+        Some(config) => {
+            let mut client = RegistryClient::new(&config)?;
+            Schemas::from_registry(topology, &client.url, &mut client.registry).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the input subjects from the registry at {}: {e}",
+                    client.url
+                )
+            })
+        }
+        None => {
+            let dir = common.schemas_dir(topology);
+            Schemas::from_folder(topology, &dir).map_err(|found| {
+                let lines: Vec<String> = found
+                    .iter()
+                    .map(|f| format!("  - {}: {}", f.file, f.message))
+                    .collect();
+                anyhow::anyhow!(
+                    "schemas in {} cannot be read:\n{}",
+                    dir.display(),
+                    lines.join("\n")
+                )
+            })
+        }
+    }
+}
+
 fn run_check(args: CheckArgs) -> Result<()> {
-    // The schema folder: --schemas, else the topology's (when it loads),
-    // else the default; a broken topology is reported by the check itself.
-    let schemas = match &args.common.schemas {
-        Some(dir) => dir.clone(),
-        None => Topology::load(&args.common.topology)
-            .map(|t| t.spec.schemas.folder.clone())
-            .unwrap_or_else(|_| PathBuf::from("avro")),
+    // Only whether the key is set and long enough: check never needs it.
+    let key = HashKey::of(std::env::var("PRIVACY_ROUTER_HASH_KEY").ok().as_deref());
+    let opts = CheckOptions {
+        strict: args.strict,
+        allow_fail_closed: args.allow_fail_closed,
     };
-    let report = check::check(
-        &args.common.topology,
-        &schemas,
-        // Only whether the key is set and long enough: check never needs it.
-        HashKey::of(std::env::var("PRIVACY_ROUTER_HASH_KEY").ok().as_deref()),
-        CheckOptions {
-            strict: args.strict,
-            allow_fail_closed: args.allow_fail_closed,
-        },
-    );
+    let topology = &args.common.topology;
+    let report = match (confluent_config(&args.registry), &args.schema) {
+        (None, Some(_)) => bail!(
+            "check --schema needs --registry-url (or PRIVACY_ROUTER_REGISTRY_URL): it asks the registry whether it would accept the schema and its derived tier schemas"
+        ),
+        (None, None) => check::check(
+            topology,
+            SchemaInput::Folder(args.common.schemas.clone()),
+            key,
+            opts,
+        ),
+        (Some(config), schema) => {
+            let mut client = RegistryClient::new(&config)?;
+            let url = client.url.clone();
+            match (schema, &args.subject) {
+                (Some(file), Some(subject)) => candidate::check_candidate(
+                    topology,
+                    &Candidate {
+                        file: file.clone(),
+                        subject: subject.clone(),
+                    },
+                    &url,
+                    &mut client.registry,
+                    key,
+                    opts,
+                ),
+                _ => check::check(
+                    topology,
+                    SchemaInput::Registry {
+                        url,
+                        lookup: &mut client.registry,
+                    },
+                    key,
+                    opts,
+                ),
+            }
+        }
+    };
     let out = match args.format {
         CheckFormat::Text => report.text(),
         CheckFormat::Json => report.json(),
@@ -812,18 +946,33 @@ fn run_check(args: CheckArgs) -> Result<()> {
         bail!(
             "check found {} error(s) in {} and {}",
             report.errors,
-            args.common.topology.display(),
-            schemas.display()
+            topology.display(),
+            report.schemas
         );
     }
     Ok(())
 }
 
 fn run_describe(args: DescribeArgs) -> Result<()> {
-    let topology = load_topology(&args.topology)?;
+    let topology = load_topology(&args.common.topology)?;
+    // Schemas are read only to say what the overrides change.
+    let overrides = if topology.engine.rules.overrides.is_empty() {
+        OverrideEffects::none()
+    } else {
+        match read_schemas(&args.common, &args.registry, &topology) {
+            Ok(schemas) => {
+                let (inspected, _) = inspect_all(&topology.engine, &schemas.versions);
+                OverrideEffects::Known {
+                    source: schemas.source().to_owned(),
+                    effects: override_effects(&topology.engine.rules, &inspected),
+                }
+            }
+            Err(e) => OverrideEffects::Unknown(format!("{e:#}").replace('\n', " ")),
+        }
+    };
     let out = match args.format {
-        DescribeFormat::Text => describe::text(&topology),
-        DescribeFormat::Mermaid => describe::mermaid(&topology),
+        DescribeFormat::Text => describe::text(&topology, &overrides),
+        DescribeFormat::Mermaid => describe::mermaid(&topology, &overrides),
     };
     io::stdout().lock().write_all(out.as_bytes())?;
     Ok(())
@@ -853,37 +1002,22 @@ fn run_privacy_report(args: ReportArgs) -> Result<()> {
     let topology = load_topology(&args.common.topology)?;
     let bytes = std::fs::read(&args.common.topology)
         .with_context(|| format!("reading {}", args.common.topology.display()))?;
-    let schemas = args.common.schemas_dir(&topology);
-    let events = check::load_schemas(&topology, &schemas)
-        .map(|r| r.events)
-        .map_err(|found| {
-            let lines: Vec<String> = found
-                .iter()
-                .map(|f| format!("  - {}: {}", f.file, f.message))
-                .collect();
-            anyhow::anyhow!(
-                "schemas in {} cannot be read:\n{}",
-                schemas.display(),
-                lines.join("\n")
-            )
-        })?;
-    let report = report::build(
-        &topology,
-        &bytes,
-        &schemas,
-        &events,
-        source_date()?,
-    )
-    .map_err(|errors| {
+    let schemas = read_schemas(&args.common, &args.registry, &topology)?;
+    // Configuration fails closed: a topology the processor would refuse
+    // with these schemas is no evidence of what it does.
+    check_against(&topology, &schemas.catalogue)?;
+    let generated_at = match source_date()? {
+        Some(d) => d,
+        None => chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    };
+    let tool = format!("privacy-router {}", env!("CARGO_PKG_VERSION"));
+    let report = report::build(&topology, &bytes, &schemas, generated_at, tool).map_err(|errors| {
         let lines: Vec<String> = errors
             .iter()
             .map(|e| {
                 format!(
                     "  - {} ({}): {}: {}",
-                    e.file.display(),
-                    e.event_type,
-                    e.problem.path,
-                    e.problem.message
+                    e.location, e.label, e.problem.path, e.problem.message
                 )
             })
             .collect();

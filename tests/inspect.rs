@@ -22,11 +22,20 @@ use privacy_router::record::{RawRecord, Source, Tier};
 use privacy_router::registry::file;
 use privacy_router::sample::{self, Format, Options};
 
+/// The Confluent-compatible registry stand-in (Confluent's status codes,
+/// BACKWARD compatibility by default, the compatibility endpoint).
+#[allow(dead_code, unreachable_pub, clippy::result_large_err)]
+#[path = "support/registry.rs"]
+mod registry;
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_privacy-router"));
     c.env_remove("PRIVACY_ROUTER_HASH_KEY")
         .env_remove("PRIVACY_ROUTER_TOPOLOGY")
         .env_remove("PRIVACY_ROUTER_SCHEMAS")
+        .env_remove("PRIVACY_ROUTER_REGISTRY_URL")
+        .env_remove("PRIVACY_ROUTER_REGISTRY_USER")
+        .env_remove("PRIVACY_ROUTER_REGISTRY_PASSWORD")
         .env_remove("SOURCE_DATE_EPOCH");
     c
 }
@@ -527,12 +536,13 @@ fn cells(line: &str) -> Vec<String> {
     out.iter().map(|c| c.trim().to_owned()).collect()
 }
 
+/// Sections are keyed `user.created v1`.
 fn parse_markdown(md: &str) -> Parsed {
     let mut parsed = Parsed::new();
     let mut current: Option<String> = None;
     for line in md.lines() {
         if let Some(rest) = line.strip_prefix("### `") {
-            let et = rest.trim_end_matches('`').to_owned();
+            let et = rest.replacen('`', "", 1);
             parsed.insert(et.clone(), (String::new(), Vec::new()));
             current = Some(et);
             continue;
@@ -575,8 +585,15 @@ fn markdown_report() -> String {
     stdout(&o)
 }
 
+/// The row of `path` in the section of `et` (`user.created` means its
+/// version 1).
 fn row<'p>(parsed: &'p Parsed, et: &str, path: &str) -> &'p Row {
-    &parsed[et]
+    let key = if et.contains(' ') {
+        et.to_owned()
+    } else {
+        format!("{et} v1")
+    };
+    &parsed[&key]
         .1
         .iter()
         .find(|(p, _)| p == path)
@@ -589,7 +606,10 @@ fn privacy_report_markdown_states_what_each_tier_gets() {
     let md = markdown_report();
     assert!(md.starts_with("# Privacy report\n"));
     assert!(
-        md.contains("| Generated | 2023-11-14T22:13:20Z |"),
+        md.contains(&format!(
+            "| Generated | 2023-11-14T22:13:20Z by privacy-router {} |",
+            env!("CARGO_PKG_VERSION")
+        )),
         "dated by SOURCE_DATE_EPOCH"
     );
     assert!(md.contains("| Topology | `topology/default.yaml` (sha256 `"));
@@ -629,7 +649,7 @@ fn privacy_report_markdown_states_what_each_tier_gets() {
     assert!(md.contains("- public: key keyed pseudonym of entity_id;"));
 
     // user.login_failed reaches restricted only.
-    let (reaches, rows) = &parsed["user.login_failed"];
+    let (reaches, rows) = &parsed["user.login_failed v1"];
     assert!(
         reaches.starts_with("Reaches restricted only")
             && reaches.contains("no public or internal record is written"),
@@ -639,7 +659,7 @@ fn privacy_report_markdown_states_what_each_tier_gets() {
         assert_eq!(r.reach[..2], ["not routed", "not routed"], "{path}");
         assert_eq!(r.reach[2], "kept", "{path}");
     }
-    assert!(parsed["user.created"]
+    assert!(parsed["user.created v1"]
         .0
         .starts_with("Reaches: public, internal, restricted."));
 
@@ -668,9 +688,10 @@ fn privacy_report_markdown_states_what_each_tier_gets() {
     assert!(o.status.success());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), md);
 
-    // Without SOURCE_DATE_EPOCH it is simply not dated.
-    let undated = stdout(&run(&["privacy-report"]));
-    assert!(undated.contains("| Generated | not dated"), "{undated}");
+    // Without SOURCE_DATE_EPOCH it is dated now.
+    let now = stdout(&run(&["privacy-report"]));
+    let year = chrono::Utc::now().format("| Generated | %Y-").to_string();
+    assert!(now.contains(&year), "{now}");
 }
 
 #[test]
@@ -689,7 +710,7 @@ fn privacy_report_html_is_self_contained_and_escaped() {
         !html.contains("src=") && !html.contains("href=\"http"),
         "no external resources"
     );
-    assert!(html.contains("<section id=\"user.login_failed\">"));
+    assert!(html.contains("<section id=\"user.login_failed-v1\">"));
     assert!(html.contains("Reaches restricted only (topology event_types.user.login_failed.tiers): no public or internal record is written for it."));
     assert!(html.contains(
         "<tr><td><code>data.email</code></td><td>string</td><td><span class=\"tier restricted\">restricted</span></td><td>label + tag PII</td><td>hash</td><td class=\"hashed\">hashed</td><td class=\"hashed\">hashed</td><td class=\"kept\">kept</td>"
@@ -749,7 +770,7 @@ fn privacy_report_refuses_schemas_the_engine_cannot_use() {
     assert!(!o.status.success());
     assert!(o.stdout.is_empty());
     assert!(
-        stderr(&o).contains("user.created.avsc (user.created): fields.data.fields.x"),
+        stderr(&o).contains("user.created.avsc (user.created v1): fields.data.fields.x"),
         "{}",
         stderr(&o)
     );
@@ -853,7 +874,7 @@ fn the_report_agrees_with_the_engine() {
     };
     let mut checked = [0usize; 4]; // kept, hashed, removed, not routed
     for (et, events) in &by_type {
-        let (_, rows) = &parsed[et];
+        let (_, rows) = &parsed[&format!("{et} v1")];
         // Branch-qualified paths name the same JSON key as their plain
         // form; where two rows of one plain path disagree, skip that tier.
         let plain = |p: &str| {
@@ -966,5 +987,825 @@ fn the_report_agrees_with_the_engine() {
     assert!(
         checked.iter().all(|n| *n > 50),
         "every treatment was checked against the engine: {checked:?}"
+    );
+}
+
+// ------------------------------------------------- against a schema registry
+
+const USER_CREATED: &str = "events.raw-com.privacyrouter.events.user.UserCreated";
+const PUBLIC_USER_CREATED: &str = "events.public-com.privacyrouter.events.user.UserCreated";
+
+/// The registry stand-in on a runtime of its own (the binary under test
+/// talks to it over HTTP).
+struct StandIn {
+    registry: registry::Registry,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl StandIn {
+    fn start() -> StandIn {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let registry = rt.block_on(registry::Registry::start());
+        StandIn { registry, _rt: rt }
+    }
+
+    fn url(&self) -> &str {
+        &self.registry.url
+    }
+
+    /// Every event type of `avro/` as version 1 of its input subject, as
+    /// producers would have registered them.
+    fn with_every_event_type() -> StandIn {
+        let s = StandIn::start();
+        for e in composed_events() {
+            s.registry.register(&subject_of(&e.event_type), &e.text);
+        }
+        s
+    }
+}
+
+fn subject_of(event_type: &str) -> String {
+    Topology::default_embedded()
+        .engine
+        .subjects
+        .subject("events.raw", event_type)
+}
+
+/// The composed schemas of `avro/` (the file registry's).
+fn composed_events() -> Vec<file::EventSchema> {
+    let t = Topology::load(Path::new("topology/default.yaml")).unwrap();
+    file::load(Path::new("avro"), &t.engine.subjects, &t.spec.input.topics)
+        .unwrap()
+        .events
+}
+
+/// user.created's composed schema with its payload changed by `edit`.
+fn user_created_with(edit: impl FnOnce(&mut Vec<Value>)) -> String {
+    let e = composed_events()
+        .into_iter()
+        .find(|e| e.event_type == "user.created")
+        .unwrap();
+    let mut v: Value = serde_json::from_str(&e.text).unwrap();
+    let data = v["fields"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "data")
+        .unwrap();
+    edit(data["type"]["fields"].as_array_mut().unwrap());
+    v.to_string()
+}
+
+fn user_created() -> String {
+    user_created_with(|_| {})
+}
+
+/// Registers, under each output subject, the derived schema of `text` for
+/// every tier it reaches, as the processor does when it first writes an
+/// event of that schema.
+fn register_derived(registry: &registry::Registry, text: &str) {
+    use privacy_router::pipeline::derived_subject;
+    use privacy_router::project::derived_schema;
+    let t = Topology::load(Path::new("topology/default.yaml")).unwrap();
+    let schema = privacy_router::schema::CompiledSchema::compile(text, &t.engine.rules).unwrap();
+    for tier in Tier::ALL {
+        let topic = &t.engine.topics.tiers[tier.index()];
+        registry.register(
+            &derived_subject(topic, &schema),
+            &derived_schema(&schema, tier).to_string(),
+        );
+    }
+}
+
+#[test]
+fn check_against_the_registry_names_subject_version_and_id() {
+    let s = StandIn::with_every_event_type();
+    let o = run(&["check", "--registry-url", s.url()]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        out.starts_with(&format!(
+            "privacy-router check: topology topology/default.yaml, registry {} (55 event types, 55 schema versions, ",
+            s.url()
+        )),
+        "{out}"
+    );
+    // Fields classified by tags are listed against the subject version.
+    let id = s.registry.subjects()[USER_CREATED][0];
+    assert!(
+        out.contains(&format!(
+            "info: {}: subject {USER_CREATED} version 1 (id {id}): data.email: tier restricted from its \"privacy\" label and confluent:tags PII (they agree) [user.created]",
+            s.url()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("OK: 0 error(s), 0 warning(s)"), "{out}");
+
+    // A producer registers a version 2 with a field nobody labelled: the
+    // check of what production reads fails, naming subject, version and id.
+    let v2 = user_created_with(|fields| {
+        fields.push(
+            serde_json::json!({"name": "nickname", "type": ["null", "string"], "default": null}),
+        );
+    });
+    let id2 = s.registry.register(USER_CREATED, &v2);
+    let o = run(&["check", "--registry-url", s.url()]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "error: {}: subject {USER_CREATED} version 2 (id {id2}): data.nickname: no \"privacy\" label, no mapped tag and no default from its own record: falls to the fail-closed default (restricted); label it [user.created]",
+            s.url()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("(55 event types, 56 schema versions, "),
+        "{out}"
+    );
+    assert!(out.contains("FAILED: 1 error(s)"), "{out}");
+    let o = run(&["check", "--format", "json", "--registry-url", s.url()]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["registry"], s.url());
+    assert_eq!(v["schema_versions"], 56);
+    let f = &v["findings"][0];
+    assert_eq!(f["code"], "fail_closed_field");
+    assert_eq!(
+        f["schemas"],
+        serde_json::json!([{"subject": USER_CREATED, "version": 2, "id": id2}])
+    );
+
+    // A tier limit for an event type that has no subject is refused, with
+    // the registry named.
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("typo.yaml");
+    std::fs::write(
+        &t,
+        "event_types:\n  user.login_faild: {tiers: [restricted]}\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["check", "--registry-url", s.url(), "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains(&format!(
+            "event_types.user.login_faild: no schema in the registry at {} defines the event type user.login_faild; did you mean user.login_failed?",
+            s.url()
+        )),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn check_schema_prints_what_each_tier_gains_and_loses_for_a_compatible_change() {
+    let s = StandIn::start();
+    let v1 = user_created();
+    let id1 = s.registry.register(USER_CREATED, &v1);
+    register_derived(&s.registry, &v1);
+    // A new public field with a default, and an internal one dropped.
+    let v2 = user_created_with(|fields| {
+        fields.retain(|f| f["name"] != "marketing_opt_in");
+        fields.push(serde_json::json!({"name": "nickname", "type": ["null", "string"], "default": null, "privacy": "public"}));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("user.created.v2.avsc");
+    std::fs::write(&file, &v2).unwrap();
+    let o = bin()
+        .args([
+            "check",
+            "--registry-url",
+            s.url(),
+            "--subject",
+            USER_CREATED,
+            "--schema",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    for needle in [
+        format!(
+            "privacy-router check: topology topology/default.yaml, schema {} for subject {USER_CREATED} against the registry at {}",
+            file.display(),
+            s.url()
+        ),
+        format!("event type user.created; latest now: subject {USER_CREATED} version 1 (id {id1})\n"),
+        format!("writer schema under {USER_CREATED}: compatible\n"),
+        format!("public (events.public, subject {PUBLIC_USER_CREATED}):\n  gains data.nickname (null | string): new field; tier public, kept\n  registry: compatible\n"),
+        "internal (events.internal, subject events.internal-com.privacyrouter.events.user.UserCreated):\n  gains data.nickname (null | string): new field; tier public, kept\n  loses data.marketing_opt_in (boolean): removed from the schema\n  registry: compatible\n".to_owned(),
+        "restricted (events.restricted, subject events.restricted-com.privacyrouter.events.user.UserCreated):\n  gains data.nickname".to_owned(),
+        "OK: 0 error(s)".to_owned(),
+    ] {
+        assert!(out.contains(&needle), "{needle:?} missing:\n{out}");
+    }
+    // Nothing was registered by the check.
+    assert_eq!(s.registry.subjects()[USER_CREATED].len(), 1);
+
+    // JSON for CI tools.
+    let o = bin()
+        .args([
+            "check",
+            "--format",
+            "json",
+            "--registry-url",
+            s.url(),
+            "--subject",
+            USER_CREATED,
+            "--schema",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let public = &v["candidate"]["tiers"][0];
+    assert_eq!(public["tier"], "public");
+    assert_eq!(public["compatible"], true);
+    assert_eq!(public["gains"][0]["path"], "data.nickname");
+}
+
+#[test]
+fn check_schema_fails_when_a_derived_schema_would_be_refused() {
+    let s = StandIn::start();
+    let v1 = user_created();
+    s.registry.register(USER_CREATED, &v1);
+    register_derived(&s.registry, &v1);
+    // locale becomes public: the public derived schema gains a field without
+    // a default, which BACKWARD refuses.
+    let v2 = user_created_with(|fields| {
+        for f in fields.iter_mut().filter(|f| f["name"] == "locale") {
+            f["privacy"] = "public".into();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v2.avsc");
+    std::fs::write(&file, &v2).unwrap();
+    let o = bin()
+        .args([
+            "check",
+            "--registry-url",
+            s.url(),
+            "--subject",
+            USER_CREATED,
+            "--schema",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(&format!("public (events.public, subject {PUBLIC_USER_CREATED}):\n  gains data.locale (string): tier internal -> public, kept\n  registry: INCOMPATIBLE: ")),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("error: ") && l.contains("<derived public schema>"))
+        .unwrap_or_else(|| panic!("no error for the public schema:\n{out}"));
+    assert!(
+        line.starts_with(&format!("error: {}: <derived public schema>: the registry at {} would refuse the derived public schema as the next version of subject {PUBLIC_USER_CREATED}", file.display(), s.url())),
+        "{line}"
+    );
+    assert!(line.contains("derived_schema_rejected"), "{line}");
+    // The internal and restricted schemas are unchanged: accepted.
+    assert!(!out.contains("<derived internal schema>"), "{out}");
+    assert!(out.contains("FAILED: 1 error(s)"), "{out}");
+    assert!(
+        stderr(&o).contains("check found 1 error(s)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A subject that is not an input subject, and a file that is not Avro,
+    // are named.
+    std::fs::write(
+        &file,
+        r#"{"type": "record", "name": "X", "fields": [{"name": "a", "type": "nonsense"}]}"#,
+    )
+    .unwrap();
+    let o = bin()
+        .args([
+            "check",
+            "--registry-url",
+            s.url(),
+            "--subject",
+            "other-value",
+            "--schema",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out.contains("error: <command line>: --subject: other-value is not an input subject of topology/default.yaml"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "error: {}: <root>: not a valid Avro schema",
+            file.display()
+        )),
+        "{out}"
+    );
+    // --schema needs a registry.
+    let o = bin()
+        .args(["check", "--subject", USER_CREATED, "--schema"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--schema needs --registry-url"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn privacy_report_from_the_registry_names_registry_subjects_versions_and_ids() {
+    let s = StandIn::with_every_event_type();
+    let v2 = user_created_with(|fields| {
+        fields.push(serde_json::json!({"name": "nickname", "type": ["null", "string"], "default": null, "privacy": "public"}));
+    });
+    let id2 = s.registry.register(USER_CREATED, &v2);
+    let id1 = s.registry.subjects()[USER_CREATED][0];
+    let report = |format: &str| {
+        let o = bin()
+            .args([
+                "privacy-report",
+                "--format",
+                format,
+                "--registry-url",
+                s.url(),
+            ])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let md = report("markdown");
+    for needle in [
+        format!("| Schema registry | `{}` (55 event types, 56 schema versions, sha256 `", s.url()),
+        format!("| Generated | 2023-11-14T22:13:20Z by privacy-router {} |", env!("CARGO_PKG_VERSION")),
+        format!("| `user.created` | 1 | {USER_CREATED} v1 (id {id1}) | `{}` |", s.url()),
+        format!("| `user.created` | 2 | {USER_CREATED} v2 (id {id2}) | `{}` |", s.url()),
+        format!("Registry {}; subject {USER_CREATED} version 2 (id {id2}); record com.privacyrouter.events.user.UserCreated, sha256 `", s.url()),
+        "## Sign-off\n".to_owned(),
+    ] {
+        assert!(md.contains(&needle), "{needle:?} missing");
+    }
+    let parsed = parse_markdown(&md);
+    assert_eq!(parsed.len(), 56);
+    assert_eq!(
+        row(&parsed, "user.created v2", "data.nickname").reach,
+        ["kept", "kept", "kept"]
+    );
+    assert!(parsed["user.created v1"]
+        .1
+        .iter()
+        .all(|(p, _)| p != "data.nickname"));
+    assert_eq!(
+        md,
+        report("markdown"),
+        "deterministic with SOURCE_DATE_EPOCH"
+    );
+
+    let html = report("html");
+    assert!(html.contains(&format!(
+        "<tr><th>Schema registry</th><td><code>{}</code>",
+        s.url()
+    )));
+    assert!(html.contains("<section id=\"user.created-v2\">"));
+    assert!(html.contains("@media print{"), "print stylesheet");
+    assert!(
+        html.contains("<section class=\"signoff\">"),
+        "sign-off block"
+    );
+    assert!(!html.contains("<script"));
+
+    // The registry's subjects with a topology that names what it has not:
+    // refused, as run would refuse it.
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("typo.yaml");
+    std::fs::write(
+        &t,
+        "event_types:\n  user.login_faild: {tiers: [restricted]}\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["privacy-report", "--registry-url", s.url(), "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    assert!(
+        stderr(&o).contains("did you mean user.login_failed?"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn overrides_are_shown_by_check_describe_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("overrides.yaml");
+    let default = std::fs::read_to_string("topology/default.yaml").unwrap();
+    std::fs::write(
+        &t,
+        default.replacen(
+            "classification:\n",
+            "classification:\n  overrides:\n    com.privacyrouter.events.user.UserCreatedData: {locale: restricted, email: restricted}\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let line = t.display().to_string();
+
+    let o = bin()
+        .args(["check", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "info: {line}:30:53: classification.overrides.com.privacyrouter.events.user.UserCreatedData.locale: tier floor restricted: raises data.locale from internal to restricted in user.created v1 [user.created]"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("classification.overrides.com.privacyrouter.events.user.UserCreatedData.email: tier floor restricted: leaves data.email as it is (already restricted) in user.created v1"),
+        "{out}"
+    );
+
+    let o = bin()
+        .args(["describe", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("checked against the folder avro):\n    com.privacyrouter.events.user.UserCreatedData.email >= restricted: leaves data.email as it is (already restricted) in user.created v1\n    com.privacyrouter.events.user.UserCreatedData.locale >= restricted: raises data.locale from internal to restricted in user.created v1\n"),
+        "{out}"
+    );
+    let o = bin()
+        .args(["describe", "--format", "mermaid", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("overrides -.->|\"raise tiers\"| project_public"));
+    // Without its schemas, describe still lists them.
+    let o = bin()
+        .args(["describe", "--schemas", "no-such-folder", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).contains("UserCreatedData.locale >= restricted: what it changes is not known: schemas in no-such-folder cannot be read"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = bin()
+        .args(["privacy-report", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    let md = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        md.contains("| `com.privacyrouter.events.user.UserCreatedData` | `locale` | restricted | raises data.locale from internal to restricted in user.created v1 |"),
+        "{md}"
+    );
+    let parsed = parse_markdown(&md);
+    let locale = row(&parsed, "user.created", "data.locale");
+    assert_eq!(locale.tier, "restricted");
+    assert_eq!(locale.from, "override (schema said internal: label)");
+    assert_eq!(locale.reach, ["removed", "removed", "kept"]);
+    assert!(md.contains("| raised by an override | 1 |"), "{md}");
+    let o = bin()
+        .args(["privacy-report", "--format", "html", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).contains("<td class=\"override\">override (schema said internal: label)</td>")
+    );
+}
+
+#[test]
+fn a_topology_with_ten_mistakes_lists_all_ten_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("ten.yaml");
+    std::fs::write(
+        &t,
+        "application_id: privacy-router
+retention: 7d
+input:
+  topics: [events.raw]
+  partitions: 3
+outputs:
+  public: events.public
+  internal: events.public
+  restricted: \"events restricted\"
+processing:
+  commit_interval_ms: soon
+schemas:
+  subject_template: \"{topic}-com.privacyrouter.events.{domain}.{Tpye}\"
+event_types:
+  user.login_faild: {tiers: [restricted]}
+  user.locked: {tiers: [secret]}
+  user.deleted: {tiers: []}
+  user.created: {tier: [public]}
+",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["check", "--topology"])
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let file = t.display().to_string();
+    let expected = [
+        ("2:1", "retention", "unknown key"),
+        ("5:3", "input.partitions", "unknown key"),
+        (
+            "8:3",
+            "outputs.internal",
+            "is the same topic as outputs.public",
+        ),
+        ("9:3", "outputs.restricted", "is not a valid topic name"),
+        ("11:23", "processing.commit_interval_ms", "invalid type"),
+        ("13:3", "schemas.subject_template", "uses {Tpye}"),
+        (
+            "15:3",
+            "event_types.user.login_faild",
+            "did you mean user.login_failed?",
+        ),
+        (
+            "16:25",
+            "event_types.user.locked.tiers[0]",
+            "unknown variant `secret`",
+        ),
+        ("17:18", "event_types.user.deleted.tiers", "is empty"),
+        (
+            "18:18",
+            "event_types.user.created.tier",
+            "did you mean `tiers`?",
+        ),
+    ];
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 10, "{out}");
+    for (at, path, what) in expected {
+        let prefix = format!("error: {file}:{at}: {path}: ");
+        let hits: Vec<&&str> = errors.iter().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{prefix} listed {} times:\n{out}",
+            hits.len()
+        );
+        assert!(hits[0].contains(what), "{}", hits[0]);
+    }
+    assert!(out.contains("FAILED: 10 error(s)"), "{out}");
+    // No value from the file is quoted beyond the key paths and the values
+    // at fault; no schema or payload value at all.
+    assert!(!out.contains("7d") && !out.contains("\"3\""), "{out}");
+    assert!(
+        stderr(&o).contains("check found 10 error(s)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_schema_file_that_is_not_avro_is_named() {
+    let (_dir, avro) = copy_of_avro();
+    let payload = avro.join("events/post/post.hidden.avsc");
+    std::fs::write(&payload, r#"{"type": "record", "name": "PostHiddenData", "fields": [{"name": "x", "type": "nonsense"}]}"#).unwrap();
+    let o = bin()
+        .arg("check")
+        .arg("--schemas")
+        .arg(&avro)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "error: {}: <root>: not a valid Avro schema",
+            payload.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("[post.hidden]"), "{out}");
+    let o = bin()
+        .arg("privacy-report")
+        .arg("--schemas")
+        .arg(&avro)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("{} (post.hidden v1)", payload.display())),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Against a real registry: Apicurio Registry 3.x's Confluent-compatible
+/// API, started by `scripts/test.sh` (`scripts/registry.sh start`), whose
+/// base URL it exports as `APICURIO_URL`. Fails without it, like the broker
+/// tests without `KAFKA_BOOTSTRAP`; `--skip apicurio` leaves it out.
+#[test]
+fn apicurio_check_and_report_against_a_real_registry() {
+    use privacy_router::pipeline::derived_subject;
+    use privacy_router::project::derived_schema;
+    use privacy_router::registry::confluent::{ConfluentConfig, ConfluentRegistry};
+    let url = std::env::var("APICURIO_URL").expect(
+        "APICURIO_URL is not set: run the tests with `bash scripts/test.sh`, which starts Apicurio Registry (scripts/registry.sh)",
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = ConfluentRegistry::new(
+        &ConfluentConfig {
+            urls: vec![url.clone()],
+            timeout: std::time::Duration::from_secs(10),
+            ..ConfluentConfig::default()
+        },
+        rt.handle().clone(),
+        privacy_router::telemetry::Metrics::default(),
+    )
+    .unwrap();
+    // Topics of this run only: the registry is shared.
+    let run_id = format!("{:08x}", fastrand::u32(..));
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("apicurio.yaml");
+    std::fs::write(
+        &topology,
+        format!("input: {{topics: [raw-{run_id}]}}\noutputs: {{public: pub-{run_id}, internal: int-{run_id}, restricted: res-{run_id}, dead_letter: dlq-{run_id}}}\n"),
+    )
+    .unwrap();
+    let t = Topology::load(&topology).unwrap();
+    let subject = t
+        .engine
+        .subjects
+        .subject(&format!("raw-{run_id}"), "user.created");
+    let v1 = user_created();
+    let id1 = client.register(&subject, &v1).unwrap();
+    let schema = privacy_router::schema::CompiledSchema::compile(&v1, &t.engine.rules).unwrap();
+    for tier in Tier::ALL {
+        let topic = &t.engine.topics.tiers[tier.index()];
+        client
+            .register(
+                &derived_subject(topic, &schema),
+                &derived_schema(&schema, tier).to_string(),
+            )
+            .unwrap();
+    }
+
+    // check and privacy-report read it.
+    let o = bin()
+        .args(["check", "--registry-url", &url, "--topology"])
+        .arg(&topology)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(&format!("registry {url} (1 event types, 1 schema versions")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("subject {subject} version 1 (id {id1})")),
+        "{out}"
+    );
+    let o = bin()
+        .args(["privacy-report", "--registry-url", &url, "--topology"])
+        .arg(&topology)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!(
+        "| `user.created` | 1 | {subject} v1 (id {id1}) | `{url}` |"
+    )));
+
+    // A compatible change passes; a public field without a default in the
+    // public schema is refused by the registry (Apicurio gives no reasons).
+    let file = dir.path().join("candidate.avsc");
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        bin()
+            .args([
+                "check",
+                "--registry-url",
+                &url,
+                "--subject",
+                &subject,
+                "--topology",
+            ])
+            .arg(&topology)
+            .arg("--schema")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let o = check(&user_created_with(|fields| {
+        fields.push(serde_json::json!({"name": "nickname", "type": ["null", "string"], "default": null, "privacy": "public"}));
+    }));
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("  gains data.nickname (null | string): new field; tier public, kept")
+    );
+    let o = check(&user_created_with(|fields| {
+        for f in fields.iter_mut().filter(|f| f["name"] == "locale") {
+            f["privacy"] = "public".into();
+        }
+    }));
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("would refuse the derived public schema as the next version of subject pub-{run_id}-com.privacyrouter.events.user.UserCreated")),
+        "{out}"
+    );
+    drop(client);
+}
+
+#[test]
+fn every_version_in_the_schema_folder_is_checked_and_reported() {
+    let (_dir, avro) = copy_of_avro();
+    let v1 = avro.join("events/user/user.created.avsc");
+    let v2 = avro.join("events/user/user.created.v2.avsc");
+    std::fs::copy(&v1, &v2).unwrap();
+    add_field(
+        &v2,
+        serde_json::json!({"name": "nickname", "type": ["null", "string"], "default": null}),
+    );
+    let o = bin()
+        .arg("check")
+        .arg("--schemas")
+        .arg(&avro)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("(55 event types, 56 schema versions, "),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "error: {}: data.nickname: no \"privacy\" label",
+            v2.display()
+        )),
+        "{out}"
+    );
+    add_field(
+        &v2,
+        serde_json::json!({"name": "x", "type": "string", "privacy": "public"}),
+    );
+    let mut payload: Value = serde_json::from_str(&std::fs::read_to_string(&v2).unwrap()).unwrap();
+    for f in payload["fields"].as_array_mut().unwrap() {
+        if f["name"] == "nickname" {
+            f["privacy"] = "internal".into();
+        }
+    }
+    std::fs::write(&v2, payload.to_string()).unwrap();
+    let o = bin()
+        .args(["privacy-report", "--schemas"])
+        .arg(&avro)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = stdout(&o);
+    let parsed = parse_markdown(&md);
+    assert_eq!(parsed.len(), 56);
+    assert_eq!(
+        row(&parsed, "user.created v2", "data.nickname").reach,
+        ["removed", "kept", "kept"]
+    );
+    assert!(
+        md.contains(&format!(
+            "File {}; subject {USER_CREATED} version 2 (id ",
+            v2.display()
+        )),
+        "{md}"
     );
 }

@@ -352,12 +352,35 @@ impl Topology {
     /// # Errors
     /// A [`TopologyError`] listing every problem.
     pub fn parse(path: &Path, text: &str) -> Result<Topology, TopologyError> {
-        let refuse = |problems| TopologyError {
-            file: path.to_owned(),
-            problems,
+        match Self::parse_lenient(path, text) {
+            (Some(t), problems) if problems.is_empty() => Ok(t),
+            (_, problems) => Err(TopologyError {
+                file: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    /// Reads a topology file as far as it can be read, for `check`: every
+    /// problem (as [`Topology::load`] reports them), and the topology with
+    /// each value at fault for a structural problem replaced by its default
+    /// — `None` when the file cannot be read or is not YAML. Semantic
+    /// problems leave their values as written. Never run what this returns
+    /// with problems: it is for reporting what else is wrong at once.
+    pub fn load_lenient(path: &Path) -> (Option<Topology>, Vec<Problem>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_lenient(path, &text),
+            Err(e) => (None, vec![Problem::new("<file>", e.to_string())]),
+        }
+    }
+
+    /// [`Topology::load_lenient`] over text; `path` is only used in
+    /// messages.
+    pub fn parse_lenient(path: &Path, text: &str) -> (Option<Topology>, Vec<Problem>) {
+        let mut located = match yaml::Located::parse(text) {
+            Ok(l) => l,
+            Err(message) => return (None, vec![Problem::new("<yaml>", message)]),
         };
-        let mut located = yaml::Located::parse(text)
-            .map_err(|message| refuse(vec![Problem::new("<yaml>", message)]))?;
         let mut structural = Vec::new();
         let spec: Option<TopologyFile> = located.read(&mut structural);
         let mut problems: Vec<Problem> = structural
@@ -376,12 +399,14 @@ impl Topology {
             })
             .collect();
         let Some(spec) = spec else {
-            return Err(refuse(problems));
+            return (None, problems);
         };
         let mut semantic = check(&spec);
         let adapters = build_adapters(&spec, &mut semantic);
         // A value taken out for a structural problem is read as its default;
-        // what the semantic checks then say about that path is not news.
+        // what the semantic checks then say about that path is not news, nor
+        // about a list that lost an item (`tiers: [secret]` is one mistake,
+        // not also an empty list).
         let structural: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
         for mut p in semantic {
             let follows = structural.iter().any(|s| {
@@ -389,6 +414,8 @@ impl Topology {
                     || p.path
                         .strip_prefix(s.as_str())
                         .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                    || s.strip_prefix(p.path.as_str())
+                        .is_some_and(|rest| rest.starts_with('['))
             });
             if follows {
                 continue;
@@ -396,22 +423,20 @@ impl Topology {
             p.place = p.place.or_else(|| located.key_place(&p.path));
             problems.push(p);
         }
-        if !problems.is_empty() {
-            // File order; problems without a place (there are none in a
-            // file that parsed) last, in the order found.
-            problems.sort_by_key(|p| {
-                p.place
-                    .map_or((u64::MAX, u64::MAX), |at| (at.line, at.column))
-            });
-            return Err(refuse(problems));
-        }
+        // File order; problems without a place (there are none in a file
+        // that parsed) last, in the order found.
+        problems.sort_by_key(|p| {
+            p.place
+                .map_or((u64::MAX, u64::MAX), |at| (at.line, at.column))
+        });
         let engine = Arc::new(engine_config(&spec, adapters));
-        Ok(Topology {
+        let topology = Topology {
             file: path.to_owned(),
             spec,
             engine,
             located: Arc::new(located),
-        })
+        };
+        (Some(topology), problems)
     }
 
     /// The default topology (what an empty file gives).

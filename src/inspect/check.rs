@@ -25,14 +25,20 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{compile_event, event_view, field_file, Provenance, SchemaProblem};
+use super::candidate::CandidateReport;
+use super::{
+    inspect_all, override_effects, Inspected, Provenance, SchemaProblem, SchemaSource, Schemas,
+    SubjectVersion,
+};
 use crate::config::yaml::Place;
-use crate::config::{self, Topology};
+use crate::config::{self, Problem, Topology};
+use crate::pipeline::{SchemaLookup, DEFAULT_SUBJECT_TEMPLATE};
 use crate::project::MIN_KEY_LEN;
-use crate::registry::file::{self, EventSchema, FileRegistry, FileRegistryError};
+use crate::registry::file::{self, FileRegistry, FileRegistryError};
 use crate::registry::Catalogue;
 
 /// How serious a finding is. Ordered: errors first.
@@ -66,12 +72,14 @@ impl Severity {
 pub struct Finding {
     /// How serious it is.
     pub severity: Severity,
-    /// A stable code: `topology`, `schema_folder`, `invalid_schema`,
-    /// `fail_closed_field`, `unmapped_tag`, `tier_limit_without_schema`,
-    /// `hash_key`, `tag_classified_field`, `no_event_types`,
-    /// `schemas_not_checked`.
+    /// A stable code: `topology`, `schema_folder`, `registry`,
+    /// `invalid_schema`, `fail_closed_field`, `unmapped_tag`, `unused_tag`,
+    /// `hash_key`, `tag_classified_field`, `override`, `no_event_types`,
+    /// `schemas_not_checked`, and for `check --schema`: `subject`,
+    /// `override_lowers`, `incompatible_schema`,
+    /// `derived_schema_incompatible`.
     pub code: &'static str,
-    /// The file to fix (or `<environment>`).
+    /// The file to fix (or `<environment>`, or the registry's URL).
     pub file: String,
     /// The path in that file: a topology key, a schema path or a field's
     /// value path (`data.email`).
@@ -83,6 +91,26 @@ pub struct Finding {
     /// Line and column in `file`, for findings in the topology file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub place: Option<Place>,
+    /// The registry subject versions it concerns (sorted), for schemas
+    /// read from a registry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<SubjectVersion>,
+}
+
+impl Finding {
+    /// An error finding without event types, place or subject versions.
+    pub fn error(code: &'static str, file: String, path: &str, message: String) -> Finding {
+        Finding {
+            severity: Severity::Error,
+            code,
+            file,
+            path: path.to_owned(),
+            message,
+            event_types: Vec::new(),
+            place: None,
+            schemas: Vec::new(),
+        }
+    }
 }
 
 /// How strict `check` is.
@@ -123,11 +151,16 @@ pub struct CheckReport {
     pub ok: bool,
     /// The topology file.
     pub topology: String,
-    /// The schema folder.
+    /// The schema folder, the registry URL, or the candidate schema file.
     pub schemas: String,
-    /// Event types found in the schema folder.
+    /// The registry's URL, when schemas came from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// Event types with a schema.
     pub event_types: usize,
-    /// Field paths across all event types.
+    /// Schema versions read (all versions of every event type).
+    pub schema_versions: usize,
+    /// Field paths across all schema versions.
     pub fields: usize,
     /// Errors.
     pub errors: usize,
@@ -135,64 +168,198 @@ pub struct CheckReport {
     pub warnings: usize,
     /// Everything found: errors first, then by file and path.
     pub findings: Vec<Finding>,
+    /// For `check --schema`: what each tier would gain and lose, and the
+    /// registry's verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateReport>,
 }
 
-/// Checks a topology file and the schema folder it reads.
-///
-/// Reads files; everything after loading is [`check_events`].
-pub fn check(topology: &Path, schemas: &Path, key: HashKey, opts: CheckOptions) -> CheckReport {
-    let mut findings = Vec::new();
-    let mut counts = (0, 0);
-    match Topology::load(topology) {
-        Err(e) => {
-            for p in e.problems {
-                findings.push(Finding {
-                    place: p.place,
-                    ..error("topology", &e.file, &p.path, p.message)
-                });
-            }
-            findings.push(Finding {
-                severity: Severity::Note,
-                code: "schemas_not_checked",
-                file: schemas.display().to_string(),
-                path: String::new(),
-                message: "not checked: reading schemas needs a valid topology (tag map, subjects)"
-                    .to_owned(),
-                event_types: Vec::new(),
-                place: None,
-            });
+/// How much was read, for the report's first line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Event types with a schema.
+    pub event_types: usize,
+    /// Schema versions.
+    pub versions: usize,
+    /// Field paths across all schema versions.
+    pub fields: usize,
+}
+
+/// Where `check` reads the schemas.
+pub enum SchemaInput<'a> {
+    /// The file registry over a folder; `None`: the topology's
+    /// `schemas.folder`.
+    Folder(Option<PathBuf>),
+    /// A schema registry (every version of the input subjects).
+    Registry {
+        /// Its base URL, for messages.
+        url: String,
+        /// The client.
+        lookup: &'a mut dyn SchemaLookup,
+    },
+}
+
+impl std::fmt::Debug for SchemaInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SchemaInput::Folder(dir) => f.debug_tuple("Folder").field(dir).finish(),
+            SchemaInput::Registry { url, .. } => f
+                .debug_struct("Registry")
+                .field("url", url)
+                .finish_non_exhaustive(),
         }
-        Ok(t) => match load_schemas(&t, schemas) {
-            Err(found) => findings.extend(found),
-            Ok(reg) => {
-                let (found, fields) = check_events(&t, schemas, &reg.events, key, opts);
-                findings.extend(found);
-                counts = (reg.events.len(), fields);
-                match Catalogue::read(
-                    &mut reg.registry.clone(),
-                    &t.engine.subjects,
-                    &t.spec.input.topics,
-                    format!("the folder {}", schemas.display()),
-                ) {
-                    Ok(catalogue) => findings.extend(topology_against(&t, &catalogue)),
-                    Err(e) => findings.push(error("schema_folder", schemas, "", e.to_string())),
-                }
-            }
-        },
     }
-    report(topology, schemas, counts, findings, opts)
 }
 
-fn error(code: &'static str, file: &Path, path: &str, message: String) -> Finding {
-    Finding {
-        severity: Severity::Error,
-        code,
-        file: file.display().to_string(),
-        path: path.to_owned(),
-        message,
-        event_types: Vec::new(),
-        place: None,
+/// Checks a topology file and the schemas it reads (a folder or a
+/// registry). A topology with problems is still checked against the schemas
+/// as far as it can be (values at fault replaced by their defaults), so that
+/// every problem is reported at once, each once.
+pub fn check(
+    topology: &Path,
+    input: SchemaInput<'_>,
+    key: HashKey,
+    opts: CheckOptions,
+) -> CheckReport {
+    let mut findings = Vec::new();
+    let (t, problems) = Topology::load_lenient(topology);
+    let location = match &input {
+        SchemaInput::Folder(Some(dir)) => dir.display().to_string(),
+        SchemaInput::Folder(None) => t.as_ref().map_or_else(
+            || "avro".to_owned(),
+            |t| t.spec.schemas.folder.display().to_string(),
+        ),
+        SchemaInput::Registry { url, .. } => url.clone(),
+    };
+    let registry = match &input {
+        SchemaInput::Registry { url, .. } => Some(url.clone()),
+        SchemaInput::Folder(_) => None,
+    };
+    findings.extend(topology_findings(topology, &problems));
+    let usable =
+        t.and_then(|t| for_schemas(t, &problems, matches!(input, SchemaInput::Folder(None))));
+    let Some(t) = usable else {
+        findings.push(Finding {
+            severity: Severity::Note,
+            code: "schemas_not_checked",
+            file: location.clone(),
+            path: String::new(),
+            message: "not checked: reading schemas needs the topology's input topics, subject naming and schema folder"
+                .to_owned(),
+            event_types: Vec::new(),
+            place: None,
+            schemas: Vec::new(),
+        });
+        let mut r = report(topology, &location, Counts::default(), findings, opts);
+        r.registry = registry;
+        return r;
+    };
+    let schemas = match input {
+        SchemaInput::Folder(dir) => {
+            Schemas::from_folder(&t, &dir.unwrap_or_else(|| t.spec.schemas.folder.clone()))
+        }
+        SchemaInput::Registry { url, lookup } => {
+            Schemas::from_registry(&t, &url, lookup).map_err(|e| {
+                vec![Finding::error(
+                    "registry",
+                    url.clone(),
+                    "",
+                    format!("the input subjects cannot be read: {e}"),
+                )]
+            })
+        }
+    };
+    let mut counts = Counts::default();
+    match schemas {
+        Err(found) => findings.extend(found),
+        Ok(s) => {
+            let (inspected, bad) = inspect_all(&t.engine, &s.versions);
+            let (found, fields) = check_events(&s, &inspected, &bad, key, opts);
+            findings.extend(found);
+            findings.extend(
+                topology_against(&t, &s.catalogue)
+                    .into_iter()
+                    .filter(|f| !covered(&problems, &f.path)),
+            );
+            findings.extend(override_findings(&t, &inspected));
+            counts = Counts {
+                event_types: s.event_types(),
+                versions: s.versions.len(),
+                fields,
+            };
+        }
     }
+    let mut r = report(topology, &location, counts, findings, opts);
+    r.registry = registry;
+    r
+}
+
+/// The topology's own problems as findings.
+pub fn topology_findings(file: &Path, problems: &[Problem]) -> Vec<Finding> {
+    problems
+        .iter()
+        .map(|p| Finding {
+            place: p.place,
+            ..Finding::error(
+                "topology",
+                file.display().to_string(),
+                &p.path,
+                p.message.clone(),
+            )
+        })
+        .collect()
+}
+
+/// True when a finding at `path` follows from a topology problem already
+/// reported (at the path or above it): it is reported once.
+pub fn covered(problems: &[Problem], path: &str) -> bool {
+    problems.iter().any(|p| {
+        path == p.path
+            || path
+                .strip_prefix(p.path.as_str())
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    })
+}
+
+/// A topology with problems, made fit to read schemas with: a subject
+/// template or subject at fault is replaced by the default naming (it
+/// would make every event type look unknown). `None` when schemas cannot be
+/// read with it at all (no input topic; a schema folder at fault when the
+/// folder is the topology's).
+pub fn for_schemas(
+    mut t: Topology,
+    problems: &[Problem],
+    folder_from_topology: bool,
+) -> Option<Topology> {
+    if problems.is_empty() {
+        return Some(t);
+    }
+    let at = |prefix: &str| {
+        problems.iter().any(|p| {
+            p.path == prefix
+                || p.path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        })
+    };
+    if t.spec.input.topics.is_empty() || (folder_from_topology && at("schemas.folder")) {
+        return None;
+    }
+    let engine = Arc::make_mut(&mut t.engine);
+    if at("schemas.subject_template") {
+        engine.subjects.template = DEFAULT_SUBJECT_TEMPLATE.to_owned();
+    }
+    let bad: Vec<String> = engine
+        .subjects
+        .overrides
+        .keys()
+        .filter(|e| at(&format!("event_types.{e}.subject")))
+        .cloned()
+        .collect();
+    for e in bad {
+        engine.subjects.overrides.remove(&e);
+    }
+    Some(t)
 }
 
 /// What the topology names that the schemas do not have, as findings
@@ -207,6 +374,7 @@ pub fn topology_against(t: &Topology, catalogue: &Catalogue) -> Vec<Finding> {
         message: p.message,
         event_types: Vec::new(),
         place: p.place,
+        schemas: Vec::new(),
     };
     found
         .errors
@@ -218,6 +386,31 @@ pub fn topology_against(t: &Topology, catalogue: &Catalogue) -> Vec<Finding> {
                 .into_iter()
                 .map(|p| as_finding(Severity::Warning, "unused_tag", p)),
         )
+        .collect()
+}
+
+/// Each `classification.overrides` entry that names a field, with what it
+/// changed (info findings on the topology file). Overrides that match
+/// nothing or would lower a tier are errors of [`topology_against`].
+pub fn override_findings(t: &Topology, inspected: &[Inspected]) -> Vec<Finding> {
+    override_effects(&t.engine.rules, inspected)
+        .into_iter()
+        .filter(|e| !e.uses.is_empty())
+        .map(|e| {
+            let mut types: Vec<String> = e.uses.iter().map(|u| u.event_type.clone()).collect();
+            types.dedup();
+            let key = e.key();
+            Finding {
+                severity: Severity::Info,
+                code: "override",
+                file: t.file.display().to_string(),
+                place: t.place(&key),
+                path: key,
+                message: format!("tier floor {}: {}", e.tier, e.summary()),
+                event_types: types,
+                schemas: Vec::new(),
+            }
+        })
         .collect()
 }
 
@@ -284,47 +477,81 @@ fn avsc_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Checks loaded event types against a validated topology: compiles each
-/// with the engine's rules, lists fields that fall to the fail-closed
-/// default, fields classified by tags and unmapped tags, and tier limits
-/// without a schema. Returns the findings (not yet sorted or made strict)
-/// and how many field paths were seen.
+fn error(code: &'static str, file: &Path, path: &str, message: String) -> Finding {
+    Finding::error(code, file.display().to_string(), path, message)
+}
+
+/// Checks compiled schema versions against a topology: lists the versions
+/// that do not compile (`bad`), fields that fall to the fail-closed default,
+/// fields classified by tags and unmapped tags, and what the hash key
+/// setting means for them. Returns the findings (not yet sorted or made
+/// strict) and how many field paths were seen.
 pub fn check_events(
-    t: &Topology,
-    schemas_dir: &Path,
-    events: &[EventSchema],
+    schemas: &Schemas,
+    inspected: &[Inspected],
+    bad: &[(SchemaSource, SchemaProblem)],
     key: HashKey,
     opts: CheckOptions,
 ) -> (Vec<Finding>, usize) {
-    // (severity, code, file, path, message) -> event types
-    type Key = (Severity, &'static str, PathBuf, String, String);
-    let mut grouped: BTreeMap<Key, Vec<String>> = BTreeMap::new();
-    let mut add = |k: Key, event_type: &str| {
-        grouped.entry(k).or_default().push(event_type.to_owned());
+    let mut findings = findings_of(inspected, bad, key, opts);
+    let fields = inspected.iter().map(|i| i.view.fields.len()).sum();
+    if schemas.versions.is_empty() {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: "no_event_types",
+            file: schemas.location.clone(),
+            path: String::new(),
+            message: format!("{} holds no event type schema", schemas.source()),
+            event_types: Vec::new(),
+            place: None,
+            schemas: Vec::new(),
+        });
+    }
+    (findings, fields)
+}
+
+/// The findings of compiled schema versions and of those that do not
+/// compile; the same finding in several files' event types or several
+/// subject versions is one finding naming them all.
+pub fn findings_of(
+    inspected: &[Inspected],
+    bad: &[(SchemaSource, SchemaProblem)],
+    key: HashKey,
+    opts: CheckOptions,
+) -> Vec<Finding> {
+    // (severity, code, file, path, message) -> (event types, subject versions)
+    type Key = (Severity, &'static str, String, String, String);
+    type Seen = (Vec<String>, Vec<SubjectVersion>);
+    let mut grouped: BTreeMap<Key, Seen> = BTreeMap::new();
+    let mut add = |k: Key, source: &SchemaSource| {
+        let e = grouped.entry(k).or_default();
+        e.0.push(source.event_type.clone());
+        e.1.extend(source.refs().iter().cloned());
     };
-    let mut fields = 0;
-    let mut hashing = 0;
-    for e in events {
-        let schema = match compile_event(&e.text, &t.engine) {
-            Ok(s) => s,
-            Err(p) => {
-                let (file, path) = problem_location(schemas_dir, e, &p);
-                add(
-                    (Severity::Error, "invalid_schema", file, path, p.message),
-                    &e.event_type,
-                );
-                continue;
-            }
-        };
-        hashing += usize::from(schema.has_hash());
-        let view = event_view(e, &schema, &t.engine);
-        fields += view.fields.len();
-        for f in &view.fields {
-            let file = field_file(schemas_dir, e, &f.path);
+    for (source, p) in bad {
+        let (file, path) = source.problem_at(p);
+        add(
+            (
+                Severity::Error,
+                "invalid_schema",
+                file,
+                path,
+                p.message.clone(),
+            ),
+            source,
+        );
+    }
+    let mut hashing = std::collections::BTreeSet::new();
+    for i in inspected {
+        if i.schema.has_hash() {
+            hashing.insert(i.source.event_type.clone());
+        }
+        for f in &i.view.fields {
+            let file = i.source.file_for(&f.path);
             if let Some((severity, code, message)) = provenance_finding(f, opts) {
                 add(
                     (severity, code, file.clone(), f.path.clone(), message),
-                    &e.event_type,
+                    &i.source,
                 );
             }
             if !f.unmapped_tags.is_empty() {
@@ -339,38 +566,32 @@ pub fn check_events(
                             f.unmapped_tags.join(", ")
                         ),
                     ),
-                    &e.event_type,
+                    &i.source,
                 );
             }
         }
     }
     let mut findings: Vec<Finding> = grouped
         .into_iter()
-        .map(|((severity, code, file, path, message), mut types)| {
-            types.sort();
-            types.dedup();
-            Finding {
-                severity,
-                code,
-                file: file.display().to_string(),
-                path,
-                message,
-                event_types: types,
-                place: None,
-            }
-        })
+        .map(
+            |((severity, code, file, path, message), (mut types, mut refs))| {
+                types.sort();
+                types.dedup();
+                refs.sort();
+                refs.dedup();
+                Finding {
+                    severity,
+                    code,
+                    file,
+                    path,
+                    message,
+                    event_types: types,
+                    place: None,
+                    schemas: refs,
+                }
+            },
+        )
         .collect();
-    if events.is_empty() {
-        findings.push(Finding {
-            severity: Severity::Warning,
-            code: "no_event_types",
-            file: schemas_dir.display().to_string(),
-            path: String::new(),
-            message: "holds no event type schema".to_owned(),
-            event_types: Vec::new(),
-            place: None,
-        });
-    }
     let env = |severity, message: String| Finding {
         severity,
         code: "hash_key",
@@ -379,7 +600,9 @@ pub fn check_events(
         message,
         event_types: Vec::new(),
         place: None,
+        schemas: Vec::new(),
     };
+    let hashing = hashing.len();
     match key {
         HashKey::Missing if hashing > 0 => findings.push(env(
             Severity::Note,
@@ -393,7 +616,7 @@ pub fn check_events(
         )),
         _ => {}
     }
-    (findings, fields)
+    findings
 }
 
 /// What a field's provenance is worth reporting: fail-closed fields and
@@ -402,7 +625,8 @@ fn provenance_finding(
     f: &super::FieldView,
     opts: CheckOptions,
 ) -> Option<(Severity, &'static str, String)> {
-    let tier = f.tier;
+    // What the schema says; an override that raised it is listed apart.
+    let tier = f.schema_tier();
     Some(match &f.provenance {
         Provenance::FailClosed => (
             if opts.allow_fail_closed {
@@ -441,28 +665,11 @@ fn provenance_finding(
     })
 }
 
-/// Where a schema problem is to be fixed: problems inside `data` in the
-/// payload file (path relative to it), problems in other envelope fields in
-/// the envelope file, the rest in the event type's file.
-fn problem_location(dir: &Path, e: &EventSchema, p: &SchemaProblem) -> (PathBuf, String) {
-    if let Some(rest) = p.path.strip_prefix("fields.data") {
-        if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
-            let rest = rest.strip_prefix('.').unwrap_or(rest);
-            let path = if rest.is_empty() { "<root>" } else { rest };
-            return (e.path.clone(), path.to_owned());
-        }
-    }
-    if p.path.starts_with("fields.") {
-        return (dir.join("envelope.avsc"), p.path.clone());
-    }
-    (e.path.clone(), p.path.clone())
-}
-
 /// Sorts the findings, applies `--strict` and counts.
 pub fn report(
     topology: &Path,
-    schemas: &Path,
-    (event_types, fields): (usize, usize),
+    schemas: &str,
+    counts: Counts,
     mut findings: Vec<Finding>,
     opts: CheckOptions,
 ) -> CheckReport {
@@ -474,20 +681,36 @@ pub fn report(
         }
     }
     findings.sort_by(|a, b| {
-        (a.severity, &a.file, a.place, &a.path, a.code, &a.message)
-            .cmp(&(b.severity, &b.file, b.place, &b.path, b.code, &b.message))
+        (
+            a.severity, &a.file, a.place, &a.path, a.code, &a.message, &a.schemas,
+        )
+            .cmp(&(
+                b.severity, &b.file, b.place, &b.path, b.code, &b.message, &b.schemas,
+            ))
     });
     let count = |s| findings.iter().filter(|f| f.severity == s).count();
     let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
     CheckReport {
         ok: errors == 0,
         topology: topology.display().to_string(),
-        schemas: schemas.display().to_string(),
-        event_types,
-        fields,
+        schemas: schemas.to_owned(),
+        registry: None,
+        event_types: counts.event_types,
+        schema_versions: counts.versions,
+        fields: counts.fields,
         errors,
         warnings,
         findings,
+        candidate: None,
+    }
+}
+
+/// `subject S version 2 (id 7)`, or the first of several `and 3 more`.
+fn refs_text(refs: &[SubjectVersion]) -> Option<String> {
+    match refs {
+        [] => None,
+        [one] => Some(one.to_string()),
+        [first, rest @ ..] => Some(format!("{first} and {} more", rest.len())),
     }
 }
 
@@ -495,11 +718,28 @@ impl CheckReport {
     /// Human-readable: one line per finding, then the verdict.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "privacy-router check: topology {}, schemas {} ({} event types, {} field paths)",
-            self.topology, self.schemas, self.event_types, self.fields
-        );
+        match &self.candidate {
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "privacy-router check: topology {}, schema {} for subject {} against the registry at {} ({} field paths)",
+                    self.topology, c.file, c.subject, c.registry, self.fields
+                );
+                s.push_str(&c.text());
+            }
+            None => {
+                let what = if self.registry.is_some() {
+                    "registry"
+                } else {
+                    "schemas"
+                };
+                let _ = writeln!(
+                    s,
+                    "privacy-router check: topology {}, {what} {} ({} event types, {} schema versions, {} field paths)",
+                    self.topology, self.schemas, self.event_types, self.schema_versions, self.fields
+                );
+            }
+        }
         for f in &self.findings {
             let _ = write!(s, "{}: ", f.severity.as_str());
             if !f.file.is_empty() {
@@ -511,6 +751,9 @@ impl CheckReport {
                         let _ = write!(s, "{}: ", f.file);
                     }
                 }
+            }
+            if let Some(refs) = refs_text(&f.schemas) {
+                let _ = write!(s, "{refs}: ");
             }
             if !f.path.is_empty() {
                 let _ = write!(s, "{}: ", f.path);
@@ -552,7 +795,7 @@ impl CheckReport {
 
     /// The report as pretty JSON, for CI tools.
     pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("the report serialises") + "\n"
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
 }
 
@@ -560,18 +803,21 @@ impl CheckReport {
 mod tests {
     use super::*;
 
-    fn event(event_type: &str, payload: serde_json::Value) -> EventSchema {
+    fn event(event_type: &str, payload: serde_json::Value) -> SchemaSource {
         let envelope: serde_json::Value =
             serde_json::from_str(include_str!("../../avro/envelope.avsc")).unwrap();
-        let (fullname, schema) = file::compose(&envelope, event_type, payload).unwrap();
+        let (_, schema) = file::compose(&envelope, event_type, payload).unwrap();
         let domain = event_type.split('.').next().unwrap();
-        EventSchema {
+        SchemaSource {
             version: 1,
             event_type: event_type.to_owned(),
-            fullname,
-            path: PathBuf::from(format!("s/events/{domain}/{event_type}.avsc")),
+            id: Some(1),
+            subjects: Vec::new(),
             text: schema.to_string(),
-            id: 1,
+            origin: super::super::Origin::Folder {
+                dir: PathBuf::from("s"),
+                payload: PathBuf::from(format!("s/events/{domain}/{event_type}.avsc")),
+            },
         }
     }
 
@@ -579,9 +825,8 @@ mod tests {
         serde_json::json!({"type": "record", "name": "Data", "namespace": "t", "fields": fields})
     }
 
-    fn run(yaml: &str, events: &[EventSchema], key: HashKey, opts: CheckOptions) -> CheckReport {
+    fn run(yaml: &str, events: &[SchemaSource], key: HashKey, opts: CheckOptions) -> CheckReport {
         let t = Topology::parse(Path::new("t.yaml"), yaml).unwrap();
-        let (mut found, fields) = check_events(&t, Path::new("s"), events, key, opts);
         use crate::registry::SchemaLookup as _;
         let mut registry = crate::registry::MemoryRegistry::default();
         for e in events {
@@ -599,11 +844,24 @@ mod tests {
             "the folder s",
         )
         .unwrap();
-        found.extend(topology_against(&t, &catalogue));
+        let schemas = Schemas {
+            location: "s".to_owned(),
+            registry: None,
+            versions: events.to_vec(),
+            catalogue,
+        };
+        let (inspected, bad) = inspect_all(&t.engine, &schemas.versions);
+        let (mut found, fields) = check_events(&schemas, &inspected, &bad, key, opts);
+        found.extend(topology_against(&t, &schemas.catalogue));
+        found.extend(override_findings(&t, &inspected));
         report(
             Path::new("t.yaml"),
-            Path::new("s"),
-            (events.len(), fields),
+            "s",
+            Counts {
+                event_types: events.len(),
+                versions: events.len(),
+                fields,
+            },
             found,
             opts,
         )

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::OverrideEffect;
 use crate::adapt::AdapterOrdering;
 use crate::config::Topology;
 use crate::pipeline::{GapPolicy, MismatchPolicy, OutputFormat};
@@ -86,6 +87,52 @@ fn name_of<T: Serialize>(v: &T) -> String {
 }
 
 const DLQ: &str = "sink-dead-letter";
+
+/// What `describe` knows about what the topology's
+/// `classification.overrides` change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideEffects {
+    /// Worked out against the schemas the processor reads.
+    Known {
+        /// `the folder avro`, `the registry at http://…`.
+        source: String,
+        /// One per override, in the topology's order.
+        effects: Vec<OverrideEffect>,
+    },
+    /// The schemas could not be read; why (the overrides are still listed).
+    Unknown(String),
+}
+
+impl OverrideEffects {
+    /// No override to describe.
+    pub fn none() -> Self {
+        OverrideEffects::Known {
+            source: String::new(),
+            effects: Vec::new(),
+        }
+    }
+}
+
+/// One line per override: `record.path >= tier: what it changed`.
+fn override_lines(t: &Topology, effects: &OverrideEffects) -> Vec<String> {
+    t.engine
+        .rules
+        .overrides
+        .iter()
+        .map(|(record, path, tier)| {
+            let what = match effects {
+                OverrideEffects::Known { effects, .. } => effects
+                    .iter()
+                    .find(|e| e.record == record && e.path == path)
+                    .map_or_else(|| "not checked".to_owned(), OverrideEffect::summary),
+                OverrideEffects::Unknown(why) => {
+                    format!("what it changes is not known: {why}")
+                }
+            };
+            format!("{record}.{path} >= {tier}: {what}")
+        })
+        .collect()
+}
 
 /// Builds the graph of a topology.
 pub fn graph(t: &Topology) -> Graph {
@@ -373,8 +420,9 @@ impl Graph {
     }
 }
 
-/// The text form, like Kafka Streams' `TopologyDescription`.
-pub fn text(t: &Topology) -> String {
+/// The text form, like Kafka Streams' `TopologyDescription`, with each
+/// override and what it changes.
+pub fn text(t: &Topology, overrides: &OverrideEffects) -> String {
     let g = graph(t);
     let mut s = String::new();
     let _ = writeln!(s, "Topology: {}", g.file);
@@ -432,6 +480,23 @@ pub fn text(t: &Topology) -> String {
         let names: Vec<&str> = tiers.iter().map(|t| t.as_str()).collect();
         let _ = writeln!(s, "    {event_type} -> {}", names.join(", "));
     }
+    let against = match overrides {
+        OverrideEffects::Known { source, .. } if !source.is_empty() => {
+            format!(", checked against {source}")
+        }
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "  Overrides (classification.overrides: tier floors that raise a field's tier in every version of every schema, never lower it{against}):"
+    );
+    let lines = override_lines(t, overrides);
+    if lines.is_empty() {
+        let _ = writeln!(s, "    (none)");
+    }
+    for l in lines {
+        let _ = writeln!(s, "    {l}");
+    }
     let _ = writeln!(s, "  Settings:");
     for (k, v) in &g.settings {
         let _ = writeln!(s, "    {k}: {v}");
@@ -452,8 +517,9 @@ fn mermaid_id(name: &str) -> String {
 }
 
 /// The Mermaid form: a `flowchart LR` with topics as stadiums, stages as
-/// boxes and the state store as a cylinder.
-pub fn mermaid(t: &Topology) -> String {
+/// boxes, the state store as a cylinder, and the overrides (if any) as a
+/// note feeding the projections.
+pub fn mermaid(t: &Topology, overrides: &OverrideEffects) -> String {
     let g = graph(t);
     let mut s = String::new();
     let _ = writeln!(s, "flowchart LR");
@@ -495,6 +561,18 @@ pub fn mermaid(t: &Topology) -> String {
         }
     }
     let _ = writeln!(s, "    store[(\"{STORE_NAME}<br/>state store\")]");
+    let lines = override_lines(t, overrides);
+    if !lines.is_empty() {
+        let _ = writeln!(
+            s,
+            "    overrides[/\"classification overrides<br/>{}\"/]",
+            lines
+                .iter()
+                .map(|l| label(l))
+                .collect::<Vec<_>>()
+                .join("<br/>")
+        );
+    }
     let _ = writeln!(s, "  end");
     for n in g.nodes.iter().filter(|n| n.kind == NodeKind::Sink) {
         let _ = writeln!(
@@ -528,6 +606,11 @@ pub fn mermaid(t: &Topology) -> String {
         }
     }
     let _ = writeln!(s, "  order --- store");
+    if !lines.is_empty() {
+        for tier in Tier::ALL {
+            let _ = writeln!(s, "  overrides -.->|\"raise tiers\"| project_{tier}");
+        }
+    }
     let _ = writeln!(s, "  store -.->|\"changelog\"| sink_changelog");
     let _ = writeln!(s, "  classDef topic fill:#e8f0fe,stroke:#1a73e8");
     let _ = writeln!(s, "  classDef dlq fill:#fce8e6,stroke:#d93025");
@@ -563,7 +646,7 @@ mod tests {
     #[test]
     fn text_lists_every_topic_stage_and_setting() {
         let t = topology("event_types:\n  user.locked: {tiers: [restricted]}\n");
-        let s = text(&t);
+        let s = text(&t, &OverrideEffects::none());
         for needle in [
             "Source: source (topics: [events.raw])",
             "Processor: decode",
@@ -583,24 +666,25 @@ mod tests {
             "ordering.on_gap: emit",
             "classification.on_tier_mismatch: emit",
             "--> sink-public (all but user.locked)",
+            "  Overrides (classification.overrides: tier floors that raise a field's tier in every version of every schema, never lower it):\n    (none)\n",
         ] {
             assert!(s.contains(needle), "{needle:?} missing:\n{s}");
         }
-        assert_eq!(s, text(&t), "deterministic");
+        assert_eq!(s, text(&t, &OverrideEffects::none()), "deterministic");
     }
 
     #[test]
     fn policies_decide_the_dead_letter_edges() {
-        let emit = text(&topology(""));
+        let emit = text(&topology(""), &OverrideEffects::none());
         assert!(!emit.contains("tier_mismatch)"));
         assert!(!emit.contains("version_gap)"));
         let dl = topology(
             "ordering: {on_gap: dead_letter}\nclassification: {on_tier_mismatch: dead_letter}\n",
         );
-        let s = text(&dl);
+        let s = text(&dl, &OverrideEffects::none());
         assert!(s.contains("sink-dead-letter (tier_mismatch)"), "{s}");
         assert!(s.contains("sink-dead-letter (version_gap)"), "{s}");
-        let m = mermaid(&dl);
+        let m = mermaid(&dl, &OverrideEffects::none());
         assert!(
             m.contains("tier_check -->|\"tier_mismatch\"| sink_dead_letter"),
             "{m}"
@@ -610,7 +694,7 @@ mod tests {
     #[test]
     fn mermaid_is_a_flowchart_with_every_topic() {
         let t = topology("input: {topics: [a.raw, b.raw]}\napplication_id: app\n");
-        let m = mermaid(&t);
+        let m = mermaid(&t, &OverrideEffects::none());
         assert!(m.starts_with("flowchart LR\n"));
         for needle in [
             "in_0([\"a.raw\"])",
@@ -627,13 +711,65 @@ mod tests {
     #[test]
     fn a_producer_adapter_is_a_stage_before_decode() {
         let t = Topology::load(Path::new("topology/auth-identity.yaml")).unwrap();
-        let text = text(&t);
+        let text = text(&t, &OverrideEffects::none());
         assert!(text.contains("Processor: adapt"), "{text}");
         assert!(text.contains("ordered by the sequence"), "{text}");
         assert!(text.contains("--> adapt"), "{text}");
-        let m = mermaid(&t);
+        let m = mermaid(&t, &OverrideEffects::none());
         assert!(m.contains("adapt"), "{m}");
-        let plain = super::text(&Topology::load(Path::new("topology/default.yaml")).unwrap());
+        let plain = super::text(
+            &Topology::load(Path::new("topology/default.yaml")).unwrap(),
+            &OverrideEffects::none(),
+        );
         assert!(!plain.contains("Processor: adapt"));
+    }
+
+    #[test]
+    fn overrides_are_listed_with_what_they_change() {
+        let t = topology(
+            "classification:\n  overrides:\n    com.x.Data: {email: restricted, city: internal}\n",
+        );
+        let known = OverrideEffects::Known {
+            source: "the folder avro".to_owned(),
+            effects: vec![OverrideEffect {
+                record: "com.x.Data".to_owned(),
+                path: "email".to_owned(),
+                tier: Tier::Restricted,
+                uses: vec![super::super::OverrideUse {
+                    event_type: "user.created".to_owned(),
+                    version: 2,
+                    schema_tier: Tier::Internal,
+                    fields: vec!["data.email".to_owned()],
+                }],
+            }],
+        };
+        let s = text(&t, &known);
+        assert!(
+            s.contains("never lower it, checked against the folder avro):\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("    com.x.Data.city >= internal: not checked\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("    com.x.Data.email >= restricted: raises data.email from internal to restricted in user.created v2\n"),
+            "{s}"
+        );
+        let s = text(
+            &t,
+            &OverrideEffects::Unknown("avro: no such folder".to_owned()),
+        );
+        assert!(
+            s.contains("    com.x.Data.email >= restricted: what it changes is not known: avro: no such folder\n"),
+            "{s}"
+        );
+        let m = mermaid(&t, &known);
+        assert!(m.contains("    overrides[/\"classification overrides<br/>com.x.Data.city #gt;= internal: not checked<br/>"), "{m}");
+        assert!(
+            m.contains("  overrides -.->|\"raise tiers\"| project_public"),
+            "{m}"
+        );
+        assert!(!mermaid(&topology(""), &OverrideEffects::none()).contains("overrides"));
     }
 }

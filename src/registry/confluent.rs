@@ -272,6 +272,20 @@ impl ConfluentRegistry {
         Err(last)
     }
 
+    /// [`ConfluentRegistry::compatibility`], waited for on the client's
+    /// runtime: for callers that are not async tasks (`check --schema`),
+    /// like the [`SchemaLookup`] calls.
+    ///
+    /// # Errors
+    /// [`LookupError`] when the registry cannot answer.
+    pub fn compatibility_blocking(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Compatibility, LookupError> {
+        self.rt.block_on(self.compatibility(subject, schema))
+    }
+
     fn fail(&self, what: &str, e: &SRCError) -> LookupError {
         let status = status_of(e);
         let err = classify(e, status);
