@@ -566,11 +566,54 @@ pub async fn registry_catalogue(
         let mut registry =
             ConfluentRegistry::new(&config, rt, metrics).context("schema registry settings")?;
         let source = format!("the registry at {}", registry.url());
-        Catalogue::read(&mut registry, &naming, &topics, source.clone())
-            .map_err(|e| anyhow::anyhow!("reading the input subjects from {source}: {e}"))
+        Catalogue::read(&mut registry, &naming, &topics, source.clone()).map_err(|e| {
+            anyhow::Error::new(e).context(format!("reading the input subjects from {source}"))
+        })
     })
     .await
     .context("reading the registry")?
+}
+
+/// [`registry_catalogue`] for `run`: a registry that is away at start-up is
+/// waited for (with back-off, logging its address and why), not a reason to
+/// exit; `None` when a shutdown signal came first.
+///
+/// # Errors
+/// Unusable registry settings, or a registry that refuses the request.
+async fn wait_for_catalogue(
+    config: &ConfluentConfig,
+    topology: &Topology,
+    metrics: &Metrics,
+) -> Result<Option<Catalogue>> {
+    let mut backoff = Duration::from_secs(1);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        match registry_catalogue(config, topology, metrics).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e)
+                if e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<crate::registry::LookupError>(),
+                        Some(crate::registry::LookupError::Unavailable(_))
+                    )
+                }) =>
+            {
+                tracing::warn!(
+                    registry = %config.urls.join(","),
+                    error = %format!("{e:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "The schema registry is unavailable at start-up; the topology is checked against it before processing, so waiting."
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => return Ok(None),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs a parsed command line.
@@ -686,7 +729,9 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
     let registry = registry_choice(&args.registry, &args.common, &topology, &engine)?;
     let metrics = Metrics::default();
     if let RegistryChoice::Confluent(c) = &registry {
-        let catalogue = registry_catalogue(c, &topology, &metrics).await?;
+        let Some(catalogue) = wait_for_catalogue(c, &topology, &metrics).await? else {
+            return Ok(());
+        };
         check_against(&topology, &catalogue)?;
     }
     let metrics_addr = match args.metrics_addr.trim() {

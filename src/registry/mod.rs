@@ -275,7 +275,9 @@ mod tests {
         let v2d = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":"string","default":"x"}]}"#;
         r.register("s", v1).unwrap();
         r.enforce_backward(true);
-        assert!(matches!(r.register("s", v2), Err(LookupError::Refused(m)) if m.contains("incompatible")));
+        assert!(
+            matches!(r.register("s", v2), Err(LookupError::Refused(m)) if m.contains("incompatible"))
+        );
         assert!(r.register("s", v2d).is_ok());
         // Registering a known version again is always accepted.
         assert!(r.register("s", v1).is_ok());

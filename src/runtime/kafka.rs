@@ -11,6 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
@@ -89,6 +90,36 @@ impl ClientContext for QuietContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
+/// [`QuietContext`] that also keeps the last client error, so a start-up
+/// failure can say why (librdkafka reports a failed authentication or TLS
+/// handshake there, and only "transport failure" to the request).
+#[derive(Debug, Default)]
+pub struct RecordingContext {
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl RecordingContext {
+    /// The last error librdkafka reported, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last.lock().ok()?.clone()
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RecordingContext {}
+
+impl ClientContext for RecordingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(format!("{error}: {reason}"));
+        }
+    }
+}
 
 impl rdkafka::producer::ProducerContext for QuietContext {
     type DeliveryOpaque = ();
@@ -254,10 +285,24 @@ pub fn check_topics(
         .admin()
         .create_with_context(QuietContext)
         .map_err(|e| TopicError::Metadata(e.to_string()))?;
+    // The metadata is read by a client whose events this thread serves, so
+    // a failure can say why (an authentication or TLS error is an event).
+    let probe: rdkafka::consumer::BaseConsumer<RecordingContext> = conn
+        .admin()
+        .create_with_context(RecordingContext::default())
+        .map_err(|e| TopicError::Metadata(e.to_string()))?;
     let timeout = Duration::from_secs(15);
     let mut names: Vec<&str> = inputs.iter().map(String::as_str).collect();
     names.push(changelog);
-    let counts = partition_counts(admin.inner(), &names, timeout)?;
+    let counts = partition_counts(probe.client(), &names, timeout).map_err(|e| {
+        for _ in 0..5 {
+            let _ = probe.poll(Duration::from_millis(100));
+        }
+        match (e, probe.context().last_error()) {
+            (TopicError::Metadata(m), Some(why)) => TopicError::Metadata(format!("{m} ({why})")),
+            (e, _) => e,
+        }
+    })?;
     let mut inputs_n = HashMap::new();
     let mut widest: Option<(&str, usize)> = None;
     for t in inputs {

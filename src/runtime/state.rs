@@ -12,8 +12,8 @@
 //!   next input offset to process in that topic's partition `p`.
 //!
 //! A broker that aborts a crashed producer's transaction hides both with
-//! its outputs. The test brokers (librdkafka's mock cluster, Tansu) instead
-//! show a crashed transaction's records to `read_committed` readers; the
+//! its outputs. librdkafka's mock cluster (the embedded demo's broker)
+//! instead shows a crashed transaction's records to `read_committed` readers; the
 //! resume marker then tells the successor that those inputs were already
 //! processed, and the restored versions make any replay a `duplicate`, so
 //! outputs stay exactly-once per event either way.

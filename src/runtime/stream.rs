@@ -61,6 +61,8 @@ pub(crate) struct Settings {
 
 /// How long a transactional call may take before it is retried.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait before asking an unavailable registry again.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between retries of a registry that is unavailable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Aborts in a row without a commit before the thread gives up.
@@ -198,6 +200,15 @@ struct Task {
     last_refresh: Instant,
     last_gauges: Instant,
     aborts_in_a_row: u32,
+    /// The producer's client and transactional id, to start a new one.
+    client_id: String,
+    /// While the registry is away: every assigned partition is paused
+    /// until then, so the poll loop serves rebalances and heartbeats
+    /// without fetching.
+    paused_until: Option<Instant>,
+    /// The next wait for the registry (100 ms, doubling to 5 s; reset by a
+    /// record processed).
+    registry_backoff: Duration,
     /// Records sent, for the delivery-report cadence.
     sends: u64,
     /// Records handled, for sampling the engine's time.
@@ -208,6 +219,9 @@ struct Task {
     broken: Option<String>,
     /// Set in a callback that cannot return an error.
     fatal: Option<anyhow::Error>,
+    /// The thread is ending after a fatal error: leaving the group must not
+    /// commit what the failed state holds.
+    failed: bool,
     dead_letter_log: RateLimit,
     /// Derived schemas whose refusal was logged, by (subject, writer id):
     /// each is logged once, however many events it refuses.
@@ -335,11 +349,15 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         last_refresh: Instant::now(),
         last_gauges: Instant::now(),
         aborts_in_a_row: 0,
+        client_id: client_id.clone(),
+        paused_until: None,
+        registry_backoff: MIN_BACKOFF,
         sends: 0,
         handled: 0,
         since_tick: 0,
         broken: None,
         fatal: None,
+        failed: false,
         dead_letter_log: RateLimit::new(),
         refusals_logged: HashSet::new(),
     };
@@ -373,6 +391,7 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
                 // Failing: abort the open transaction now rather than leave
                 // it to the broker's transaction timeout (it would hold back
                 // read_committed readers of every partition it touched).
+                task.failed = true;
                 task.abort_quietly();
                 Ok(())
             }
@@ -482,8 +501,59 @@ fn retriable(e: &KafkaError) -> bool {
     }
 }
 
-fn guarantee_is_exactly_once(g: Guarantee) -> bool {
-    g == Guarantee::ExactlyOnce
+/// The producer's `transaction.timeout.ms` (10 s unless the operator set
+/// another).
+fn transaction_timeout(conn: &super::kafka::Connection) -> Duration {
+    conn.overrides
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "transaction.timeout.ms")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// A newer producer with this transactional id exists (another instance
+/// with the same `--instance-id` took over): this one must stop, or the two
+/// would fence each other in turn.
+fn fenced_code(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::FencedInstanceId)
+    )
+}
+
+/// [`fenced_code`] for an error on its way out.
+fn is_fenced(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<KafkaError>())
+        .any(fenced_code)
+}
+
+/// The transaction failed because brokers were away (records timed out,
+/// no leader, no coordinator): waiting is the remedy, not giving up.
+fn broker_away(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    let by_code = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageTimedOut
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::CoordinatorLoadInProgress
+                | C::NetworkException
+        )
+    );
+    // librdkafka reports records that timed out in a transaction as the
+    // transaction's failure, naming them in the text.
+    by_code || e.to_string().contains("timed out")
 }
 
 fn requires_abort(e: &KafkaError) -> bool {
@@ -555,12 +625,11 @@ impl Task {
             value: m.payload(),
             headers: &headers,
         };
-        let mut backoff = Duration::from_millis(100);
         // The engine's time is sampled (one record in 16): reading the clock
         // twice per record costs more than the histogram is worth.
         self.handled = self.handled.wrapping_add(1);
         let timed = self.handled.is_multiple_of(16);
-        let outcome = loop {
+        let outcome = {
             let started = timed.then(Instant::now);
             let part = self.parts.get_mut(&p).expect("restored above");
             let mut store = self.journal.store(p, &mut part.store);
@@ -577,24 +646,23 @@ impl Task {
                 telemetry::derived_schema_refused(&self.settings.metrics, &refusal, first);
             }
             match result {
-                Ok(o) => break o,
+                Ok(o) => {
+                    self.registry_backoff = MIN_BACKOFF;
+                    o
+                }
                 Err(EngineError::Transient(why)) => {
                     warn!(
                         topic = %topic,
                         partition = p,
                         offset,
                         error = %why,
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_in_ms = self.registry_backoff.as_millis() as u64,
                         "Schema registry unavailable; waiting, skipping nothing."
                     );
                     // Nothing stays open while waiting.
                     self.commit(consumer)?;
-                    if !self.sleep(backoff) {
-                        // Stopping: this record is neither processed nor
-                        // committed; whoever resumes processes it.
-                        return Ok(());
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    self.wait_for_registry(consumer, &topic, p, offset);
+                    return Ok(());
                 }
                 Err(EngineError::Fatal(why)) => {
                     bail!("processing {topic}[{p}]@{offset}: {why}")
@@ -608,20 +676,48 @@ impl Task {
         self.emit(outcome, &topic, p, offset, ts);
         self.advance(&topic, p, offset);
         if let Some(why) = self.broken.take() {
-            self.abort(consumer, &why)?;
+            self.abort(consumer, &why, false)?;
         }
         Ok(())
     }
 
-    fn sleep(&self, d: Duration) -> bool {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            if self.stopping() {
-                return false;
+    /// Waits for the registry without leaving the group: this record is
+    /// put back (the partition is rewound to it, which also drops what was
+    /// fetched after it), every assigned partition is paused, and the poll
+    /// loop goes on serving rebalances and heartbeats until the back-off has
+    /// passed ([`Task::tick`] resumes them). Blocking here instead would
+    /// hold up every rebalance of the group for as long as the registry is
+    /// away.
+    fn wait_for_registry(
+        &mut self,
+        consumer: &BaseConsumer<StreamCtx>,
+        topic: &str,
+        p: i32,
+        offset: i64,
+    ) {
+        match consumer.assignment() {
+            Ok(all) => {
+                if let Err(e) = consumer.pause(&all) {
+                    warn!(error = %e, "Pausing the input failed.");
+                }
             }
-            std::thread::sleep(Duration::from_millis(20).min(d));
+            Err(e) => warn!(error = %e, "Reading the assignment failed."),
         }
-        !self.stopping()
+        if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
+            warn!(topic, partition = p, error = %e, "Rewind failed.");
+        }
+        self.paused_until = Some(Instant::now() + self.registry_backoff);
+        self.registry_backoff = (self.registry_backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Ends a registry wait: every assigned partition fetches again.
+    fn resume_input(&mut self, consumer: &BaseConsumer<StreamCtx>) {
+        self.paused_until = None;
+        if let Ok(all) = consumer.assignment() {
+            if let Err(e) = consumer.resume(&all) {
+                warn!(error = %e, "Resuming the input failed.");
+            }
+        }
     }
 
     fn advance(&mut self, topic: &Arc<str>, p: i32, offset: i64) {
@@ -768,6 +864,9 @@ impl Task {
         if self.last_commit.elapsed() >= self.commit_interval {
             self.commit(consumer)?;
         }
+        if self.paused_until.is_some_and(|t| Instant::now() >= t) {
+            self.resume_input(consumer);
+        }
         if self.last_refresh.elapsed() >= SUBJECT_REFRESH {
             self.engine.forget_misses();
             self.last_refresh = Instant::now();
@@ -813,7 +912,7 @@ impl Task {
             self.send_raw(&changelog, Some(*p), &resume_key(t), &encode_value(*next));
         }
         if let Some(why) = self.broken.take() {
-            return self.abort(consumer, &why);
+            return self.abort(consumer, &why, false);
         }
         let mut offsets = TopicPartitionList::new();
         for (t, p, next) in &dirty {
@@ -840,11 +939,19 @@ impl Task {
                     match r {
                         Ok(()) => break,
                         Err(e) if requires_abort(&e) => {
-                            return self.abort(consumer, &e.to_string());
+                            return self.abort(consumer, &e.to_string(), broker_away(&e));
                         }
                         Err(e) if retriable(&e) => {
                             warn!(error = %e, "Commit not finished; retrying.");
                             std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) if !fenced_code(&e) && !self.stopping() => {
+                            // Fatal to this producer, not to the processor
+                            // (e.g. the broker ended the transaction on its
+                            // timeout while a broker was away).
+                            warn!(error = %e, "The transaction cannot be committed or aborted; starting a new producer.");
+                            self.renew_producer()?;
+                            return self.abort_renewed(consumer, &e.to_string());
                         }
                         Err(e) => return Err(txn_failure(e, "committing the transaction")),
                     }
@@ -853,7 +960,7 @@ impl Task {
             Guarantee::AtLeastOnce => {
                 self.drain();
                 if self.producer.context().failed.swap(0, Ordering::Relaxed) > 0 {
-                    return self.abort(consumer, "records could not be delivered");
+                    return self.abort(consumer, "records could not be delivered", false);
                 }
                 if !dirty.is_empty() {
                     if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
@@ -935,30 +1042,42 @@ impl Task {
     }
 
     /// Aborts the open transaction, puts the versions it changed back and
-    /// rewinds every partition it read to where it started.
-    fn abort(&mut self, consumer: &BaseConsumer<StreamCtx>, why: &str) -> Result<()> {
+    /// rewinds every partition it read to where it started. When the abort
+    /// itself fails for any reason but a newer producer with this
+    /// transactional id (the broker aborted the transaction on its timeout
+    /// while a broker was away, or left the producer in a state only a new
+    /// epoch clears), the producer is replaced by a new one, which
+    /// initialises its transactions and so ends this one, as Kafka Streams
+    /// does. Aborts caused by brokers being away do not count towards the
+    /// aborts in a row that end the processor: waiting for brokers is not
+    /// a failure.
+    fn abort(
+        &mut self,
+        consumer: &BaseConsumer<StreamCtx>,
+        why: &str,
+        broker_away: bool,
+    ) -> Result<()> {
         let started = Instant::now();
         if self.guarantee == Guarantee::ExactlyOnce {
-            retry_txn(&self.settings, "abort_transaction", || {
+            if let Err(e) = retry_txn(&self.settings, "abort_transaction", || {
                 self.abort_open(TXN_TIMEOUT)
-            })?;
+            }) {
+                if is_fenced(&e) || self.stopping() {
+                    return Err(e);
+                }
+                warn!(error = %format!("{e:#}"), "The abort failed; starting a new producer.");
+                self.renew_producer()?;
+            }
         } else {
             self.drain();
         }
         self.producer.context().failed.store(0, Ordering::Relaxed);
-        self.journal.roll_back(&mut self.parts);
-        for ((t, p), pos) in self.positions.iter_mut() {
-            if let Some(start) = pos.txn_start.take() {
-                pos.next = start;
-                if let Err(e) = consumer.seek(t, *p, Offset::Offset(start), Duration::from_secs(10))
-                {
-                    warn!(topic = %t, partition = *p, error = %e, "Rewind failed.");
-                }
-            }
-        }
+        self.rewind(consumer);
         let m = self.settings.metrics.clone();
         telemetry::aborted(&m, &mut self.pending, started.elapsed(), why);
-        self.aborts_in_a_row += 1;
+        if !broker_away {
+            self.aborts_in_a_row += 1;
+        }
         if self.aborts_in_a_row > MAX_ABORTS_IN_A_ROW {
             bail!(
                 "{} transactions in a row were aborted; last: {why}",
@@ -974,11 +1093,204 @@ impl Task {
         Ok(())
     }
 
+    /// After [`Task::renew_producer`] ended the open transaction: the rest of
+    /// an abort (state back, rewind, a new transaction).
+    fn abort_renewed(&mut self, consumer: &BaseConsumer<StreamCtx>, why: &str) -> Result<()> {
+        self.rewind(consumer);
+        let m = self.settings.metrics.clone();
+        telemetry::aborted(&m, &mut self.pending, Duration::ZERO, why);
+        self.aborts_in_a_row += 1;
+        if self.aborts_in_a_row > MAX_ABORTS_IN_A_ROW {
+            bail!(
+                "{} transactions in a row were aborted; last: {why}",
+                self.aborts_in_a_row
+            );
+        }
+        let producer = &self.producer;
+        retry_txn(&self.settings, "begin_transaction", || {
+            producer.begin_transaction()
+        })
+    }
+
+    /// Puts back the versions the open transaction changed and rewinds every
+    /// partition it read to where it started.
+    fn rewind(&mut self, consumer: &BaseConsumer<StreamCtx>) {
+        self.journal.roll_back(&mut self.parts);
+        for ((t, p), pos) in self.positions.iter_mut() {
+            if let Some(start) = pos.txn_start.take() {
+                pos.next = start;
+                if let Err(e) = consumer.seek(t, *p, Offset::Offset(start), Duration::from_secs(10))
+                {
+                    warn!(topic = %t, partition = *p, error = %e, "Rewind failed.");
+                }
+            }
+        }
+    }
+
+    /// Replaces the transactional producer: the old one is dropped (what
+    /// it still held is purged), the new one initialises its transactions
+    /// with the same transactional id, which ends whatever the old one left
+    /// open. No transaction is open afterwards.
+    fn renew_producer(&mut self) -> Result<()> {
+        let producer: BaseProducer<ProducerCtx> = self
+            .settings
+            .conn
+            .producer(&self.client_id, self.guarantee)
+            .create_with_context(ProducerCtx::default())
+            .context("creating a new producer")?;
+        let old = std::mem::replace(&mut self.producer, producer);
+        drop(old);
+        self.broken = None;
+        let producer = &self.producer;
+        retry_txn(&self.settings, "init_transactions", || {
+            producer.init_transactions(TXN_TIMEOUT)
+        })?;
+        info!("A new transactional producer took over.");
+        self.await_no_hanging_transactions()
+    }
+
+    /// Waits until no transaction is open on any partition this processor
+    /// writes (tier, dead-letter and changelog topics), as of now: each
+    /// partition's last stable offset must reach the high watermark it has
+    /// at the start. Called after a transaction ended without this
+    /// instance's own commit or abort. Kafka then ends it on the broker,
+    /// but a broker that aborts it while starting up (a single node
+    /// restarted after a crash, when the transaction timed out meanwhile)
+    /// may skip the abort markers of partitions whose leaders it does not
+    /// know yet (`TransactionMarkerChannelManager`: "likely deleted
+    /// already"), leaving the transaction hanging; the next transaction of
+    /// the same producer id would then commit its records with its own.
+    /// A transaction still open after twice the transaction timeout is such
+    /// a hanging one: the processor stops (fatal) naming the partition and
+    /// the offset an operator aborts it at, rather than commit it.
+    fn await_no_hanging_transactions(&self) -> Result<()> {
+        let mut topics: Vec<String> = self.tier_topics.iter().map(|t| t.to_string()).collect();
+        topics.push(self.settings.topology.engine.topics.dead_letter.to_string());
+        topics.push(self.changelog.clone());
+        let (high, low) = self.watermark_clients()?;
+        let timeout = Duration::from_secs(10);
+        let started = Instant::now();
+        let limit = 3 * transaction_timeout(&self.settings.conn);
+        // Brokers may still be moving leaders: errors are retried until the
+        // limit, like a partition that is held.
+        let mut targets = Vec::new();
+        'topics: while targets.is_empty() {
+            for t in &topics {
+                let read = low
+                    .fetch_metadata(Some(t), timeout)
+                    .and_then(|_| high.fetch_metadata(Some(t), timeout));
+                let md = match read {
+                    Ok(md) => md,
+                    Err(e) if started.elapsed() < limit => {
+                        warn!(topic = %t, error = %e, "Reading an output topic's metadata failed; retrying.");
+                        targets.clear();
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue 'topics;
+                    }
+                    Err(e) => return Err(anyhow!(e).context("reading the output topics' metadata")),
+                };
+                for p in md.topics().iter().flat_map(|m| m.partitions()) {
+                    targets.push((t.clone(), p.id()));
+                }
+            }
+        }
+        self.await_closed(&high, &low, targets, started)
+    }
+
+    /// The high watermark (read_uncommitted) and the last stable offset
+    /// (read_committed) of a partition come from two clients of their own,
+    /// as librdkafka answers a watermark query with the client's isolation.
+    fn watermark_clients(
+        &self,
+    ) -> Result<(BaseConsumer<QuietContext>, BaseConsumer<QuietContext>)> {
+        let client = |isolation: &str| -> Result<BaseConsumer<QuietContext>> {
+            let mut c = self.settings.conn.admin();
+            c.set("isolation.level", isolation);
+            c.create_with_context(QuietContext)
+                .context("creating a watermark client")
+        };
+        Ok((client("read_uncommitted")?, client("read_committed")?))
+    }
+
+    /// Waits until every target partition's last stable offset reaches the
+    /// high watermark it had at the start: no transaction that was open
+    /// then is still open. One still open after three transaction
+    /// timeouts (Kafka aborts a dead producer's after one) is hanging: the
+    /// processor stops, naming the partition and offset to abort it at.
+    fn await_closed(
+        &self,
+        high: &BaseConsumer<QuietContext>,
+        low: &BaseConsumer<QuietContext>,
+        targets: Vec<(String, i32)>,
+        started: Instant,
+    ) -> Result<()> {
+        let timeout = Duration::from_secs(10);
+        let limit = 3 * transaction_timeout(&self.settings.conn);
+        let mut targets: Vec<(String, i32, Option<i64>)> =
+            targets.into_iter().map(|(t, p)| (t, p, None)).collect();
+        loop {
+            let mut held = Vec::new();
+            for (t, p, hw) in &mut targets {
+                let target = match hw {
+                    Some(h) => *h,
+                    None => match high.fetch_watermarks(t, *p, timeout) {
+                        Ok((_, h)) => *hw.insert(h),
+                        Err(_) => {
+                            held.push((&*t, *p, -1));
+                            continue;
+                        }
+                    },
+                };
+                match low.fetch_watermarks(t, *p, timeout) {
+                    Ok((_, lso)) if lso >= target => {}
+                    Ok((_, lso)) => held.push((&*t, *p, lso)),
+                    Err(_) => held.push((&*t, *p, -1)),
+                }
+            }
+            if held.is_empty() {
+                if started.elapsed() > Duration::from_secs(1) {
+                    info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "No transaction left open on the partitions waited for."
+                    );
+                }
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                if held.iter().any(|(_, _, lso)| *lso < 0) {
+                    bail!("the output partitions' offsets could not be read for {limit:?}: is the cluster reachable?");
+                }
+                for (t, p, lso) in &held {
+                    tracing::error!(
+                        topic = %t,
+                        partition = *p,
+                        offset = *lso,
+                        "A transaction is hanging on an output partition: the broker never ended it. Stopping rather than committing its records with the next transaction. Abort it (kafka-transactions.sh --bootstrap-server ... abort --topic {t} --partition {p} --start-offset {lso}), then restart."
+                    );
+                }
+                bail!(
+                    "{} partition(s) hold a hanging transaction (first: {}[{}] at offset {}): abort each with kafka-transactions.sh --bootstrap-server <brokers> abort --topic <topic> --partition <partition> --start-offset <offset>, as logged",
+                    held.len(),
+                    held[0].0,
+                    held[0].1,
+                    held[0].2
+                );
+            }
+            if self.stopping() {
+                bail!("stopping while waiting for transactions to end");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     fn on_revoke(&mut self, consumer: &BaseConsumer<StreamCtx>, tpl: &TopicPartitionList) {
         self.settings.health.set_ready(false, "rebalancing");
-        // Finish the open transaction before the partitions are released.
-        if let Err(e) = self.commit(consumer) {
-            self.fatal = Some(e.context("committing before a rebalance"));
+        // Finish the open transaction before the partitions are released
+        // (not on the way out after a failure: nothing more is committed).
+        if !self.failed {
+            if let Err(e) = self.commit(consumer) {
+                self.fatal = Some(e.context("committing before a rebalance"));
+            }
         }
         for el in tpl.elements() {
             let topic = self.input(el.topic());
@@ -1004,7 +1316,7 @@ impl Task {
         // group coordinator answers UNSTABLE_OFFSET_COMMIT until the
         // transaction commits or aborts); restoring first could miss the
         // changelog records such a transaction then commits.
-        if guarantee_is_exactly_once(self.guarantee) {
+        if self.guarantee == Guarantee::ExactlyOnce {
             let started = Instant::now();
             match consumer.committed_offsets(tpl.clone(), TXN_TIMEOUT) {
                 Ok(_) => {
@@ -1018,9 +1330,10 @@ impl Task {
                 }
                 Err(e) => {
                     if !self.stopping() {
-                        self.fatal = Some(anyhow!(e).context(
-                            "reading the committed offsets of newly assigned partitions",
-                        ));
+                        self.fatal =
+                            Some(anyhow!(e).context(
+                                "reading the committed offsets of newly assigned partitions",
+                            ));
                     }
                     return;
                 }
@@ -1049,12 +1362,32 @@ impl Task {
             "Partitions assigned and restored."
         );
         self.gauges();
+        // A registry wait pauses partitions, and librdkafka keeps a
+        // partition's pause across a revoke and a new assignment. While a
+        // wait runs, the tick resumes whatever is assigned when it ends;
+        // otherwise nothing assigned may stay paused.
+        if self.paused_until.is_none() {
+            let _ = consumer.resume(tpl);
+        }
         self.settings.health.set_ready(true, "processing");
     }
 
     fn restore_partitions(&mut self, ps: &[i32]) -> Result<()> {
         if ps.is_empty() {
             return Ok(());
+        }
+        if self.guarantee == Guarantee::ExactlyOnce {
+            // A previous owner's committed transaction can still be open on
+            // the changelog after its offsets turned stable: Kafka writes the
+            // commit markers of each partition separately, and the group
+            // coordinator's may come first. Restoring to the last stable
+            // offset then would miss the versions that commit writes, so
+            // wait until each partition's transactions as of now have ended
+            // (a dead owner's is aborted within its transaction timeout).
+            let started = Instant::now();
+            let (high, low) = self.watermark_clients()?;
+            let targets = ps.iter().map(|p| (self.changelog.clone(), *p)).collect();
+            self.await_closed(&high, &low, targets, started)?;
         }
         let stop = self.settings.stop.clone();
         let restored = match restore(&self.restorer, &self.changelog, ps, &|| {
