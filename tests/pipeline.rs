@@ -860,17 +860,16 @@ fn a_refused_derived_schema_dead_letters_its_events_and_nothing_else() {
         partition: 0,
         offset: 7,
     };
-    let mut pipe =
-        |engine: &mut Engine, store: &mut MemoryStore, reg: &mut Refusing<'_>, v: &Value| {
-            let value = serde_json::to_vec(v).unwrap();
-            let raw = RawRecord {
-                source: &source,
-                key: None,
-                value: Some(&value),
-                headers: &[],
-            };
-            (engine.process(&raw, store, reg).unwrap(), value)
+    let pipe = |engine: &mut Engine, store: &mut MemoryStore, reg: &mut Refusing<'_>, v: &Value| {
+        let value = serde_json::to_vec(v).unwrap();
+        let raw = RawRecord {
+            source: &source,
+            key: None,
+            value: Some(&value),
+            headers: &[],
         };
+        (engine.process(&raw, store, reg).unwrap(), value)
+    };
     let (out, value) = pipe(&mut d.engine, &mut d.store, &mut reg, &user_created(1));
     let (record, reason, detail) = rejected(out);
     assert_eq!(reason, Reason::DerivedSchemaRejected);
