@@ -169,6 +169,19 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
 /// stops in the middle of the stream with an open transaction whose
 /// records were all sent, until [`release`].
 fn held_stream(s: &mut Scenario, n: usize, seed: u64) -> Vec<Input> {
+    let (values, keys) = held_values(s, n, seed, n / 2);
+    produce_keyed(&s.broker.bootstrap(), &s.input, &values, keys)
+}
+
+/// `n` framed sample events keyed by entity, those from `held_from` on
+/// re-framed with second-version schema ids that the stand-in registry
+/// holds (answers only after `release`, or the client's timeout).
+fn held_values(
+    s: &mut Scenario,
+    n: usize,
+    seed: u64,
+    held_from: usize,
+) -> (Vec<Vec<u8>>, Vec<Option<String>>) {
     let mut values = s.samples(n, seed, SampleFormat::Framed, true);
     let keys: Vec<Option<String>> = values.iter().map(|v| entity_id_of(&s.files, v)).collect();
     let second = s.second_versions();
@@ -176,11 +189,11 @@ fn held_stream(s: &mut Scenario, n: usize, seed: u64) -> Vec<Input> {
         *second.values().min().unwrap(),
         *second.values().max().unwrap(),
     );
-    reframe(&mut values[n / 2..], &|id| second.get(&id).copied());
+    reframe(&mut values[held_from..], &|id| second.get(&id).copied());
     let inner = &s.registry.inner;
     inner.hold_ids_to.store(hi, Ordering::SeqCst);
     inner.hold_ids_from.store(lo, Ordering::SeqCst);
-    produce_keyed(&s.broker.bootstrap(), &s.input, &values, keys)
+    (values, keys)
 }
 
 fn release(s: &Scenario) {
@@ -206,8 +219,8 @@ fn restored_records(log: &str) -> u64 {
         .sum()
 }
 
-/// SIGKILL while a transaction is open (the processor waits for the
-/// registry in the middle of 20,000 events), restart with the same
+/// SIGKILL while a transaction is open (10,000 events committed, then the
+/// processor waits for the registry in the middle of 10,000 more), restart with the same
 /// instance id: Kafka hides the open transaction from read_committed
 /// readers and aborts it when the restarted instance's producer fences
 /// its predecessor; the state restored from the changelog continues the
@@ -217,15 +230,39 @@ fn sigkill_with_an_open_transaction_and_restart() {
     let _serial = serial();
     let mut s = Scenario::new(Broker::shared(), 3, "");
     s.registry_timeout_ms = 60_000;
-    let inputs = held_stream(&mut s, 20_000, 21);
-    let want = expected(&s, &inputs);
     let bootstrap = s.broker.bootstrap();
     let restricted = s.topology.engine.topics.tiers[2].to_string();
+    // Half the stream first, committed before the rest is produced, so the
+    // restart has a changelog to restore whatever the commit timing; then
+    // a quarter the registry answers and a quarter it holds, so the kill
+    // finds a transaction open.
+    let (values, keys) = held_values(&mut s, 20_000, 21, 15_000);
+    let early = produce_keyed(
+        &bootstrap,
+        &s.input,
+        &values[..10_000],
+        keys[..10_000].to_vec(),
+    );
+    let early_restricted = expected(&s, &early)[&restricted].len();
 
     let mut first = s.processor("crashy", &[]);
     assert!(
+        wait_until(TIMEOUT, || count(&bootstrap, &restricted, true)
+            >= early_restricted),
+        "the first half was never committed:\n{}",
+        tail(&first.log_text(), 30)
+    );
+    let late = produce_keyed(
+        &bootstrap,
+        &s.input,
+        &values[10_000..],
+        keys[10_000..].to_vec(),
+    );
+    let inputs = [early, late].concat();
+    let want = expected(&s, &inputs);
+    assert!(
         wait_until(TIMEOUT, || held(&s) > 0),
-        "the processor never reached the second half:\n{}",
+        "the processor never reached the held quarter:\n{}",
         tail(&first.log_text(), 30)
     );
     std::thread::sleep(Duration::from_millis(500));
