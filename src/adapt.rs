@@ -1,7 +1,7 @@
 //! Adapters: a producer's own JSON event → the canonical envelope, before
 //! decode.
 //!
-//! Producers that do not write the canonical envelope (seed 003) get an
+//! Producers that do not write the canonical envelope (see the README) get an
 //! adapter in the topology, declared per input topic. It says where each
 //! canonical field comes from in the producer's JSON — a path
 //! (`payload.userId`), a constant for what the producer lacks
@@ -748,7 +748,7 @@ mod tests {
         serde_saphyr::from_str(yaml).unwrap()
     }
 
-    /// A BaseEvent-like producer (seed 004's shape).
+    /// A BaseEvent-like producer (camelCase ids, a nested payload).
     fn base_event() -> Adapter {
         config(
             r#"

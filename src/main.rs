@@ -14,11 +14,14 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            // 1: refused at start-up; 2: usage (clap); 3: fatal while running.
-            if e.downcast_ref::<privacy_router::runtime::Fatal>().is_some() {
-                std::process::ExitCode::from(privacy_router::runtime::Fatal::EXIT_CODE)
-            } else {
-                std::process::ExitCode::FAILURE
+            // 1: refused at start-up; 2: usage (clap); 3 and up: a running
+            // processor stopped, one code per reason (docs/operations.md).
+            let fatal = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<privacy_router::runtime::Fatal>());
+            match fatal {
+                Some(f) => std::process::ExitCode::from(f.exit_code()),
+                None => std::process::ExitCode::FAILURE,
             }
         }
     }

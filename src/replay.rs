@@ -12,10 +12,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::order::{MemoryStore, Verdict, VersionStore};
+use crate::order::{MemoryStore, VersionStore};
 use crate::pipeline::{Engine, Outcome, SchemaLookup};
 use crate::record::{OutRecord, RawRecord, Source, Tier};
 use crate::schema::{binary, json as sjson, CompiledSchema};
+use crate::telemetry::{At, Metrics, RecordEvents};
 
 /// How the input file is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -174,6 +175,10 @@ pub fn replay(
     };
     let mut store = MemoryStore::default();
     let mut summary = Summary::default();
+    let mut events = RecordEvents::default();
+    // Replay counts in its summary; the metrics only take what the events
+    // count at once (refused derived schemas).
+    let metrics = Metrics::default();
     let source_topic: Arc<str> = Arc::from(source_topic);
     let mut buf = Vec::new();
     let mut offset = 0i64;
@@ -223,44 +228,26 @@ pub fn replay(
         let outcome = engine
             .process(&raw, &mut store, registry)
             .map_err(|e| anyhow::anyhow!("record {offset}: {e}"))?;
+        for refusal in engine.take_refusals() {
+            events.derived_schema_refused(&metrics, &refusal);
+        }
+        let at = At {
+            topic: &source_topic,
+            partition: 0,
+            offset,
+        };
         match outcome {
             Outcome::Routed(r) => {
-                *summary.verdicts.entry(r.verdict.label()).or_default() += 1;
-                if let Some(field) = &r.tier_mismatch {
-                    summary.tier_mismatches += 1;
-                    tracing::info!(offset, field = %field, "Event holds data above its declared privacy tier.");
-                }
-                if let Verdict::Gap { missing } = r.verdict {
-                    tracing::info!(
-                        offset,
-                        missing,
-                        "Entity version gap; emitted with x-version-gap."
-                    );
-                }
+                let tier_of = |rec: &OutRecord| sinks.tiers.get(&rec.topic).map(|(t, _)| *t);
+                events.routed(at, &r, |rec| tier_of(rec).unwrap_or(Tier::Restricted));
                 for rec in r.records {
-                    let tier = sinks
-                        .tiers
-                        .get(&rec.topic)
-                        .map(|(t, _)| *t)
-                        .context("unknown tier topic")?;
-                    *summary.produced.entry(tier).or_default() += 1;
+                    let tier = tier_of(&rec).context("unknown tier topic")?;
                     outputs.push((tier, rec));
                 }
             }
-            Outcome::Skipped(v) => {
-                tracing::debug!(
-                    offset,
-                    verdict = v.label(),
-                    "Version already emitted; skipped."
-                );
-                *summary.verdicts.entry(v.label()).or_default() += 1;
-            }
+            Outcome::Skipped(v) => events.skipped(at, v),
             Outcome::DeadLettered { record, rejection } => {
-                tracing::warn!(offset, reason = rejection.reason.code(), detail = %rejection.detail, "Dead-lettered.");
-                *summary
-                    .dead_letters
-                    .entry(rejection.reason.code())
-                    .or_default() += 1;
+                events.dead_lettered(at, &rejection);
                 let line = json!({
                     "offset": offset,
                     "topic": &*record.topic,
@@ -298,6 +285,18 @@ pub fn replay(
         w.flush()?;
     }
     sinks.dead.flush()?;
+    let counts = events.counts();
+    for tier in Tier::ALL {
+        let n = counts.produced_to(tier);
+        if n > 0 {
+            summary.produced.insert(tier, n);
+        }
+    }
+    summary.verdicts = counts.verdicts().collect();
+    for reason in counts.dead_letters() {
+        *summary.dead_letters.entry(reason.code()).or_default() += 1;
+    }
+    summary.tier_mismatches = counts.tier_mismatches();
     summary.entities = store.len();
     progress.finish_and_clear();
     Ok(summary)

@@ -8,11 +8,11 @@
 //! [`serve`] exposes `/metrics`, `/healthz` (the process lives) and
 //! `/readyz` (joined the group, every assigned partition's state restored).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -20,7 +20,8 @@ use prometheus::{
 };
 
 use crate::order::Verdict;
-use crate::record::{Reason, Tier};
+use crate::pipeline::{Refusal, Routed};
+use crate::record::{OutRecord, Reason, Rejection, Tier};
 
 /// Metric names, as scraped.
 pub mod names {
@@ -366,10 +367,270 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         *self == Pending::default()
     }
+
+    /// Tier records sent to `tier`.
+    pub fn produced_to(&self, tier: Tier) -> u64 {
+        self.produced[tier.index()]
+    }
+
+    /// Ordering verdicts by label (`accepted`, `duplicate`, …), those seen.
+    pub fn verdicts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        VERDICT_LABELS
+            .iter()
+            .zip(self.verdicts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| (*l, n))
+    }
+
+    /// Dead letters by reason, in the order sent.
+    pub fn dead_letters(&self) -> &[Reason] {
+        &self.dead_letters
+    }
+
+    /// Events that held data above their declared tier.
+    pub fn tier_mismatches(&self) -> u64 {
+        self.tier_mismatches
+    }
+}
+
+/// Where a record was read, for log lines.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    /// The input topic (or the replayed file's source topic).
+    pub topic: &'a str,
+    /// The input partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+}
+
+/// Logs at most [`RateLimit::MAX`] lines per window of one kind, then,
+/// when the window ends, says how many it held back.
+#[derive(Debug)]
+pub struct RateLimit {
+    what: &'static str,
+    window: Instant,
+    logged: u32,
+    held_back: u64,
+}
+
+impl RateLimit {
+    const MAX: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// A limiter for lines about `what` (named in the held-back line).
+    pub fn new(what: &'static str) -> Self {
+        RateLimit {
+            what,
+            window: Instant::now(),
+            logged: 0,
+            held_back: 0,
+        }
+    }
+
+    /// Whether the next line may be logged.
+    pub fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Self::WINDOW {
+            if self.held_back > 0 {
+                tracing::warn!(
+                    held_back = self.held_back,
+                    lines = self.what,
+                    window_s = Self::WINDOW.as_secs(),
+                    "Log lines held back by the rate limit; the metrics count every one."
+                );
+            }
+            self.window = Instant::now();
+            self.logged = 0;
+            self.held_back = 0;
+        }
+        if self.logged < Self::MAX {
+            self.logged += 1;
+            true
+        } else {
+            self.held_back += 1;
+            false
+        }
+    }
+}
+
+/// The named events of each record's journey through the engine, as `run`,
+/// `demo` and `replay` report them: each logs at one level with one
+/// message (the noisy ones rate-limited) and counts into [`Pending`], which
+/// becomes the metrics when the records' transaction commits.
+#[derive(Debug)]
+pub struct RecordEvents {
+    pending: Pending,
+    dead_letters: RateLimit,
+    tier_mismatches: RateLimit,
+    gaps: RateLimit,
+    /// Derived schemas whose refusal was logged, by (subject, writer id):
+    /// each is logged once, however many events it refuses.
+    refusals_logged: HashSet<(String, u32)>,
+}
+
+impl Default for RecordEvents {
+    fn default() -> Self {
+        RecordEvents {
+            pending: Pending::default(),
+            dead_letters: RateLimit::new("dead-lettered"),
+            tier_mismatches: RateLimit::new("tier mismatch"),
+            gaps: RateLimit::new("version gap"),
+            refusals_logged: HashSet::new(),
+        }
+    }
+}
+
+impl RecordEvents {
+    /// The event was routed: one record per tier it reaches (`tier_of`
+    /// names each record's tier). Debug: `Routed.`; info, rate-limited: a
+    /// tier mismatch, a version gap.
+    pub fn routed(&mut self, at: At<'_>, r: &Routed, tier_of: impl Fn(&OutRecord) -> Tier) {
+        for rec in &r.records {
+            let tier = tier_of(rec);
+            self.pending.produced(tier, r.redacted[tier.index()]);
+        }
+        self.pending.verdict(r.verdict);
+        let trace_id = r.log_ids.trace_id.as_deref().unwrap_or("");
+        let correlation_id = r.log_ids.correlation_id.as_deref().unwrap_or("");
+        let At {
+            topic,
+            partition,
+            offset,
+        } = at;
+        if let Some(field) = &r.tier_mismatch {
+            self.pending.tier_mismatch();
+            if self.tier_mismatches.allow() {
+                tracing::info!(topic, partition, offset, field = %field, "Event holds data above its declared privacy tier.");
+            }
+        }
+        if let Verdict::Gap { missing } = r.verdict {
+            if self.gaps.allow() {
+                tracing::info!(
+                    topic,
+                    partition,
+                    offset,
+                    missing,
+                    "Entity version gap; emitted with x-version-gap."
+                );
+            }
+        }
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            verdict = r.verdict.label(),
+            records = r.records.len(),
+            trace_id,
+            correlation_id,
+            "Routed."
+        );
+    }
+
+    /// The event's version was already emitted (duplicate) or is older
+    /// than one emitted (stale): nothing is sent. Debug.
+    pub fn skipped(&mut self, at: At<'_>, v: Verdict) {
+        self.pending.verdict(v);
+        let At {
+            topic,
+            partition,
+            offset,
+        } = at;
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            verdict = v.label(),
+            "Version already emitted; skipped."
+        );
+    }
+
+    /// The record went to the dead-letter topic. Warn, rate-limited.
+    pub fn dead_lettered(&mut self, at: At<'_>, rejection: &Rejection) {
+        self.pending.dead_letter(rejection.reason);
+        if self.dead_letters.allow() {
+            let At {
+                topic,
+                partition,
+                offset,
+            } = at;
+            tracing::warn!(
+                topic,
+                partition,
+                offset,
+                reason = rejection.reason.code(),
+                detail = %rejection.detail,
+                "Dead-lettered."
+            );
+        }
+    }
+
+    /// A predecessor's committed transaction already processed the record
+    /// (its resume marker says so): skipped. Debug.
+    pub fn replayed(&mut self, at: At<'_>) {
+        self.pending.replayed();
+        let At {
+            topic,
+            partition,
+            offset,
+        } = at;
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            "Already processed by a predecessor; skipped."
+        );
+    }
+
+    /// The registry refused a derived tier schema. Counted every time the
+    /// registry says so (at once: the refusal is not part of a
+    /// transaction); logged at error once per subject and writer schema,
+    /// since every event that needs it is refused the same way and goes to
+    /// the dead-letter topic with the reason.
+    pub fn derived_schema_refused(&mut self, metrics: &Metrics, refusal: &Refusal) {
+        metrics.derived_refused[refusal.tier.index()].inc();
+        if self
+            .refusals_logged
+            .insert((refusal.subject.clone(), refusal.writer_id))
+        {
+            tracing::error!(
+                subject = %refusal.subject,
+                tier = refusal.tier.as_str(),
+                writer_schema_id = refusal.writer_id,
+                registry = %refusal.message,
+                "The registry refused a derived schema; events that need it are dead-lettered as derived_schema_rejected until the subject accepts it (check the subject's compatibility)."
+            );
+        }
+    }
+
+    /// Input records the open transaction covers.
+    pub fn inputs(&mut self, n: u64) {
+        self.pending.inputs(n);
+    }
+
+    /// True when nothing was counted since the last commit or abort.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// What was counted since the last commit or abort.
+    pub fn counts(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// The records' transaction committed: the counts become metrics.
+    pub fn committed(&mut self, metrics: &Metrics, took: Duration) {
+        committed(metrics, &mut self.pending, took);
+    }
+
+    /// The records' transaction was aborted: the counts are dropped (the
+    /// records will be processed again).
+    pub fn aborted(&mut self, metrics: &Metrics, took: Duration, why: &str) {
+        aborted(metrics, &mut self.pending, took, why);
+    }
 }
 
 /// A transaction committed: its outcomes become visible, and so do its counts.
-pub fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
+fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
     let p = std::mem::take(pending);
     for t in Tier::ALL {
         metrics.produced[t.index()].inc_by(p.produced[t.index()]);
@@ -398,7 +659,7 @@ pub fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
 }
 
 /// A transaction was aborted: its outcomes will be produced again.
-pub fn aborted(metrics: &Metrics, pending: &mut Pending, took: Duration, why: &str) {
+fn aborted(metrics: &Metrics, pending: &mut Pending, took: Duration, why: &str) {
     *pending = Pending::default();
     metrics.transactions.with_label_values(&["aborted"]).inc();
     metrics
@@ -439,23 +700,6 @@ pub fn registry_error(metrics: &Metrics, kind: &'static str, what: &str, status:
         status = status.unwrap_or(0),
         "Schema registry call failed."
     );
-}
-
-/// The registry refused a derived tier schema. Counted every time the
-/// registry says so; logged once per subject and writer schema (`first`),
-/// since every event that needs the schema is refused the same way and goes
-/// to the dead-letter topic with the reason.
-pub fn derived_schema_refused(metrics: &Metrics, refusal: &crate::pipeline::Refusal, first: bool) {
-    metrics.derived_refused[refusal.tier.index()].inc();
-    if first {
-        tracing::error!(
-            subject = %refusal.subject,
-            tier = refusal.tier.as_str(),
-            writer_schema_id = refusal.writer_id,
-            registry = %refusal.message,
-            "The registry refused a derived schema; events that need it are dead-lettered as derived_schema_rejected until the subject accepts it (check the subject's compatibility)."
-        );
-    }
 }
 
 /// Partition state was restored from the changelog.

@@ -1,4 +1,4 @@
-//! Validation rules (seed 003 §6, contract §5), each failure with a stable
+//! Validation of the canonical envelope's fields, each failure with a stable
 //! reason code and a detail that names the schema path, never the value.
 //!
 //! | rule | reason |

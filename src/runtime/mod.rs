@@ -7,16 +7,21 @@
 //! thread has committed its open transaction and left the group) or when the
 //! stream thread fails.
 //!
-//! Guarantees (contract §4–§6): under `exactly_once`, tier records, dead
+//! Guarantees: under `exactly_once`, tier records, dead
 //! letters, changelog records and input offsets commit in one transaction
 //! per commit interval; the version store of each input partition is
 //! restored from the changelog before the partition's first record is
 //! processed; a registry or broker that is away makes the thread wait,
 //! never skip.
 
+mod collector;
+mod config;
 pub mod kafka;
+mod positions;
 pub mod state;
 mod stream;
+mod transaction;
+mod watermarks;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,17 +41,84 @@ use crate::registry::SharedRegistry;
 use crate::telemetry::{self, Health, Metrics};
 pub use kafka::Connection;
 
-/// A fatal error of a running processor (fenced by a newer instance, the
-/// registry refusing the processor itself, the consumer failing): the
-/// process ends with [`Fatal::EXIT_CODE`] so that an orchestrator restarts
-/// it, unlike a start-up problem (exit code 1) that a restart does not fix.
+/// Why a running processor stopped on its own. Each kind has its own exit
+/// code (see `docs/operations.md`), so an orchestrator or an operator can
+/// tell a takeover from a problem to fix; a start-up problem (configuration,
+/// topics, credentials) exits 1 instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FatalKind {
+    /// Another instance with the same transactional id, or the group,
+    /// fenced this one: it commits nothing more.
+    Fenced,
+    /// The Kafka clients failed in a way retrying does not fix.
+    Failed,
+    /// The schema registry refused the processor's own requests (401, 403,
+    /// another 4xx): its credentials or permissions need fixing.
+    RegistryRejected,
+    /// Partition state could not be restored from the changelog.
+    RestoreFailed,
+    /// Transactions kept being aborted without a commit in between.
+    TooManyAborts,
+    /// A transaction the broker never ended holds an output partition: an
+    /// operator aborts it (the log names partition and offset).
+    HangingTransaction,
+}
+
+impl FatalKind {
+    /// The process exit code of this kind.
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            FatalKind::Fenced => 3,
+            FatalKind::Failed => 4,
+            FatalKind::RegistryRejected => 5,
+            FatalKind::RestoreFailed => 6,
+            FatalKind::TooManyAborts => 7,
+            FatalKind::HangingTransaction => 8,
+        }
+    }
+}
+
+/// A fatal error of a running processor: it stops (after aborting its open
+/// transaction) and the process exits with [`FatalKind::exit_code`].
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Fatal(pub String);
+#[error("{message}")]
+pub struct Fatal {
+    /// What went wrong, as a decision.
+    pub kind: FatalKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
 impl Fatal {
-    /// The exit code of a fatal runtime error.
-    pub const EXIT_CODE: u8 = 3;
+    pub(crate) fn new(kind: FatalKind, message: impl Into<String>) -> Self {
+        Fatal {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+
+    /// An error ending the stream thread, as a [`Fatal`] of the kind found
+    /// in its chain ([`FatalKind::Failed`] if none), with the whole chain
+    /// as its message.
+    pub(crate) fn ending(e: &anyhow::Error) -> Self {
+        let kind = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<Fatal>().map(|f| f.kind))
+            .unwrap_or(FatalKind::Failed);
+        Fatal::new(kind, format!("{e:#}"))
+    }
+
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        self.kind.exit_code()
+    }
 }
 
 /// Where schemas come from.
@@ -164,17 +236,12 @@ pub async fn run_watched(
         RegistryChoice::Shared(r) => Box::new(r.clone()),
     };
     let settings = stream::Settings {
-        topology: config.topology.clone(),
-        conn: config.connection.clone(),
-        instance_id: config.instance_id.clone(),
-        hasher: config.hasher.clone(),
+        config: Arc::new(config::StreamConfig::build(&config)),
         metrics: config.metrics.clone(),
         health: watch.health.clone(),
         progress: watch.progress.clone(),
         stop: stop.clone(),
         rt,
-        create_topics: config.create_topics,
-        changelog_replication: config.changelog_replication,
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -27,7 +27,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::kafka::QuietContext;
 use crate::order::{MemoryStore, VersionStore};
+use crate::telemetry::{self, Metrics};
 
 /// Prefix of resume-marker keys; entity keys never start with a NUL byte.
 const RESUME_PREFIX: &[u8] = b"\0resume\0";
@@ -84,8 +86,10 @@ impl PartitionState {
     }
 }
 
-/// Versions changed by the open transaction, with what they were before:
-/// written to the changelog at commit, rolled back on abort.
+/// Versions changed by the open transaction, with what they were before.
+/// Each change is sent to the changelog as its event is processed, in the
+/// same transaction as the event's outputs; the journal is forgotten when
+/// that transaction commits and rolled back when it is aborted.
 #[derive(Debug, Default)]
 pub struct Journal {
     touched: HashMap<(i32, Box<[u8]>), Option<i64>>,
@@ -98,6 +102,7 @@ impl Journal {
     }
 
     /// The changed keys of each partition, with their current versions.
+    #[cfg(test)]
     pub fn changes<'a>(
         &'a self,
         parts: &'a HashMap<i32, PartitionState>,
@@ -284,6 +289,114 @@ pub fn restore<C: rdkafka::consumer::ConsumerContext>(
         r.took = took;
     }
     Ok(out)
+}
+
+/// The version stores of the assigned partitions, what the open
+/// transaction changed in them, and the consumer that restores them.
+pub(super) struct StateStores {
+    /// Reads the changelog (no group, committed records only).
+    restorer: BaseConsumer<QuietContext>,
+    /// Per partition number: versions and resume markers.
+    parts: HashMap<i32, PartitionState>,
+    /// What the open transaction changed, to put back on abort.
+    journal: Journal,
+}
+
+impl std::fmt::Debug for StateStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStores")
+            .field("partitions", &self.parts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStores {
+    /// Empty stores restoring with `restorer`.
+    pub(super) fn new(restorer: BaseConsumer<QuietContext>) -> Self {
+        StateStores {
+            restorer,
+            parts: HashMap::new(),
+            journal: Journal::default(),
+        }
+    }
+
+    /// Whether partition `p` is restored.
+    pub(super) fn has(&self, p: i32) -> bool {
+        self.parts.contains_key(&p)
+    }
+
+    /// Whether a predecessor's committed transaction already processed the
+    /// record at `offset` of `topic`'s partition `p` (its resume marker is
+    /// past it).
+    pub(super) fn processed(&self, topic: &str, p: i32, offset: i64) -> bool {
+        self.parts
+            .get(&p)
+            .and_then(|s| s.resume.get(topic))
+            .is_some_and(|r| offset < *r)
+    }
+
+    /// Partition `p`'s version store, journaled; `None` if not restored.
+    pub(super) fn store(&mut self, p: i32) -> Option<Journaled<'_>> {
+        let part = self.parts.get_mut(&p)?;
+        Some(self.journal.store(p, &mut part.store))
+    }
+
+    /// Entities tracked across the partitions.
+    pub(super) fn entities(&self) -> usize {
+        self.parts.values().map(|p| p.store.len()).sum()
+    }
+
+    /// True when the open transaction changed no version.
+    pub(super) fn unchanged(&self) -> bool {
+        self.journal.is_empty()
+    }
+
+    /// The open transaction committed: its changes stay.
+    pub(super) fn committed(&mut self) {
+        self.journal.clear();
+    }
+
+    /// The open transaction was aborted: its changes are put back.
+    pub(super) fn roll_back(&mut self) {
+        self.journal.roll_back(&mut self.parts);
+    }
+
+    /// Drops the partitions not in `kept`.
+    pub(super) fn retain(&mut self, kept: &HashSet<i32>) {
+        self.parts.retain(|p, _| kept.contains(p));
+    }
+
+    /// Restores partitions `ps` from `changelog`, reporting each.
+    ///
+    /// # Errors
+    /// As [`restore`].
+    pub(super) fn restore(
+        &mut self,
+        changelog: &str,
+        ps: &[i32],
+        metrics: &Metrics,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), RestoreError> {
+        for (p, r) in restore(&self.restorer, changelog, ps, stop)? {
+            if r.unknown > 0 {
+                tracing::warn!(
+                    partition = p,
+                    records = r.unknown,
+                    "Changelog records not understood; skipped."
+                );
+            }
+            telemetry::restored(
+                metrics,
+                changelog,
+                p,
+                r.records,
+                r.state.store.len(),
+                r.took,
+            );
+            self.parts.insert(p, r.state);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,192 @@
+//! The record collector (Kafka Streams' `RecordCollector`): sends tier
+//! records, dead letters and changelog records through the producer,
+//! serves delivery reports, and latches the first send that failed so the
+//! open transaction is aborted rather than committed without it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
+use rdkafka::Message as _;
+use tracing::warn;
+
+use super::kafka::{forward_error, forward_log, send_waiting, Connection};
+use crate::config::Guarantee;
+use crate::record::OutRecord;
+
+/// Delivery reports are served every this many sends (they would otherwise
+/// pile up until the commit drains them).
+const REPORT_EVERY: u64 = 256;
+
+/// Counts delivery failures; in a transaction they also fail the commit.
+#[derive(Debug, Default)]
+pub(super) struct ProducerCtx {
+    failed: AtomicU64,
+}
+
+impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(topic = m.topic(), partition = m.partition(), error = %e, "Delivery failed.");
+            }
+        }
+    }
+}
+
+/// The producer of one stream thread, and what its sends left behind.
+pub(super) struct RecordCollector {
+    /// Transactional under `exactly_once`, idempotent otherwise.
+    producer: BaseProducer<ProducerCtx>,
+    /// Records sent, for the delivery-report cadence.
+    sends: u64,
+    /// The first send refused since the last commit or abort: the open
+    /// transaction must be aborted, and nothing more is sent until then.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for RecordCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordCollector")
+            .field("sends", &self.sends)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordCollector {
+    /// A collector over a new producer with the client (and transactional)
+    /// id `client_id`.
+    pub(super) fn new(conn: &Connection, client_id: &str, guarantee: Guarantee) -> Result<Self> {
+        let producer = conn
+            .producer(client_id, guarantee)
+            .create_with_context(ProducerCtx::default())
+            .context("creating the producer")?;
+        Ok(RecordCollector {
+            producer,
+            sends: 0,
+            broken: None,
+        })
+    }
+
+    /// The producer, for the transactional calls.
+    pub(super) fn producer(&self) -> &BaseProducer<ProducerCtx> {
+        &self.producer
+    }
+
+    /// Sends an engine output (tier record or dead letter) with the input
+    /// record's timestamp.
+    pub(super) fn send(&mut self, rec: &OutRecord, ts: Option<i64>) {
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(&v[..]),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&rec.topic).headers(headers);
+        if let Some(k) = &rec.key {
+            record = record.key(&k[..]);
+        }
+        if let Some(v) = &rec.value {
+            record = record.payload(&v[..]);
+        }
+        if let Some(ts) = ts {
+            record = record.timestamp(ts);
+        }
+        self.produce(record);
+    }
+
+    /// Sends a changelog record to partition `p` of `topic`.
+    pub(super) fn send_state(&mut self, topic: &str, p: i32, key: &[u8], value: &[u8]) {
+        let record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(key).payload(value).partition(p);
+        self.produce(record);
+    }
+
+    fn produce(&mut self, record: BaseRecord<'_, [u8], [u8]>) {
+        if self.broken.is_some() {
+            return;
+        }
+        match send_waiting(&self.producer, record) {
+            Ok(()) => {
+                self.sends = self.sends.wrapping_add(1);
+                if self.sends.is_multiple_of(REPORT_EVERY) {
+                    self.producer.poll(Duration::ZERO);
+                }
+            }
+            Err((e, r)) => self.broken = Some(format!("producing to {}: {e}", r.topic)),
+        }
+    }
+
+    /// Why the open transaction must be aborted, if a send was refused;
+    /// clears the latch.
+    pub(super) fn take_broken(&mut self) -> Option<String> {
+        self.broken.take()
+    }
+
+    /// Delivery failures reported since the last call.
+    pub(super) fn take_failed_deliveries(&self) -> u64 {
+        self.producer.context().failed.swap(0, Ordering::Relaxed)
+    }
+
+    /// Waits until every record sent is delivered (or failed), serving
+    /// delivery reports. `rdkafka`'s own flush sleeps in steps of 100 ms,
+    /// which would put 100 ms on every commit; this polls in 1 ms steps.
+    pub(super) fn drain(&self) {
+        let mut last_report = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            self.producer.poll(Duration::from_millis(1));
+            if last_report.elapsed() > Duration::from_secs(10) {
+                warn!(
+                    in_flight = self.producer.in_flight_count(),
+                    "Records not delivered yet; waiting (is the broker reachable?)."
+                );
+                last_report = Instant::now();
+            }
+        }
+    }
+
+    /// Drops what is queued or in flight and serves the delivery reports
+    /// that leaves, until `until` at the latest (an abort waits for every
+    /// outstanding record to be reported, and nothing else polls this
+    /// producer).
+    pub(super) fn purge(&self, until: Instant) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+            self.producer.poll(Duration::from_millis(10));
+        }
+    }
+
+    /// Serves the delivery reports waiting now.
+    pub(super) fn serve_reports(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Clears the delivery-failure count and the send latch: what they
+    /// refer to was aborted.
+    pub(super) fn reset(&mut self) {
+        self.producer.context().failed.store(0, Ordering::Relaxed);
+        self.broken = None;
+    }
+}
