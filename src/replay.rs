@@ -13,9 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::order::{MemoryStore, Verdict, VersionStore};
-use crate::pipeline::{Engine, Outcome, SchemaLookup};
-use crate::record::{OutRecord, RawRecord, Source, Tier};
-use crate::schema::{binary, json as sjson, CompiledSchema};
+use crate::pipeline::Engine;
+use crate::record::{OutRecord, Outcome, RawRecord, Source, Tier};
+use crate::schema::{binary, json as sjson, CompiledSchema, SchemaLookup};
 
 /// How the input file is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,7 +72,8 @@ impl Summary {
 }
 
 struct Sinks {
-    tiers: HashMap<Arc<str>, (Tier, BufWriter<File>)>,
+    /// Per tier ([`Tier::index`]).
+    tiers: Vec<BufWriter<File>>,
     dead: BufWriter<File>,
 }
 
@@ -151,14 +152,11 @@ pub fn replay(
         ))
     };
     let mut sinks = Sinks {
-        tiers: HashMap::new(),
+        tiers: Vec::with_capacity(Tier::ALL.len()),
         dead: open("dead-letter.jsonl")?,
     };
     for tier in Tier::ALL {
-        let topic = engine.config().topics.tiers[tier.index()].clone();
-        sinks
-            .tiers
-            .insert(topic, (tier, open(&format!("{tier}.jsonl"))?));
+        sinks.tiers.push(open(&format!("{tier}.jsonl"))?);
     }
     progress.set_style(
         ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bar:30} {per_sec} {eta}")
@@ -238,11 +236,10 @@ pub fn replay(
                     );
                 }
                 for rec in r.records {
-                    let tier = sinks
-                        .tiers
-                        .get(&rec.topic)
-                        .map(|(t, _)| *t)
-                        .context("unknown tier topic")?;
+                    let tier = rec
+                        .destination
+                        .tier()
+                        .context("a routed record without a tier")?;
                     *summary.produced.entry(tier).or_default() += 1;
                     outputs.push((tier, rec));
                 }
@@ -283,18 +280,13 @@ pub fn replay(
                     "headers": headers_json(&rec),
                     "value": value,
                 });
-                let w = &mut sinks
-                    .tiers
-                    .values_mut()
-                    .find(|(t, _)| *t == tier)
-                    .context("tier sink")?
-                    .1;
+                let w = &mut sinks.tiers[tier.index()];
                 serde_json::to_writer(&mut *w, &line)?;
                 w.write_all(b"\n")?;
             }
         }
     }
-    for (_, w) in sinks.tiers.values_mut() {
+    for w in &mut sinks.tiers {
         w.flush()?;
     }
     sinks.dead.flush()?;

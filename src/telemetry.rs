@@ -20,7 +20,7 @@ use prometheus::{
 };
 
 use crate::order::Verdict;
-use crate::record::{Reason, Tier};
+use crate::record::{Reason, Refusal, Tier};
 
 /// Metric names, as scraped.
 pub mod names {
@@ -445,7 +445,7 @@ pub fn registry_error(metrics: &Metrics, kind: &'static str, what: &str, status:
 /// registry says so; logged once per subject and writer schema (`first`),
 /// since every event that needs the schema is refused the same way and goes
 /// to the dead-letter topic with the reason.
-pub fn derived_schema_refused(metrics: &Metrics, refusal: &crate::pipeline::Refusal, first: bool) {
+pub fn derived_schema_refused(metrics: &Metrics, refusal: &Refusal, first: bool) {
     metrics.derived_refused[refusal.tier.index()].inc();
     if first {
         tracing::error!(

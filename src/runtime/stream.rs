@@ -38,9 +38,10 @@ use super::state::{encode_value, restore, resume_key, Journal, PartitionState, R
 use super::{Fatal, Progress};
 use crate::config::{Guarantee, Topology};
 use crate::order::{Verdict, VersionStore};
-use crate::pipeline::{Engine, EngineError, Outcome, SchemaLookup};
+use crate::pipeline::{Engine, EngineError};
 use crate::project::Hasher;
-use crate::record::{OutRecord, RawRecord, Source, Tier};
+use crate::record::{Destination, OutRecord, Outcome, RawRecord, Source};
+use crate::schema::SchemaLookup;
 use crate::telemetry::{self, Health, Metrics, Pending, TopicCounters};
 
 /// Everything the stream thread needs.
@@ -729,19 +730,13 @@ impl Task {
         pos.txn_start.get_or_insert(offset);
     }
 
-    fn tier_of(&self, topic: &Arc<str>) -> Tier {
-        Tier::ALL
-            .into_iter()
-            .find(|t| self.tier_topics[t.index()] == *topic)
-            .unwrap_or(Tier::Restricted)
-    }
-
     fn emit(&mut self, outcome: Outcome, topic: &Arc<str>, p: i32, offset: i64, ts: Option<i64>) {
         match outcome {
             Outcome::Routed(r) => {
                 for rec in &r.records {
-                    let tier = self.tier_of(&rec.topic);
-                    self.pending.produced(tier, r.redacted[tier.index()]);
+                    if let Destination::Tier(tier) = rec.destination {
+                        self.pending.produced(tier, r.redacted[tier.index()]);
+                    }
                     self.send(rec, None, ts);
                 }
                 // The version, in the same transaction as the outputs. An
