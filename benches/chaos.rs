@@ -24,7 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use privacy_router::pipeline::Outcome;
+use privacy_router::record::Outcome;
 use support::*;
 
 #[derive(Debug, Parser)]

@@ -11,9 +11,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use privacy_router::config::Topology;
 use privacy_router::order::MemoryStore;
-use privacy_router::pipeline::{Engine, Outcome};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{RawRecord, Source};
+use privacy_router::record::{Outcome, RawRecord, Source};
 use privacy_router::registry::file;
 use privacy_router::sample::{generate, Format, Options};
 

@@ -42,15 +42,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use privacy_router::config::Topology;
+use privacy_router::config::{EngineConfig, OutputFormat, Topology};
 use privacy_router::order::{MemoryStore, Verdict, VersionStore};
-use privacy_router::pipeline::{
-    derived_subject, Engine, EngineConfig, LookupError, Outcome, OutputFormat, Routed, SchemaLookup,
-};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::{derived_schema, Hasher};
-use privacy_router::record::{OutRecord, RawRecord, Rejection, Source, Tier};
+use privacy_router::record::{OutRecord, Outcome, RawRecord, Rejection, Routed, Source, Tier};
 use privacy_router::registry::{file, MemoryRegistry};
-use privacy_router::schema::CompiledSchema;
+use privacy_router::schema::{derived_subject, CompiledSchema, LookupError, SchemaLookup};
 
 /// The fuzz targets, each a folder of `tests/fuzz-corpus/`.
 pub(crate) const TARGETS: [&str; 3] = ["framed", "json", "adapter"];

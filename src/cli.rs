@@ -26,6 +26,7 @@ use crate::registry::{Catalogue, SharedRegistry};
 use crate::replay::{replay, InputFormat};
 use crate::runtime::{self, Connection, RegistryChoice, RunConfig};
 use crate::sample::{self, Format, Options};
+use crate::schema::LookupError;
 use crate::telemetry::Metrics;
 
 /// Routes raw domain events into public, internal and restricted topics with
@@ -594,8 +595,8 @@ async fn wait_for_catalogue(
             Err(e)
                 if e.chain().any(|c| {
                     matches!(
-                        c.downcast_ref::<crate::registry::LookupError>(),
-                        Some(crate::registry::LookupError::Unavailable(_))
+                        c.downcast_ref::<LookupError>(),
+                        Some(LookupError::Unavailable(_))
                     )
                 }) =>
             {

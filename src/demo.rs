@@ -28,9 +28,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::config::Topology;
+use crate::config::{EngineConfig, Topology};
 use crate::project::Hasher;
-use crate::record::{OutRecord, Tier};
+use crate::record::{Destination, OutRecord, Tier};
 use crate::registry::SharedRegistry;
 use crate::replay::{bytes_json, headers_json, Renderer};
 use crate::runtime::kafka::{send_waiting, QuietContext};
@@ -226,24 +226,28 @@ fn read_back(
         ..Default::default()
     };
     let mut renderer = Renderer::default();
-    let mut outputs: Vec<(String, Arc<str>)> = Tier::ALL
+    let mut outputs: Vec<(String, Arc<str>, Destination)> = Tier::ALL
         .iter()
-        .map(|t| (format!("{t}.jsonl"), engine.topics.tiers[t.index()].clone()))
+        .map(|t| {
+            let topic = engine.topics.tiers[t.index()].clone();
+            (format!("{t}.jsonl"), topic, Destination::Tier(*t))
+        })
         .collect();
     outputs.push((
         "dead-letter.jsonl".into(),
         engine.topics.dead_letter.clone(),
+        Destination::DeadLetter,
     ));
-    for (file, topic) in outputs {
+    for (file, topic, destination) in outputs {
         let path = config.out.join(&file);
         let mut w = BufWriter::new(
             File::create(&path).with_context(|| format!("creating {}", path.display()))?,
         );
-        let records = read_topic(brokers, &topic)?;
+        let records = read_topic(brokers, &topic, destination)?;
         report
             .received
             .insert(topic.to_string(), records.len() as u64);
-        let dead = topic == engine.topics.dead_letter;
+        let dead = destination == Destination::DeadLetter;
         for (partition, offset, rec) in records {
             let value = if dead {
                 bytes_json(rec.value.as_deref())
@@ -273,7 +277,7 @@ fn read_back(
     Ok(report)
 }
 
-fn table(report: &DemoReport, metrics: &Metrics, engine: &crate::pipeline::EngineConfig) -> String {
+fn table(report: &DemoReport, metrics: &Metrics, engine: &EngineConfig) -> String {
     let mut s = String::new();
     let mut row = |k: &str, v: u64| s.push_str(&format!("  {k:<34} {v:>9}\n"));
     row("records produced to the input", report.produced);
@@ -312,8 +316,12 @@ fn table(report: &DemoReport, metrics: &Metrics, engine: &crate::pipeline::Engin
 }
 
 /// Every committed record of a topic, from the beginning to the end of
-/// each partition.
-fn read_topic(brokers: &str, topic: &str) -> Result<Vec<(i32, i64, OutRecord)>> {
+/// each partition, as records for `destination` (what the topic holds).
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    destination: Destination,
+) -> Result<Vec<(i32, i64, OutRecord)>> {
     let consumer: BaseConsumer<QuietContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "privacy-router-demo-reader")
@@ -356,6 +364,7 @@ fn read_topic(brokers: &str, topic: &str) -> Result<Vec<(i32, i64, OutRecord)>> 
                     m.offset(),
                     OutRecord {
                         topic: Arc::from(topic),
+                        destination,
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         headers,

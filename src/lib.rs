@@ -7,9 +7,9 @@
 //!
 //! | stage | module | what |
 //! |---|---|---|
-//! | types | [`record`] | raw records, decoded values, tiers, outputs, reasons |
+//! | types | [`record`] | raw records, decoded values, tiers, reasons, outputs and outcomes |
 //! | adapt | [`adapt`] | a producer's own JSON event → the canonical envelope |
-//! | schema | [`schema`], [`classify`] | writer schema → compiled, classified nodes |
+//! | schema | [`schema`], [`classify`] | registry lookup, subject naming; writer schema → compiled, classified nodes |
 //! | decode | [`schema::binary`], [`schema::json`] | Confluent-framed Avro or JSON → value |
 //! | validate | [`validate`] | seed 003 §6 rules, stable reason codes |
 //! | order | [`order`] | per-entity version verdicts, the version store |
@@ -17,9 +17,10 @@
 //! | route | [`route`] | tier records (topic, key, headers), dead letters |
 //! | chain | [`pipeline`] | the pure entry point: one raw record → outcome |
 //!
-//! At the edges: [`config`] (topology files), [`registry`] (schema sources:
-//! the Confluent REST API, the file registry), [`runtime`] (the Kafka
-//! processor: consumer group, transactions, changelog-backed state),
+//! At the edges: [`config`] (topology files → the engine's configuration),
+//! [`registry`] (schema sources: the Confluent REST API, the file registry),
+//! [`runtime`] (the Kafka processor: consumer group, transactions,
+//! changelog-backed state),
 //! [`telemetry`] (metrics, health, named log events), [`demo`] (the runtime
 //! on an embedded mock cluster), [`replay`] (the file-driven runner),
 //! [`sample`] (realistic events), [`inspect`] (`check`, `describe` and

@@ -1,9 +1,11 @@
-//! The pure entry point: one raw record in, what to emit out.
+//! The chain: one raw record in, what to emit out.
 //!
 //! [`Engine::process`] chains the stages — (adapt →) decode → validate →
 //! tier check → order → project → route — over a [`VersionStore`] and a
 //! [`SchemaLookup`] handed in by the caller. The adapt stage runs only for
-//! input topics whose topology declares an adapter ([`crate::adapt`]).
+//! input topics whose topology declares an adapter ([`crate::adapt`]). Each
+//! step is a small function that returns a `Halt` when the record leaves
+//! the chain early; `process` turns that into the [`Outcome`].
 //!
 //! It needs no Kafka: `replay`, the tests and the benchmarks call it
 //! directly, and the Kafka runtime calls it per record.
@@ -11,301 +13,30 @@
 //! Bad input never fails the call: it comes back as a dead letter, and so
 //! does an event whose derived tier schema the registry refuses
 //! (`derived_schema_rejected`: every other event type keeps flowing). Only a
-//! registry that cannot be reached ([`EngineError::Transient`]: retry the same
-//! record later, skip nothing) or that refuses the processor itself (401,
+//! registry that cannot be reached, or that refuses a writer-schema request
+//! ([`EngineError::Transient`]: retry the same record later, skip nothing),
+//! or that refuses the processor's registration of a derived schema (401,
 //! 403: [`EngineError::Fatal`]) is an error.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::adapt::Adapter;
-use crate::classify::Rules;
+use crate::config::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat};
 use crate::order::{entity_key, sequence_key, sequence_verdict, verdict, Verdict, VersionStore};
 use crate::project::{derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey};
-use crate::record::{Datum, OrderBy, OutRecord, RawRecord, Reason, Rejection, Tier};
+use crate::record::{
+    Datum, LogIds, OrderBy, OutRecord, Outcome, RawRecord, Reason, Refusal, Rejection, Routed,
+    StateUpdate, Tier,
+};
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
-use crate::schema::{binary, json, max_present_tier, CompiledSchema, Envelope};
+use crate::schema::{
+    binary, derived_subject, json, max_present_tier, CompiledSchema, Envelope, Field, LookupError,
+    SchemaLookup,
+};
 use crate::validate::{is_valid_event_type, validate};
-
-/// What a registry call can fail with, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum LookupError {
-    /// The id or subject does not exist (poison: dead-letter the record).
-    #[error("not found in the schema registry")]
-    NotFound,
-    /// The registry cannot be reached or answered 5xx (transient: wait and
-    /// retry, skip nothing).
-    #[error("the schema registry is unavailable: {0}")]
-    Unavailable(String),
-    /// The registry refused this schema: incompatible with the subject's
-    /// earlier versions (409) or invalid (422). The events that need it are
-    /// dead-lettered; nothing else stops.
-    #[error("the schema registry refused the schema: {0}")]
-    Refused(String),
-    /// The registry refused the request itself (401, 403, another 4xx): an
-    /// operator must act (fatal).
-    #[error("the schema registry refused the request: {0}")]
-    Rejected(String),
-}
-
-/// A schema registry as the pipeline uses it. The engine caches what it gets,
-/// so each id or subject is looked up once.
-pub trait SchemaLookup {
-    /// The schema text registered under a global id.
-    ///
-    /// # Errors
-    /// [`LookupError`]
-    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, LookupError>;
-
-    /// The latest version of a subject: its id and text.
-    ///
-    /// # Errors
-    /// [`LookupError`]
-    fn latest(&mut self, subject: &str) -> Result<(u32, Arc<str>), LookupError>;
-
-    /// One version of a subject (1, 2, …): its id and text.
-    ///
-    /// # Errors
-    /// [`LookupError::NotFound`] when the subject or the version does not
-    /// exist.
-    fn version(&mut self, subject: &str, version: u32) -> Result<(u32, Arc<str>), LookupError>;
-
-    /// Every subject, sorted.
-    ///
-    /// # Errors
-    /// [`LookupError`]
-    fn subjects(&mut self) -> Result<Vec<String>, LookupError>;
-
-    /// The versions of a subject, ascending.
-    ///
-    /// # Errors
-    /// [`LookupError::NotFound`] when the subject does not exist.
-    fn versions(&mut self, subject: &str) -> Result<Vec<u32>, LookupError>;
-
-    /// Registers a schema under a subject (idempotent) and returns its id.
-    ///
-    /// # Errors
-    /// [`LookupError`]
-    fn register(&mut self, subject: &str, schema: &str) -> Result<u32, LookupError>;
-}
-
-/// What happens to an event that skips versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GapPolicy {
-    /// Emit it with an `x-version-gap` header (default).
-    #[default]
-    Emit,
-    /// Dead-letter it with reason `version_gap`; the entity's state stays.
-    DeadLetter,
-}
-
-/// What happens to an event holding data above its declared tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MismatchPolicy {
-    /// Count and log it, and route it: projection removes what each tier may
-    /// not see whatever the declaration says (default).
-    #[default]
-    Emit,
-    /// Dead-letter it with reason `tier_mismatch` instead of routing it.
-    DeadLetter,
-}
-
-/// How tier records are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputFormat {
-    /// Avro in Confluent wire format, with the derived schema registered
-    /// under `<tier topic>-<record name>` (default).
-    #[default]
-    Avro,
-    /// Plain JSON of the projected value.
-    Json,
-}
-
-/// How a JSON event's `event_type` maps to a registry subject, and its
-/// `schema_version` to a version of that subject.
-///
-/// The template may use `{topic}` (input topic), `{event_type}`, `{domain}`
-/// (the part before the dot) and `{Type}` (the event type in PascalCase:
-/// `user.login_failed` → `UserLoginFailed`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubjectNaming {
-    /// The template used unless an event type overrides it.
-    pub template: String,
-    /// Subjects (templates too) for single event types.
-    pub overrides: HashMap<String, String>,
-    /// Per event type, producer `schema_version` → subject version, where
-    /// the two are numbered differently. An event type with a map reads only
-    /// the versions it maps; every other event type reads subject version
-    /// `schema_version`.
-    pub versions: HashMap<String, BTreeMap<u32, u32>>,
-}
-
-/// The default subject template: topic-record naming with our namespace.
-pub const DEFAULT_SUBJECT_TEMPLATE: &str = "{topic}-com.privacyrouter.events.{domain}.{Type}";
-
-impl Default for SubjectNaming {
-    fn default() -> Self {
-        SubjectNaming {
-            template: DEFAULT_SUBJECT_TEMPLATE.to_owned(),
-            overrides: HashMap::new(),
-            versions: HashMap::new(),
-        }
-    }
-}
-
-/// `user.login_failed` → `UserLoginFailed`.
-pub fn pascal_case(event_type: &str) -> String {
-    event_type
-        .split(['.', '_'])
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect::<String>())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
-impl SubjectNaming {
-    /// The subject of an event type read from `topic`.
-    pub fn subject(&self, topic: &str, event_type: &str) -> String {
-        let template = self.overrides.get(event_type).unwrap_or(&self.template);
-        let domain = event_type.split('.').next().unwrap_or_default();
-        template
-            .replace("{topic}", topic)
-            .replace("{event_type}", event_type)
-            .replace("{domain}", domain)
-            .replace("{Type}", &pascal_case(event_type))
-    }
-
-    /// The subject version a JSON event of `event_type` with
-    /// `schema_version` is read with; `None` when the topology maps this
-    /// event type's versions and not this one.
-    pub fn subject_version(&self, event_type: &str, schema_version: u32) -> Option<u32> {
-        match self.versions.get(event_type) {
-            Some(map) => map.get(&schema_version).copied(),
-            None => Some(schema_version),
-        }
-    }
-
-    /// The event type whose subject (read from `topic`) is `subject`, if
-    /// any: the inverse of [`SubjectNaming::subject`]. Candidates are read
-    /// off the subject (an event type written out, or a PascalCase name
-    /// split back into domain and type) and each is checked by producing
-    /// the subject again, so a wrong guess is never returned.
-    pub fn event_type_of(&self, topic: &str, subject: &str) -> Option<String> {
-        let fits = |t: &str| is_valid_event_type(t) && self.subject(topic, t) == subject;
-        if let Some(t) = self.overrides.keys().find(|t| fits(t)) {
-            return Some(t.clone());
-        }
-        let bytes = subject.as_bytes();
-        let lower = |b: u8| b.is_ascii_lowercase() || b == b'_' || b == b'.';
-        // `{event_type}` written out: a maximal run of [a-z_.] or part of one.
-        let mut i = 0;
-        while i < bytes.len() {
-            if !lower(bytes[i]) {
-                i += 1;
-                continue;
-            }
-            let run_end = (i..bytes.len())
-                .find(|&j| !lower(bytes[j]))
-                .unwrap_or(bytes.len());
-            for a in i..run_end {
-                for b in a + 3..=run_end {
-                    if fits(&subject[a..b]) {
-                        return Some(subject[a..b].to_owned());
-                    }
-                }
-            }
-            i = run_end;
-        }
-        // `{Type}` (with or without `{domain}`): a PascalCase word, split at
-        // each word boundary into domain and type.
-        for word in subject.split(|c: char| !c.is_ascii_alphanumeric()) {
-            if !word.starts_with(|c: char| c.is_ascii_uppercase()) {
-                continue;
-            }
-            let snake = snake_words(word);
-            for (at, _) in snake.match_indices('_') {
-                let t = format!("{}.{}", &snake[..at], &snake[at + 1..]);
-                if fits(&t) {
-                    return Some(t);
-                }
-            }
-        }
-        None
-    }
-}
-
-/// `UserLoginFailed` → `user_login_failed`.
-fn snake_words(pascal: &str) -> String {
-    let mut out = String::with_capacity(pascal.len() + 4);
-    for (i, c) in pascal.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The topics records go to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// Tier topics, indexed by [`Tier::index`].
-    pub tiers: [Arc<str>; 3],
-    /// The dead-letter topic (restricted: it holds raw PII).
-    pub dead_letter: Arc<str>,
-}
-
-impl Default for Topics {
-    fn default() -> Self {
-        Topics {
-            tiers: [
-                Arc::from("events.public"),
-                Arc::from("events.internal"),
-                Arc::from("events.restricted"),
-            ],
-            dead_letter: Arc::from("events.dlq"),
-        }
-    }
-}
-
-/// Everything the engine needs to know, built from the topology.
-#[derive(Debug, Clone, Default)]
-pub struct EngineConfig {
-    /// Output topics.
-    pub topics: Topics,
-    /// Value format of tier records.
-    pub format: OutputFormat,
-    /// Gap handling.
-    pub on_gap: GapPolicy,
-    /// Declared-tier mismatch handling.
-    pub on_tier_mismatch: MismatchPolicy,
-    /// Classification rules: the Confluent tag map and compliance's
-    /// overrides.
-    pub rules: Rules,
-    /// JSON `event_type` → subject.
-    pub subjects: SubjectNaming,
-    /// Event types limited to some tiers; all others reach all three.
-    pub tier_limits: HashMap<String, HashSet<Tier>>,
-    /// Input topics whose records are a producer's own JSON events, with the
-    /// adapter that maps them onto the canonical envelope. Other topics
-    /// carry canonical events.
-    pub adapters: HashMap<Arc<str>, Arc<Adapter>>,
-}
 
 /// Fatal or transient trouble: the record was not processed and must be
 /// offered again (transient) or the processor must stop (fatal).
@@ -319,60 +50,37 @@ pub enum EngineError {
     Fatal(String),
 }
 
-/// A version-store write the caller must persist (the changelog record).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateUpdate {
-    /// `entity_type/entity_id`.
-    pub key: Vec<u8>,
-    /// The newly accepted version.
-    pub version: i64,
-}
-
-/// Facts about a routed event for telemetry: no payload values, only names
-/// from the schema and the topology.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed {
-    /// Accepted, a gap that was emitted, or unordered.
-    pub verdict: Verdict,
-    /// One record per tier the event reaches.
-    pub records: Vec<OutRecord>,
-    /// The store write to persist with the records; `None` for an
-    /// [`Verdict::Unordered`] event, which touches no state.
-    pub state: Option<StateUpdate>,
-    /// The schema path of a field above the declared tier, if any.
-    pub tier_mismatch: Option<String>,
-    /// Per tier ([`Tier::index`]): how many fields its record removes or
-    /// pseudonymises.
-    pub redacted: [u32; 3],
-    /// The event's `trace_id` and `correlation_id` for log lines, each only
-    /// where its schema classifies it at most internal (ids that may be
-    /// logged; a producer that marks one restricted keeps it out of logs).
-    pub log_ids: LogIds,
-}
-
-/// Ids of an event that may appear in log lines.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogIds {
-    /// `trace_id`, when present and classified at most internal.
-    pub trace_id: Option<String>,
-    /// `correlation_id`, when present and classified at most internal.
-    pub correlation_id: Option<String>,
-}
-
-/// What to do with one input record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Emit these tier records and persist the state update.
-    Routed(Routed),
+/// Why a record leaves the chain before it is routed. Every step returns
+/// it, so `?` carries it to [`Engine::process`], which makes the outcome.
+#[derive(Debug)]
+enum Halt {
+    /// Poison: dead-letter the record.
+    Reject(Rejection),
     /// A duplicate or stale version: counted, not emitted.
-    Skipped(Verdict),
-    /// Produce this record to the dead-letter topic.
-    DeadLettered {
-        /// The dead-letter record (the original, plus error headers).
-        record: OutRecord,
-        /// Why.
-        rejection: Rejection,
-    },
+    Skip(Verdict),
+    /// The record was not processed: retry it (transient) or stop (fatal).
+    Fail(EngineError),
+}
+
+impl From<Rejection> for Halt {
+    fn from(r: Rejection) -> Self {
+        Halt::Reject(r)
+    }
+}
+
+impl From<EngineError> for Halt {
+    fn from(e: EngineError) -> Self {
+        Halt::Fail(e)
+    }
+}
+
+impl From<NoHashKey> for Halt {
+    fn from(_: NoHashKey) -> Self {
+        Halt::Reject(Rejection::new(
+            Reason::RedactionUnavailable,
+            "a tier needs a keyed pseudonym and no hash key is configured",
+        ))
+    }
 }
 
 /// A writer schema with what the engine derived from it.
@@ -402,20 +110,6 @@ struct DerivedTier {
 /// How long a refused derived schema is not offered to the registry again
 /// (an operator may change the subject's compatibility meanwhile).
 const REFUSAL_RETRY: Duration = Duration::from_secs(60);
-
-/// The registry refused a derived tier schema: what telemetry reports (the
-/// subject and the registry's message name schema fields, never values).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The output subject, `<tier topic>-<record name>`.
-    pub subject: String,
-    /// The tier.
-    pub tier: Tier,
-    /// The writer schema's registry id.
-    pub writer_id: u32,
-    /// The registry's answer.
-    pub message: String,
-}
 
 type Cached = Result<Arc<Writer>, Rejection>;
 
@@ -514,115 +208,103 @@ impl Engine {
     /// Processes one raw record.
     ///
     /// # Errors
-    /// [`EngineError`] when the registry is unavailable (transient) or
-    /// refuses to register a derived schema (fatal). The store is unchanged
-    /// then, and the same record must be offered again.
+    /// [`EngineError::Transient`] when the registry cannot be reached or
+    /// refuses a writer-schema request; [`EngineError::Fatal`] when it
+    /// refuses the request to register a derived schema (401, 403). The store
+    /// is unchanged then, and the same record must be offered again.
     pub fn process(
         &mut self,
         raw: &RawRecord<'_>,
         store: &mut dyn VersionStore,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Outcome, EngineError> {
-        let dl = |rejection: Rejection, topic: &Arc<str>| Outcome::DeadLettered {
-            record: dead_letter(raw, &rejection, topic),
-            rejection,
+        let mut doc = None;
+        let routed = match self.decode(raw, &mut doc, registry) {
+            Ok((writer, datum, order_by)) => self.route(&writer, &datum, order_by, store, registry),
+            Err(halt) => Err(halt),
         };
-        let topic = self.config.topics.dead_letter.clone();
+        match routed {
+            Ok(routed) => Ok(Outcome::Routed(routed)),
+            Err(Halt::Skip(verdict)) => Ok(Outcome::Skipped(verdict)),
+            Err(Halt::Reject(rejection)) => Ok(Outcome::DeadLettered {
+                record: dead_letter(raw, &rejection, &self.config.topics.dead_letter),
+                rejection,
+            }),
+            Err(Halt::Fail(e)) => Err(e),
+        }
+    }
+
+    /// Decode: the record's value → its writer schema, its value and what
+    /// orders it. Confluent-framed Avro is read with the schema its id
+    /// names; a JSON event with the schema its `event_type` and
+    /// `schema_version` name; a producer's own JSON is adapted onto the
+    /// canonical envelope first. A JSON document is kept in `doc`, which the
+    /// value borrows from.
+    fn decode<'v>(
+        &mut self,
+        raw: &RawRecord<'v>,
+        doc: &'v mut Option<serde_json::Value>,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<(Arc<Writer>, Datum<'v>, OrderBy), Halt> {
         let value = match raw.value {
             Some(v) if !v.is_empty() => v,
-            _ => {
-                return Ok(dl(
-                    Rejection::new(Reason::EmptyValue, "the record has no value"),
-                    &topic,
-                ))
-            }
+            _ => return Err(Rejection::new(Reason::EmptyValue, "the record has no value").into()),
         };
         let adapter = if self.config.adapters.is_empty() {
             None
         } else {
             self.config.adapters.get(&*raw.source.topic).cloned()
         };
-        let mut order_by = OrderBy::EntityVersion;
-        let json_doc;
-        let (writer, datum) = if let Some(adapter) = adapter {
+        if let Some(adapter) = adapter {
             // A producer's own JSON: adapted onto the canonical envelope,
             // then read like a canonical JSON event.
-            let Some(doc) = json_object(value) else {
-                return Ok(dl(
-                    Rejection::new(
-                        Reason::MalformedJson,
-                        format!(
-                            "the value is not a JSON object (the adapter {} reads the producer's JSON events)",
-                            adapter.name()
-                        ),
+            let Some(object) = json_object(value) else {
+                return Err(Rejection::new(
+                    Reason::MalformedJson,
+                    format!(
+                        "the value is not a JSON object (the adapter {} reads the producer's JSON events)",
+                        adapter.name()
                     ),
-                    &topic,
-                ));
+                )
+                .into());
             };
-            let adapted = match adapter.apply(doc) {
-                Ok(a) => a,
-                Err(r) => return Ok(dl(r, &topic)),
-            };
-            order_by = adapted.order_by;
-            json_doc = adapted.event;
-            match self.decode_json(&raw.source.topic, &json_doc, registry)? {
-                Ok(decoded) => decoded,
-                Err(r) => return Ok(dl(r, &topic)),
+            let adapted = adapter.apply(object)?;
+            let doc: &'v serde_json::Value = doc.insert(adapted.event);
+            let (writer, datum) = self.decode_json(&raw.source.topic, doc, registry)?;
+            return Ok((writer, datum, adapted.order_by));
+        }
+        match value[0] {
+            0 => {
+                let Some(header) = value.get(1..5) else {
+                    return Err(Rejection::new(
+                        Reason::TruncatedFrame,
+                        "the frame is shorter than its 5-byte header",
+                    )
+                    .into());
+                };
+                let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
+                let writer = self.writer_by_id(id, registry)?;
+                let datum = binary::decode(&writer.schema, &value[5..])
+                    .map_err(|e| Rejection::new(Reason::MalformedAvro, e.to_string()))?;
+                Ok((writer, datum, OrderBy::EntityVersion))
             }
-        } else {
-            match value[0] {
-                0 => {
-                    let Some(header) = value.get(1..5) else {
-                        return Ok(dl(
-                            Rejection::new(
-                                Reason::TruncatedFrame,
-                                "the frame is shorter than its 5-byte header",
-                            ),
-                            &topic,
-                        ));
-                    };
-                    let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
-                    let writer = match self.writer_by_id(id, registry)? {
-                        Ok(w) => w,
-                        Err(r) => return Ok(dl(r, &topic)),
-                    };
-                    match binary::decode(&writer.schema, &value[5..]) {
-                        Ok(d) => (writer, d),
-                        Err(e) => {
-                            return Ok(dl(
-                                Rejection::new(Reason::MalformedAvro, e.to_string()),
-                                &topic,
-                            ))
-                        }
-                    }
-                }
-                b'{' => {
-                    let Some(doc) = json_object(value) else {
-                        return Ok(dl(
-                            Rejection::new(Reason::MalformedJson, "the value is not a JSON object"),
-                            &topic,
-                        ));
-                    };
-                    json_doc = doc;
-                    match self.decode_json(&raw.source.topic, &json_doc, registry)? {
-                        Ok(decoded) => decoded,
-                        Err(r) => return Ok(dl(r, &topic)),
-                    }
-                }
-                _ => {
-                    return Ok(dl(
-                        Rejection::new(
-                            Reason::UnknownMagicByte,
-                            "the value is neither Confluent-framed Avro (0x00) nor a JSON object",
-                        ),
-                        &topic,
-                    ))
-                }
+            b'{' => {
+                let Some(object) = json_object(value) else {
+                    return Err(Rejection::new(
+                        Reason::MalformedJson,
+                        "the value is not a JSON object",
+                    )
+                    .into());
+                };
+                let doc: &'v serde_json::Value = doc.insert(object);
+                let (writer, datum) = self.decode_json(&raw.source.topic, doc, registry)?;
+                Ok((writer, datum, OrderBy::EntityVersion))
             }
-        };
-        match self.route(&writer, &datum, order_by, store, registry)? {
-            Ok(outcome) => Ok(outcome),
-            Err(r) => Ok(dl(r, &topic)),
+            _ => Err(Rejection::new(
+                Reason::UnknownMagicByte,
+                "the value is neither Confluent-framed Avro (0x00) nor a JSON object",
+            )
+            .into()),
         }
     }
 
@@ -633,13 +315,14 @@ impl Engine {
         topic: &str,
         doc: &'v serde_json::Value,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<Result<(Arc<Writer>, Datum<'v>), Rejection>, EngineError> {
+    ) -> Result<(Arc<Writer>, Datum<'v>), Halt> {
         let event_type = doc.get("event_type").and_then(|v| v.as_str()).unwrap_or("");
         if !is_valid_event_type(event_type) {
-            return Ok(Err(Rejection::new(
+            return Err(Rejection::new(
                 Reason::InvalidEventType,
                 "event_type is missing or does not match ^[a-z]+\\.[a-z_]+$",
-            )));
+            )
+            .into());
         }
         let Some(schema_version) = doc
             .get("schema_version")
@@ -647,25 +330,24 @@ impl Engine {
             .filter(|v| *v >= 1)
             .and_then(|v| u32::try_from(v).ok())
         else {
-            return Ok(Err(Rejection::new(
+            return Err(Rejection::new(
                 Reason::InvalidSchemaVersion,
                 "schema_version is missing or not an integer >= 1; it selects the version of the event type's schema",
-            )));
+            )
+            .into());
         };
-        let writer =
-            match self.writer_for_event_type(topic, event_type, schema_version, registry)? {
-                Ok(w) => w,
-                Err(r) => return Ok(Err(r)),
-            };
-        Ok(match json::resolve(&writer.schema, doc) {
-            Ok(d) => Ok((writer, d)),
-            Err(e) => Err(Rejection::new(
+        let writer = self.writer_for_event_type(topic, event_type, schema_version, registry)?;
+        let datum = json::resolve(&writer.schema, doc).map_err(|e| {
+            Rejection::new(
                 Reason::SchemaMismatch,
                 format!("the JSON event does not fit its schema at {e}"),
-            )),
-        })
+            )
+        })?;
+        Ok((writer, datum))
     }
 
+    /// A decoded event through the remaining steps; the store takes the new
+    /// version only once every tier record is built.
     fn route(
         &mut self,
         writer: &Writer,
@@ -673,151 +355,190 @@ impl Engine {
         order_by: OrderBy,
         store: &mut dyn VersionStore,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<Result<Outcome, Rejection>, EngineError> {
-        let schema = &writer.schema;
-        let env: &Envelope = match schema.envelope() {
-            Ok(e) => e,
-            Err(why) => return Ok(Err(Rejection::new(Reason::SchemaMismatch, why))),
-        };
-        if let Err(r) = validate(schema, env, datum) {
-            return Ok(Err(r));
+    ) -> Result<Routed, Halt> {
+        let event = Event::validate(&writer.schema, datum)?;
+        let tiers = self.check_tier(&event)?;
+        let ordered = self.order(&event, order_by, &*store)?;
+        let projected = self.project(writer, &event, tiers.reached, registry)?;
+        let records = self.build_records(&event, ordered.verdict, projected)?;
+        if let Some(state) = &ordered.state {
+            store.record(&state.key, state.version);
         }
-        let Datum::Record(values) = datum else {
-            return Ok(Err(Rejection::new(
-                Reason::SchemaMismatch,
-                "the event is not a record",
-            )));
-        };
-        let fields = schema.root_fields();
-        let Some(declared) = schema
-            .symbol(fields[env.privacy_tier].node, &values[env.privacy_tier])
+        Ok(Routed {
+            verdict: ordered.verdict,
+            records,
+            state: ordered.state,
+            tier_mismatch: tiers.mismatch,
+            redacted: writer.derived.each_ref().map(|d| d.redacted),
+            log_ids: event.log_ids(),
+        })
+    }
+
+    /// Tier check: which tiers the event reaches (all three unless the
+    /// topology limits its event type), and whether it holds a value
+    /// classified above its declared `privacy_tier`. Such a mismatch is
+    /// reported and routed (projection removes what each tier may not see
+    /// whatever the declaration says), or dead-lettered where the topology
+    /// asks for it.
+    fn check_tier(&self, event: &Event<'_, '_>) -> Result<TierCheck, Rejection> {
+        let env = event.env;
+        let Some(declared) = event
+            .schema
+            .symbol(
+                event.fields[env.privacy_tier].node,
+                &event.values[env.privacy_tier],
+            )
             .and_then(Tier::parse)
         else {
-            return Ok(Err(Rejection::new(
+            return Err(Rejection::new(
                 Reason::SchemaMismatch,
                 "privacy_tier is not one of public, internal, restricted",
-            )));
+            ));
         };
-        let (present, path) = max_present_tier(schema, datum);
-        let tier_mismatch = (present > declared).then(|| path.unwrap_or_default());
-        if let Some(p) = &tier_mismatch {
+        let (present, path) = max_present_tier(event.schema, event.datum);
+        let mismatch = (present > declared).then(|| path.unwrap_or_default());
+        if let Some(p) = &mismatch {
             if self.config.on_tier_mismatch == MismatchPolicy::DeadLetter {
-                return Ok(Err(Rejection::new(
+                return Err(Rejection::new(
                     Reason::TierMismatch,
                     format!(
                         "{p} is classified {present}, above the declared privacy_tier {declared}"
                     ),
-                )));
+                ));
             }
         }
+        let event_type = event.values[env.event_type].as_str().unwrap_or_default();
+        let limit = self.config.tier_limits.get(event_type);
+        let reached = Tier::ALL
+            .into_iter()
+            .filter(|tier| limit.is_none_or(|l| l.contains(tier)))
+            .collect();
+        Ok(TierCheck { reached, mismatch })
+    }
 
-        let entity_type = schema
-            .symbol(fields[env.entity_type].node, &values[env.entity_type])
+    /// Order: the event's version (or sequence number) against the last one
+    /// the store holds for its entity, and the store write that accepting it
+    /// makes. A duplicate or stale version stops here (skipped), and so
+    /// does a gap where the topology dead-letters gaps.
+    fn order(
+        &self,
+        event: &Event<'_, '_>,
+        order_by: OrderBy,
+        store: &dyn VersionStore,
+    ) -> Result<Ordered, Halt> {
+        let (env, values) = (event.env, event.values);
+        let entity_type = event
+            .schema
+            .symbol(event.fields[env.entity_type].node, &values[env.entity_type])
             .unwrap_or_default();
         let entity_id = values[env.entity_id].as_str().unwrap_or_default();
         let (v, state) = match order_by {
             OrderBy::EntityVersion => {
                 let Some(version) = values[env.entity_version].as_i64() else {
-                    return Ok(Err(Rejection::new(
+                    return Err(Rejection::new(
                         Reason::InvalidEntityVersion,
                         "entity_version is null, and this topic orders events by it",
-                    )));
+                    )
+                    .into());
                 };
                 let key = entity_key(entity_type, entity_id);
-                (
-                    verdict(store.last_version(&key), version),
-                    Some((key, version)),
-                )
+                let v = verdict(store.last_version(&key), version);
+                (v, Some(StateUpdate { key, version }))
             }
             OrderBy::Sequence { value, keyspace } => {
                 let key = sequence_key(&keyspace, entity_type, entity_id);
+                let v = sequence_verdict(store.last_version(&key), value);
                 (
-                    sequence_verdict(store.last_version(&key), value),
-                    Some((key, value)),
+                    v,
+                    Some(StateUpdate {
+                        key,
+                        version: value,
+                    }),
                 )
             }
             OrderBy::Off => (Verdict::Unordered, None),
         };
         match v {
-            Verdict::Duplicate | Verdict::Stale => return Ok(Ok(Outcome::Skipped(v))),
+            Verdict::Duplicate | Verdict::Stale => Err(Halt::Skip(v)),
             Verdict::Gap { missing } if self.config.on_gap == GapPolicy::DeadLetter => {
-                return Ok(Err(Rejection::new(
+                Err(Rejection::new(
                     Reason::VersionGap,
                     format!(
                         "entity_version skips {missing} version(s) after the last accepted one"
                     ),
-                )))
+                )
+                .into())
             }
-            _ => {}
+            _ => Ok(Ordered { verdict: v, state }),
         }
+    }
 
-        let event_type = values[env.event_type].as_str().unwrap_or_default();
-        let config = self.config.clone();
-        let limit = config.tier_limits.get(event_type);
-        let no_key = || {
-            Rejection::new(
-                Reason::RedactionUnavailable,
-                "a tier needs a keyed pseudonym and no hash key is configured",
-            )
-        };
-        let mut tiers = Vec::with_capacity(3);
-        let mut framings = Vec::with_capacity(3);
+    /// Project: the value of each reached tier, holding only what the tier
+    /// may see, framed for the output format (registering the tier's
+    /// derived schema the first time it is needed).
+    fn project<'w>(
+        &mut self,
+        writer: &'w Writer,
+        event: &Event<'_, '_>,
+        tiers: Vec<Tier>,
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Projected<'w>, Halt> {
+        let mut framings = Vec::with_capacity(tiers.len());
         let mut bufs: [Vec<u8>; 3] = Default::default();
-        for tier in Tier::ALL {
-            if limit.is_some_and(|l| !l.contains(&tier)) {
-                continue;
-            }
-            let topic = &config.topics.tiers[tier.index()];
-            let derived = &writer.derived[tier.index()];
-            let framing = match config.format {
-                OutputFormat::Avro => {
-                    match self.derived_id(writer, tier, derived, topic, registry)? {
-                        Ok(id) => Framing::Avro(id),
-                        Err(r) => return Ok(Err(r)),
-                    }
-                }
-                OutputFormat::Json => {
-                    Framing::Json(derived.compiled.as_ref().expect("compiled for JSON output"))
-                }
+        for (buf, tier) in bufs.iter_mut().zip(&tiers) {
+            let framing = match self.config.format {
+                OutputFormat::Avro => Framing::Avro(self.derived_id(writer, *tier, registry)?),
+                OutputFormat::Json => Framing::Json(
+                    writer.derived[tier.index()]
+                        .compiled
+                        .as_ref()
+                        .expect("compiled for JSON output"),
+                ),
             };
-            bufs[tiers.len()] = start_value(framing);
-            tiers.push(tier);
+            *buf = start_value(framing);
             framings.push(framing);
         }
-        if encode_projections(schema, datum, &tiers, self.hasher.as_ref(), &mut bufs).is_err() {
-            return Ok(Err(no_key()));
-        }
-        let routing = event_routing(schema, env, datum, v, &tiers, self.hasher.as_ref());
+        encode_projections(
+            event.schema,
+            event.datum,
+            &tiers,
+            self.hasher.as_ref(),
+            &mut bufs,
+        )?;
+        Ok(Projected {
+            tiers,
+            framings,
+            bufs,
+        })
+    }
+
+    /// Route: the record of each projected tier, on the tier's topic, keyed
+    /// and with headers as the tier may see them.
+    fn build_records(
+        &self,
+        event: &Event<'_, '_>,
+        verdict: Verdict,
+        projected: Projected<'_>,
+    ) -> Result<Vec<OutRecord>, NoHashKey> {
+        let Projected {
+            tiers,
+            framings,
+            bufs,
+        } = projected;
+        let routing = event_routing(
+            event.schema,
+            event.env,
+            event.datum,
+            verdict,
+            &tiers,
+            self.hasher.as_ref(),
+        );
         let mut records = Vec::with_capacity(tiers.len());
-        for (i, (tier, framing)) in tiers.iter().zip(framings).enumerate() {
-            let topic = &config.topics.tiers[tier.index()];
-            let buf = std::mem::take(&mut bufs[i]);
-            match tier_record(&routing, *tier, topic, framing, buf) {
-                Ok(r) => records.push(r),
-                Err(NoHashKey) => return Ok(Err(no_key())),
-            }
+        for ((tier, framing), buf) in tiers.into_iter().zip(framings).zip(bufs) {
+            let topic = &self.config.topics.tiers[tier.index()];
+            records.push(tier_record(&routing, tier, topic, framing, buf)?);
         }
-        if let Some((key, version)) = &state {
-            store.record(key, *version);
-        }
-        let loggable = |i: Option<usize>| {
-            let i = i?;
-            (fields[i].class.tier <= Tier::Internal)
-                .then(|| values[i].as_str().map(str::to_owned))
-                .flatten()
-        };
-        let log_ids = LogIds {
-            trace_id: loggable(env.trace_id),
-            correlation_id: loggable(env.correlation_id),
-        };
-        Ok(Ok(Outcome::Routed(Routed {
-            verdict: v,
-            records,
-            state: state.map(|(key, version)| StateUpdate { key, version }),
-            tier_mismatch,
-            redacted: writer.derived.each_ref().map(|d| d.redacted),
-            log_ids,
-        })))
+        Ok(records)
     }
 
     /// The id of a tier's derived schema, registering it the first time;
@@ -826,26 +547,25 @@ impl Engine {
         &mut self,
         writer: &Writer,
         tier: Tier,
-        derived: &DerivedTier,
-        topic: &str,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<Result<u32, Rejection>, EngineError> {
+    ) -> Result<u32, Halt> {
+        let derived = &writer.derived[tier.index()];
         if let Some(id) = derived.id.get() {
-            return Ok(Ok(*id));
+            return Ok(*id);
         }
         let mut refused = derived.refused.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((r, at)) = refused.as_ref() {
             if at.elapsed() < REFUSAL_RETRY {
-                return Ok(Err(r.clone()));
+                return Err(r.clone().into());
             }
         }
-        let subject = derived_subject(topic, &writer.schema);
+        let subject = derived_subject(&self.config.topics.tiers[tier.index()], &writer.schema);
         match registry.register(&subject, &derived.text) {
             Ok(id) => {
                 *refused = None;
-                Ok(Ok(*derived.id.get_or_init(|| id)))
+                Ok(*derived.id.get_or_init(|| id))
             }
-            Err(LookupError::Unavailable(m)) => Err(EngineError::Transient(m)),
+            Err(LookupError::Unavailable(m)) => Err(EngineError::Transient(m).into()),
             Err(LookupError::Refused(message)) => {
                 let r = Rejection::new(
                     Reason::DerivedSchemaRejected,
@@ -861,11 +581,12 @@ impl Engine {
                     writer_id: writer.id,
                     message,
                 });
-                Ok(Err(r))
+                Err(r.into())
             }
             Err(other) => Err(EngineError::Fatal(format!(
                 "registering the derived {tier} schema under {subject}: {other}"
-            ))),
+            ))
+            .into()),
         }
     }
 
@@ -912,35 +633,35 @@ impl Engine {
         &mut self,
         id: u32,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<Cached, EngineError> {
+    ) -> Result<Arc<Writer>, Halt> {
         let unknown = || {
-            Err(Rejection::new(
+            Halt::Reject(Rejection::new(
                 Reason::UnknownSchemaId,
                 format!("schema id {id} is not in the registry"),
             ))
         };
         if let Some(c) = self.by_id.get(&id) {
             self.stats.hits += 1;
-            return Ok(c.clone());
+            return c.clone().map_err(Halt::Reject);
         }
         if self.missing_ids.contains(&id) {
             self.stats.hits += 1;
-            return Ok(unknown());
+            return Err(unknown());
         }
         self.stats.misses += 1;
         let cached = match registry.schema_by_id(id) {
             Ok(text) => self.compile(id, &text).map(Arc::new),
             Err(LookupError::NotFound) => {
                 remember(&mut self.missing_ids, id);
-                return Ok(unknown());
+                return Err(unknown());
             }
             Err(
                 LookupError::Unavailable(m) | LookupError::Rejected(m) | LookupError::Refused(m),
-            ) => return Err(EngineError::Transient(m)),
+            ) => return Err(EngineError::Transient(m).into()),
         };
         // Only ids the registry holds are cached: one entry per registered schema.
         self.by_id.insert(id, cached.clone());
-        Ok(cached)
+        cached.map_err(Halt::Reject)
     }
 
     fn writer_for_event_type(
@@ -949,19 +670,20 @@ impl Engine {
         event_type: &str,
         schema_version: u32,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<Cached, EngineError> {
+    ) -> Result<Arc<Writer>, Halt> {
         let subject = self.config.subjects.subject(topic, event_type);
         let Some(version) = self
             .config
             .subjects
             .subject_version(event_type, schema_version)
         else {
-            return Ok(Err(Rejection::new(
+            return Err(Rejection::new(
                 Reason::UnknownSchemaVersion,
                 format!(
                     "schema_version {schema_version} is not one of the versions the topology maps for this event type"
                 ),
-            )));
+            )
+            .into());
         };
         let key = (subject, version);
         let unknown = |subject: &str| {
@@ -974,7 +696,7 @@ impl Engine {
         };
         if let Some(r) = self.missing_subjects.get(&key) {
             self.stats.hits += 1;
-            return Ok(Err(r.clone()));
+            return Err(r.clone().into());
         }
         let id = match self.by_subject.get(&key) {
             Some(id) => *id,
@@ -1002,13 +724,13 @@ impl Engine {
                             self.missing_subjects.clear();
                         }
                         self.missing_subjects.insert(key, rejection.clone());
-                        return Ok(Err(rejection));
+                        return Err(rejection.into());
                     }
                     Err(
                         LookupError::Unavailable(m)
                         | LookupError::Rejected(m)
                         | LookupError::Refused(m),
-                    ) => return Err(EngineError::Transient(m)),
+                    ) => return Err(EngineError::Transient(m).into()),
                 }
             }
         };
@@ -1016,11 +738,82 @@ impl Engine {
     }
 }
 
-/// The subject a tier's derived schema is registered under:
-/// `<tier topic>-<record full name>` (topic-record naming, since one topic
-/// holds many event types).
-pub fn derived_subject(topic: &str, schema: &CompiledSchema) -> String {
-    format!("{topic}-{}", schema.fullname().unwrap_or("record"))
+/// A decoded event that passed validation: its schema, envelope and
+/// top-level values, as the later steps read them.
+struct Event<'e, 'v> {
+    schema: &'e CompiledSchema,
+    env: &'e Envelope,
+    /// The writer schema's top-level fields (the envelope's).
+    fields: &'e [Field],
+    datum: &'e Datum<'v>,
+    /// The values of `fields`, in schema order.
+    values: &'e [Datum<'v>],
+}
+
+impl<'e, 'v> Event<'e, 'v> {
+    /// Validate: the writer schema is an event envelope and the value keeps
+    /// its rules (ids, versions, timestamps, amounts).
+    fn validate(schema: &'e CompiledSchema, datum: &'e Datum<'v>) -> Result<Self, Rejection> {
+        let env = schema
+            .envelope()
+            .map_err(|why| Rejection::new(Reason::SchemaMismatch, why))?;
+        validate(schema, env, datum)?;
+        let Datum::Record(values) = datum else {
+            return Err(Rejection::new(
+                Reason::SchemaMismatch,
+                "the event is not a record",
+            ));
+        };
+        Ok(Event {
+            schema,
+            env,
+            fields: schema.root_fields(),
+            datum,
+            values,
+        })
+    }
+
+    /// The event's `trace_id` and `correlation_id` for log lines, each only
+    /// where its schema classifies it at most internal.
+    fn log_ids(&self) -> LogIds {
+        let loggable = |i: Option<usize>| {
+            let i = i?;
+            (self.fields[i].class.tier <= Tier::Internal)
+                .then(|| self.values[i].as_str().map(str::to_owned))
+                .flatten()
+        };
+        LogIds {
+            trace_id: loggable(self.env.trace_id),
+            correlation_id: loggable(self.env.correlation_id),
+        }
+    }
+}
+
+/// What the tier check found.
+struct TierCheck {
+    /// The tiers the event reaches, least sensitive first.
+    reached: Vec<Tier>,
+    /// The schema path of a value above the declared tier, if any.
+    mismatch: Option<String>,
+}
+
+/// What the order step decided.
+struct Ordered {
+    /// Accepted, a gap to emit, or unordered.
+    verdict: Verdict,
+    /// The store write that accepting the event makes.
+    state: Option<StateUpdate>,
+}
+
+/// The projected values of one event, ready to be framed into records.
+struct Projected<'w> {
+    /// The tiers projected, least sensitive first.
+    tiers: Vec<Tier>,
+    /// How each tier's value is written, by position in `tiers`.
+    framings: Vec<Framing<'w>>,
+    /// Each tier's value, by position in `tiers`: [`start_value`] followed
+    /// by the projected Avro body.
+    bufs: [Vec<u8>; 3],
 }
 
 /// The value as a JSON object, if it is one.

@@ -1,15 +1,20 @@
 //! The types that flow through the pipeline: raw input records, decoded
-//! values ([`Datum`]), privacy tiers, and what the pipeline emits (tier
-//! records, dead letters, state updates).
+//! values ([`Datum`]), privacy tiers, and what the pipeline emits: output
+//! records ([`OutRecord`], each with its [`Destination`]) and the
+//! [`Outcome`] of one input record (tier records and the state update, a
+//! skip, or a dead letter).
 //!
 //! Nothing here does I/O; every stage imports these types and nothing from a
-//! later stage.
+//! later stage. The outcome names the ordering verdict
+//! ([`crate::order::Verdict`]), the one type taken from a stage.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::order::Verdict;
 
 /// A privacy tier. Ordered: `Public < Internal < Restricted`.
 ///
@@ -162,7 +167,7 @@ impl Datum<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderBy {
     /// The envelope's `entity_version`: contiguous per entity, so a skipped
-    /// version is a gap (contract §4).
+    /// version is a gap.
     EntityVersion,
     /// A number that only increases but is shared across entities (e.g. a
     /// NATS JetStream stream sequence): per entity it has holes, so a jump
@@ -211,11 +216,35 @@ pub type HeaderName = Cow<'static, str>;
 /// A header value, shared by the tier records of one event.
 pub type HeaderValue = Arc<[u8]>;
 
+/// What an output record is for: the tier it was projected for, or the
+/// dead-letter topic. Set where the record is built, so nothing downstream
+/// works it out again from the topic name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// A tier record: holds only what this tier may see.
+    Tier(Tier),
+    /// A dead letter: the input record unchanged (raw PII included), plus
+    /// the error headers.
+    DeadLetter,
+}
+
+impl Destination {
+    /// The tier of a tier record; `None` for a dead letter.
+    pub fn tier(self) -> Option<Tier> {
+        match self {
+            Destination::Tier(t) => Some(t),
+            Destination::DeadLetter => None,
+        }
+    }
+}
+
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
     /// Destination topic.
     pub topic: Arc<str>,
+    /// The tier it was built for, or the dead letter.
+    pub destination: Destination,
     /// Record key.
     pub key: Option<Vec<u8>>,
     /// Record value; `None` only for the dead letter of a tombstone.
@@ -383,6 +412,76 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.reason, self.detail)
     }
+}
+
+/// A version-store write the caller must persist (the changelog record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    /// `entity_type/entity_id`.
+    pub key: Vec<u8>,
+    /// The newly accepted version.
+    pub version: i64,
+}
+
+/// Facts about a routed event for telemetry: no payload values, only names
+/// from the schema and the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// Accepted, a gap that was emitted, or unordered.
+    pub verdict: Verdict,
+    /// One record per tier the event reaches.
+    pub records: Vec<OutRecord>,
+    /// The store write to persist with the records; `None` for an
+    /// [`Verdict::Unordered`] event, which touches no state.
+    pub state: Option<StateUpdate>,
+    /// The schema path of a field above the declared tier, if any.
+    pub tier_mismatch: Option<String>,
+    /// Per tier ([`Tier::index`]): how many fields its record removes or
+    /// pseudonymises.
+    pub redacted: [u32; 3],
+    /// The event's `trace_id` and `correlation_id` for log lines, each only
+    /// where its schema classifies it at most internal (ids that may be
+    /// logged; a producer that marks one restricted keeps it out of logs).
+    pub log_ids: LogIds,
+}
+
+/// Ids of an event that may appear in log lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogIds {
+    /// `trace_id`, when present and classified at most internal.
+    pub trace_id: Option<String>,
+    /// `correlation_id`, when present and classified at most internal.
+    pub correlation_id: Option<String>,
+}
+
+/// What to do with one input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Emit these tier records and persist the state update.
+    Routed(Routed),
+    /// A duplicate or stale version: counted, not emitted.
+    Skipped(Verdict),
+    /// Produce this record to the dead-letter topic.
+    DeadLettered {
+        /// The dead-letter record (the original, plus error headers).
+        record: OutRecord,
+        /// Why.
+        rejection: Rejection,
+    },
+}
+
+/// The registry refused a derived tier schema: what telemetry reports (the
+/// subject and the registry's message name schema fields, never values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The output subject, `<tier topic>-<record name>`.
+    pub subject: String,
+    /// The tier.
+    pub tier: Tier,
+    /// The writer schema's registry id.
+    pub writer_id: u32,
+    /// The registry's answer.
+    pub message: String,
 }
 
 #[cfg(test)]

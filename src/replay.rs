@@ -13,9 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::order::{MemoryStore, VersionStore};
-use crate::pipeline::{Engine, Outcome, SchemaLookup};
-use crate::record::{OutRecord, RawRecord, Source, Tier};
-use crate::schema::{binary, json as sjson, CompiledSchema};
+use crate::pipeline::Engine;
+use crate::record::{OutRecord, Outcome, RawRecord, Source, Tier};
+use crate::schema::{binary, json as sjson, CompiledSchema, SchemaLookup};
 use crate::telemetry::{At, Metrics, RecordEvents};
 
 /// How the input file is laid out.
@@ -73,7 +73,8 @@ impl Summary {
 }
 
 struct Sinks {
-    tiers: HashMap<Arc<str>, (Tier, BufWriter<File>)>,
+    /// Per tier ([`Tier::index`]).
+    tiers: Vec<BufWriter<File>>,
     dead: BufWriter<File>,
 }
 
@@ -152,14 +153,11 @@ pub fn replay(
         ))
     };
     let mut sinks = Sinks {
-        tiers: HashMap::new(),
+        tiers: Vec::with_capacity(Tier::ALL.len()),
         dead: open("dead-letter.jsonl")?,
     };
     for tier in Tier::ALL {
-        let topic = engine.config().topics.tiers[tier.index()].clone();
-        sinks
-            .tiers
-            .insert(topic, (tier, open(&format!("{tier}.jsonl"))?));
+        sinks.tiers.push(open(&format!("{tier}.jsonl"))?);
     }
     progress.set_style(
         ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bar:30} {per_sec} {eta}")
@@ -238,10 +236,12 @@ pub fn replay(
         };
         match outcome {
             Outcome::Routed(r) => {
-                let tier_of = |rec: &OutRecord| sinks.tiers.get(&rec.topic).map(|(t, _)| *t);
-                events.routed(at, &r, |rec| tier_of(rec).unwrap_or(Tier::Restricted));
+                events.routed(at, &r);
                 for rec in r.records {
-                    let tier = tier_of(&rec).context("unknown tier topic")?;
+                    let tier = rec
+                        .destination
+                        .tier()
+                        .context("a routed record without a tier")?;
                     outputs.push((tier, rec));
                 }
             }
@@ -270,18 +270,13 @@ pub fn replay(
                     "headers": headers_json(&rec),
                     "value": value,
                 });
-                let w = &mut sinks
-                    .tiers
-                    .values_mut()
-                    .find(|(t, _)| *t == tier)
-                    .context("tier sink")?
-                    .1;
+                let w = &mut sinks.tiers[tier.index()];
                 serde_json::to_writer(&mut *w, &line)?;
                 w.write_all(b"\n")?;
             }
         }
     }
-    for (_, w) in sinks.tiers.values_mut() {
+    for w in &mut sinks.tiers {
         w.flush()?;
     }
     sinks.dead.flush()?;

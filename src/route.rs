@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 use crate::classify::FieldClass;
 use crate::order::Verdict;
 use crate::project::{treatment, Hasher, NoHashKey, Treatment};
-use crate::record::{Datum, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
+use crate::record::{Datum, Destination, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
 use crate::schema::{binary, json, CompiledSchema, Envelope};
 
 /// Header: the event's type.
@@ -174,6 +174,7 @@ pub fn tier_record(
     headers.push((H_TIER.into(), TIER_VALUES[tier.index()].clone()));
     Ok(OutRecord {
         topic: topic.clone(),
+        destination: Destination::Tier(tier),
         key: Some(key),
         value: Some(value),
         headers,
@@ -204,6 +205,7 @@ pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>)
     ));
     OutRecord {
         topic: topic.clone(),
+        destination: Destination::DeadLetter,
         key: raw.key.map(<[u8]>::to_vec),
         value: raw.value.map(<[u8]>::to_vec),
         headers,

@@ -20,8 +20,7 @@ use prometheus::{
 };
 
 use crate::order::Verdict;
-use crate::pipeline::{Refusal, Routed};
-use crate::record::{OutRecord, Reason, Rejection, Tier};
+use crate::record::{Reason, Refusal, Rejection, Routed, Tier};
 
 /// Metric names, as scraped.
 pub mod names {
@@ -481,12 +480,10 @@ impl Default for RecordEvents {
 }
 
 impl RecordEvents {
-    /// The event was routed: one record per tier it reaches (`tier_of`
-    /// names each record's tier). Debug: `Routed.`; info, rate-limited: a
-    /// tier mismatch, a version gap.
-    pub fn routed(&mut self, at: At<'_>, r: &Routed, tier_of: impl Fn(&OutRecord) -> Tier) {
-        for rec in &r.records {
-            let tier = tier_of(rec);
+    /// The event was routed: one record per tier it reaches. Debug:
+    /// `Routed.`; info, rate-limited: a tier mismatch, a version gap.
+    pub fn routed(&mut self, at: At<'_>, r: &Routed) {
+        for tier in r.records.iter().filter_map(|rec| rec.destination.tier()) {
             self.pending.produced(tier, r.redacted[tier.index()]);
         }
         self.pending.verdict(r.verdict);

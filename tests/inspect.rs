@@ -16,11 +16,12 @@ use serde_json::Value;
 
 use privacy_router::config::Topology;
 use privacy_router::order::MemoryStore;
-use privacy_router::pipeline::{Engine, Outcome, SchemaLookup};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{RawRecord, Source, Tier};
+use privacy_router::record::{Outcome, RawRecord, Source, Tier};
 use privacy_router::registry::file;
 use privacy_router::sample::{self, Format, Options};
+use privacy_router::schema::SchemaLookup;
 
 /// The Confluent-compatible registry stand-in (Confluent's status codes,
 /// BACKWARD compatibility by default, the compatibility endpoint).
@@ -1068,8 +1069,8 @@ fn user_created() -> String {
 /// every tier it reaches, as the processor does when it first writes an
 /// event of that schema.
 fn register_derived(registry: &registry::Registry, text: &str) {
-    use privacy_router::pipeline::derived_subject;
     use privacy_router::project::derived_schema;
+    use privacy_router::schema::derived_subject;
     let t = Topology::load(Path::new("topology/default.yaml")).unwrap();
     let schema = privacy_router::schema::CompiledSchema::compile(text, &t.engine.rules).unwrap();
     for tier in Tier::ALL {
@@ -1632,9 +1633,9 @@ fn a_schema_file_that_is_not_avro_is_named() {
 /// tests without `KAFKA_BOOTSTRAP`; `--skip apicurio` leaves it out.
 #[test]
 fn apicurio_check_and_report_against_a_real_registry() {
-    use privacy_router::pipeline::derived_subject;
     use privacy_router::project::derived_schema;
     use privacy_router::registry::confluent::{ConfluentConfig, ConfluentRegistry};
+    use privacy_router::schema::derived_subject;
     let url = std::env::var("APICURIO_URL").expect(
         "APICURIO_URL is not set: run the tests with `bash scripts/test.sh`, which starts Apicurio Registry (scripts/registry.sh)",
     );

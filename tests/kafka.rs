@@ -866,7 +866,7 @@ fn a_refused_derived_schema_dead_letters_only_the_events_that_need_it() {
     let v2 = v2.to_string();
     s.registry.register(&subject, &v2);
     let mut files = s.files.clone();
-    privacy_router::pipeline::SchemaLookup::register(&mut files.registry, &subject, &v2).unwrap();
+    privacy_router::schema::SchemaLookup::register(&mut files.registry, &subject, &v2).unwrap();
     let s = Scenario { files, ..s };
 
     let mut values = s.samples(1500, 141, SampleFormat::Jsonl, false);

@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 
 use privacy_router::config::Topology;
 use privacy_router::order::{MemoryStore, VersionStore};
-use privacy_router::pipeline::{Engine, LookupError, Outcome, Routed, SchemaLookup};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{OutRecord, RawRecord, Reason, Source};
+use privacy_router::record::{OutRecord, Outcome, RawRecord, Reason, Routed, Source};
 use privacy_router::registry::{file, MemoryRegistry};
-use privacy_router::schema::{binary, json as sjson, CompiledSchema};
+use privacy_router::schema::{binary, json as sjson, CompiledSchema, LookupError, SchemaLookup};
 
 const KEY: &[u8] = b"pipeline-test-key-0123456789";
 
@@ -577,14 +577,14 @@ struct Counting<'a> {
 }
 
 impl SchemaLookup for Counting<'_> {
-    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, privacy_router::pipeline::LookupError> {
+    fn schema_by_id(&mut self, id: u32) -> Result<Arc<str>, privacy_router::schema::LookupError> {
         self.calls += 1;
         self.inner.schema_by_id(id)
     }
     fn latest(
         &mut self,
         subject: &str,
-    ) -> Result<(u32, Arc<str>), privacy_router::pipeline::LookupError> {
+    ) -> Result<(u32, Arc<str>), privacy_router::schema::LookupError> {
         self.calls += 1;
         self.inner.latest(subject)
     }
@@ -592,18 +592,15 @@ impl SchemaLookup for Counting<'_> {
         &mut self,
         subject: &str,
         version: u32,
-    ) -> Result<(u32, Arc<str>), privacy_router::pipeline::LookupError> {
+    ) -> Result<(u32, Arc<str>), privacy_router::schema::LookupError> {
         self.calls += 1;
         self.inner.version(subject, version)
     }
-    fn subjects(&mut self) -> Result<Vec<String>, privacy_router::pipeline::LookupError> {
+    fn subjects(&mut self) -> Result<Vec<String>, privacy_router::schema::LookupError> {
         self.calls += 1;
         SchemaLookup::subjects(self.inner)
     }
-    fn versions(
-        &mut self,
-        subject: &str,
-    ) -> Result<Vec<u32>, privacy_router::pipeline::LookupError> {
+    fn versions(&mut self, subject: &str) -> Result<Vec<u32>, privacy_router::schema::LookupError> {
         self.calls += 1;
         self.inner.versions(subject)
     }
@@ -611,7 +608,7 @@ impl SchemaLookup for Counting<'_> {
         &mut self,
         subject: &str,
         schema: &str,
-    ) -> Result<u32, privacy_router::pipeline::LookupError> {
+    ) -> Result<u32, privacy_router::schema::LookupError> {
         self.calls += 1;
         self.inner.register(subject, schema)
     }

@@ -14,10 +14,11 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use privacy_router::classify::Rules;
+use privacy_router::config::EngineConfig;
 use privacy_router::order::{MemoryStore, VersionStore};
-use privacy_router::pipeline::{Engine, EngineConfig, Outcome};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::{derived_schema, encode_projection, Hasher};
-use privacy_router::record::{RawRecord, Source, Tier};
+use privacy_router::record::{Outcome, RawRecord, Source, Tier};
 use privacy_router::registry::file;
 use privacy_router::schema::{json as sjson, CompiledSchema};
 

@@ -8,11 +8,10 @@ use serde_json::Value;
 
 use privacy_router::classify::{Rules, TierSource};
 use privacy_router::config::Topology;
-use privacy_router::pipeline::SubjectNaming;
 use privacy_router::project::derived_schema;
 use privacy_router::record::Tier;
 use privacy_router::registry::file;
-use privacy_router::schema::{CompiledSchema, Kind};
+use privacy_router::schema::{CompiledSchema, Kind, SubjectNaming};
 
 fn load() -> file::FileRegistry {
     file::load(

@@ -19,10 +19,11 @@ use serde_json::{json, Value};
 
 use privacy_router::config::Topology;
 use privacy_router::order::{MemoryStore, VersionStore};
-use privacy_router::pipeline::{Engine, Outcome, Routed, SchemaLookup};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{OutRecord, RawRecord, Reason, Source};
+use privacy_router::record::{OutRecord, Outcome, RawRecord, Reason, Routed, Source};
 use privacy_router::registry::{file, MemoryRegistry};
+use privacy_router::schema::SchemaLookup;
 
 const KEY: &[u8] = b"seed-test-key-0123456789abcdef";
 

@@ -6,10 +6,14 @@
 //! column, and the key path of the bad value ([`yaml`]). What can only be
 //! checked against the schemas (event types, overrides, tags) is
 //! [`schemas::check`]. Runtime knobs (brokers, registry URL, secrets) are CLI
-//! flags, not topology keys.
+//! flags, not topology keys. What the engine takes from it is
+//! [`EngineConfig`].
 
+mod engine;
 pub mod schemas;
 pub mod yaml;
+
+pub use engine::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, Topics};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -20,11 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapt::{Adapter, AdapterConfig};
 use crate::classify::{Overrides, Rules, TagMap};
-use crate::pipeline::{
-    EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, SubjectNaming, Topics,
-    DEFAULT_SUBJECT_TEMPLATE,
-};
 use crate::record::Tier;
+use crate::schema::{SubjectNaming, DEFAULT_SUBJECT_TEMPLATE};
 use crate::validate::is_valid_event_type;
 
 /// The processing guarantee.

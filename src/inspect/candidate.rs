@@ -29,11 +29,11 @@ use super::check::{
 };
 use super::{compile_event, event_view, EventView, FieldView, Inspected, Origin, Reach};
 use super::{SchemaSource, SubjectVersion};
-use crate::config::Topology;
-use crate::pipeline::{derived_subject, LookupError, OutputFormat, SchemaLookup};
+use crate::config::{OutputFormat, Topology};
 use crate::project::derived_schema;
 use crate::record::Tier;
 use crate::registry::confluent::{Compatibility, ConfluentRegistry};
+use crate::schema::{derived_subject, LookupError, SchemaLookup};
 
 /// What the candidate check asks a registry: the subject's versions (through
 /// [`SchemaLookup`]) and whether a subject would accept a schema.

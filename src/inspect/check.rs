@@ -36,10 +36,10 @@ use super::{
 };
 use crate::config::yaml::Place;
 use crate::config::{self, Problem, Topology};
-use crate::pipeline::{SchemaLookup, DEFAULT_SUBJECT_TEMPLATE};
 use crate::project::MIN_KEY_LEN;
 use crate::registry::file::{self, FileRegistry, FileRegistryError};
 use crate::registry::Catalogue;
+use crate::schema::{SchemaLookup, DEFAULT_SUBJECT_TEMPLATE};
 
 /// How serious a finding is. Ordered: errors first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -827,7 +827,7 @@ mod tests {
 
     fn run(yaml: &str, events: &[SchemaSource], key: HashKey, opts: CheckOptions) -> CheckReport {
         let t = Topology::parse(Path::new("t.yaml"), yaml).unwrap();
-        use crate::registry::SchemaLookup as _;
+        use crate::schema::SchemaLookup as _;
         let mut registry = crate::registry::MemoryRegistry::default();
         for e in events {
             registry

@@ -4,7 +4,7 @@
 //! `flowchart LR`.
 //!
 //! The graph is built from the validated [`Topology`] (its file as written
-//! and the [`EngineConfig`](crate::pipeline::EngineConfig) the engine runs
+//! and the [`EngineConfig`](crate::config::EngineConfig) the engine runs
 //! with), so policies decide which edges exist: a tier check that only
 //! counts has no edge to the dead-letter topic, one that dead-letters has.
 //! Output is deterministic: maps are sorted.
@@ -16,8 +16,7 @@ use serde::Serialize;
 
 use super::OverrideEffect;
 use crate::adapt::AdapterOrdering;
-use crate::config::Topology;
-use crate::pipeline::{GapPolicy, MismatchPolicy, OutputFormat};
+use crate::config::{GapPolicy, MismatchPolicy, OutputFormat, Topology};
 use crate::record::Tier;
 
 /// The name of the version store (Kafka Streams' naming: its changelog is

@@ -37,13 +37,12 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::classify::{Redact, Rules, TierSource, PRIVACY_KEY, TAGS_KEY};
-use crate::config::Topology;
-use crate::pipeline::{EngineConfig, LookupError, SchemaLookup};
+use crate::config::{EngineConfig, Topology};
 use crate::project::{derived_schema, treatment, Treatment};
 use crate::record::Tier;
 use crate::registry::file::FileRegistry;
 use crate::registry::Catalogue;
-use crate::schema::{CompiledSchema, Field, Kind, NodeId};
+use crate::schema::{CompiledSchema, Field, Kind, LookupError, NodeId, SchemaLookup};
 
 /// A version of a registry subject that holds a schema.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -146,8 +146,8 @@ pub fn build(
             .collect(),
         overrides,
         output_format: match t.engine.format {
-            crate::pipeline::OutputFormat::Avro => "avro".to_owned(),
-            crate::pipeline::OutputFormat::Json => "json".to_owned(),
+            crate::config::OutputFormat::Avro => "avro".to_owned(),
+            crate::config::OutputFormat::Json => "json".to_owned(),
         },
         events: views,
     })
@@ -794,7 +794,8 @@ th,.tier,td.kept,td.hashed,td.removed,td.notrouted,td.failclosed,td.override{-we
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{MemoryRegistry, SchemaLookup as _};
+    use crate::registry::MemoryRegistry;
+    use crate::schema::SchemaLookup as _;
     use std::path::Path;
 
     const PAYLOAD: &str = r#"{"type":"record","name":"XData","namespace":"t","doc":"<b>payload</b>","fields":[

@@ -1,5 +1,7 @@
-//! Order per entity (contract §4): the last accepted `entity_version` per
-//! (`entity_type`, `entity_id`) decides each event's verdict.
+//! Order per entity: the last accepted `entity_version` per (`entity_type`,
+//! `entity_id`) decides each event's verdict — the next version is
+//! accepted, the same one is a duplicate, a lower one is stale, and a jump
+//! is a gap.
 //!
 //! Producers without an entity version are ordered by what their adapter
 //! declares ([`crate::record::OrderBy`]): a stream-wide sequence

@@ -35,7 +35,7 @@ use schema_registry_converter::schema_registry_common::{
 };
 use thiserror::Error;
 
-use super::{LookupError, SchemaLookup};
+use crate::schema::{LookupError, SchemaLookup};
 use crate::telemetry::{self, Metrics};
 
 /// How to reach the registry.

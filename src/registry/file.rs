@@ -17,7 +17,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::MemoryRegistry;
-use crate::pipeline::{pascal_case, SchemaLookup, SubjectNaming};
+use crate::schema::{pascal_case, SchemaLookup, SubjectNaming};
 use crate::validate::is_valid_event_type;
 
 /// One event type found in the folder.

@@ -1,8 +1,8 @@
 //! Schema registries: where writer schemas come from and where derived tier
 //! schemas are registered.
 //!
-//! The pipeline sees a registry only through [`SchemaLookup`] (defined with
-//! the pipeline, implemented here); it caches what
+//! The pipeline sees a registry only through [`SchemaLookup`] (defined in
+//! [`crate::schema`], implemented here); it caches what
 //! it gets, so a lookup happens once per schema id or subject.
 //! [`MemoryRegistry`] keeps Confluent's semantics (one id per distinct schema,
 //! versions per subject) in memory; [`file::load`] fills one from `avro/` for
@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::pipeline::SubjectNaming;
-pub use crate::pipeline::{LookupError, SchemaLookup};
+use crate::schema::{LookupError, SchemaLookup, SubjectNaming};
 
 /// An in-memory registry with Confluent's id semantics: the same schema
 /// (compared as JSON) gets the same global id in every subject. With

@@ -34,10 +34,10 @@ use anyhow::{anyhow, Context, Result};
 use tracing::{info, warn};
 
 use crate::config::Topology;
-use crate::pipeline::SchemaLookup;
 use crate::project::Hasher;
 use crate::registry::confluent::{ConfluentConfig, ConfluentRegistry};
 use crate::registry::SharedRegistry;
+use crate::schema::SchemaLookup;
 use crate::telemetry::{self, Health, Metrics};
 pub use kafka::Connection;
 

@@ -38,8 +38,9 @@ use super::transaction::{Ended, Transaction, TXN_TIMEOUT};
 use super::watermarks::Watermarks;
 use super::{Fatal, FatalKind, Progress};
 use crate::config::Guarantee;
-use crate::pipeline::{Engine, EngineError, Outcome, SchemaLookup};
-use crate::record::{OutRecord, RawRecord, Source, Tier};
+use crate::pipeline::{Engine, EngineError};
+use crate::record::{Outcome, RawRecord, Source};
+use crate::schema::SchemaLookup;
 use crate::telemetry::{self, At, Health, Metrics, RateLimit, RecordEvents, TopicCounters};
 
 /// What the stream thread runs and the handles it reports through.
@@ -499,8 +500,7 @@ impl Task {
                         &encode_value(at.offset + 1),
                     ),
                 }
-                let tiers = &self.settings.config.topology.engine.topics.tiers;
-                self.events.routed(at, &r, |rec| tier_of(tiers, rec));
+                self.events.routed(at, &r);
             }
             Outcome::Skipped(v) => self.events.skipped(at, v),
             Outcome::DeadLettered { record, rejection } => {
@@ -772,12 +772,4 @@ impl Task {
             .into()),
         }
     }
-}
-
-/// The tier a tier record is for, by its topic.
-fn tier_of(tiers: &[Arc<str>; 3], rec: &OutRecord) -> Tier {
-    Tier::ALL
-        .into_iter()
-        .find(|t| tiers[t.index()] == rec.topic)
-        .unwrap_or(Tier::Restricted)
 }

@@ -7,9 +7,18 @@
 //!
 //! The text is also parsed by `apache-avro`, so a schema that the reference
 //! implementation rejects is rejected here too.
+//!
+//! Where schemas come from is here too: the registry as the pipeline sees it
+//! ([`SchemaLookup`], [`LookupError`]) and the subjects that hold writer and
+//! derived schemas ([`SubjectNaming`], [`derived_subject`]).
 
 pub mod binary;
 pub mod json;
+mod lookup;
+mod subject;
+
+pub use lookup::{LookupError, SchemaLookup};
+pub use subject::{derived_subject, pascal_case, SubjectNaming, DEFAULT_SUBJECT_TEMPLATE};
 
 use std::collections::HashMap;
 
@@ -72,11 +81,11 @@ pub struct Field {
     pub rule: NameRule,
 }
 
-/// A validation rule implied by a field's name (seed 003 §6).
+/// A validation rule implied by a field's name suffix.
 ///
-/// The seed names the rules in snake_case (`*_at`); producers that write
-/// camelCase (`createdAt`, `failedAttemptCount`) get the same rules from the
-/// same suffix after a lowercase letter or digit.
+/// The suffixes are snake_case (`*_at`); producers that write camelCase
+/// (`createdAt`, `failedAttemptCount`) get the same rules from the same
+/// suffix after a lowercase letter or digit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameRule {
     /// No rule.

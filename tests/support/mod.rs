@@ -29,13 +29,13 @@ use serde_json::Value;
 
 use privacy_router::config::Topology;
 use privacy_router::order::MemoryStore;
-use privacy_router::pipeline::{Engine, Outcome, SchemaLookup};
+use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{RawRecord, Source};
+use privacy_router::record::{Outcome, RawRecord, Source};
 use privacy_router::registry::{file, MemoryRegistry};
 use privacy_router::runtime::kafka::{send_waiting, QuietContext};
 use privacy_router::sample::{self, Format, Options};
-use privacy_router::schema::{binary, json as sjson, CompiledSchema};
+use privacy_router::schema::{binary, json as sjson, CompiledSchema, SchemaLookup};
 
 pub use registry::Registry;
 

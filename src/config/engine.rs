@@ -1,0 +1,94 @@
+//! What the engine runs with: the output topics, the output format and the
+//! policies for gaps and tier mismatches ([`EngineConfig`]), built from the
+//! topology ([`super::Topology`]) or by hand in tests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapt::Adapter;
+use crate::classify::Rules;
+use crate::record::Tier;
+use crate::schema::SubjectNaming;
+
+/// What happens to an event that skips versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapPolicy {
+    /// Emit it with an `x-version-gap` header (default).
+    #[default]
+    Emit,
+    /// Dead-letter it with reason `version_gap`; the entity's state stays.
+    DeadLetter,
+}
+
+/// What happens to an event holding data above its declared tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchPolicy {
+    /// Count and log it, and route it: projection removes what each tier may
+    /// not see whatever the declaration says (default).
+    #[default]
+    Emit,
+    /// Dead-letter it with reason `tier_mismatch` instead of routing it.
+    DeadLetter,
+}
+
+/// How tier records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Avro in Confluent wire format, with the derived schema registered
+    /// under `<tier topic>-<record name>` (default).
+    #[default]
+    Avro,
+    /// Plain JSON of the projected value.
+    Json,
+}
+
+/// The topics records go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Tier topics, indexed by [`Tier::index`].
+    pub tiers: [Arc<str>; 3],
+    /// The dead-letter topic (restricted: it holds raw PII).
+    pub dead_letter: Arc<str>,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            tiers: [
+                Arc::from("events.public"),
+                Arc::from("events.internal"),
+                Arc::from("events.restricted"),
+            ],
+            dead_letter: Arc::from("events.dlq"),
+        }
+    }
+}
+
+/// Everything the engine needs to know, built from the topology.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Output topics.
+    pub topics: Topics,
+    /// Value format of tier records.
+    pub format: OutputFormat,
+    /// Gap handling.
+    pub on_gap: GapPolicy,
+    /// Declared-tier mismatch handling.
+    pub on_tier_mismatch: MismatchPolicy,
+    /// Classification rules: the Confluent tag map and compliance's
+    /// overrides.
+    pub rules: Rules,
+    /// JSON `event_type` → subject.
+    pub subjects: SubjectNaming,
+    /// Event types limited to some tiers; all others reach all three.
+    pub tier_limits: HashMap<String, HashSet<Tier>>,
+    /// Input topics whose records are a producer's own JSON events, with the
+    /// adapter that maps them onto the canonical envelope. Other topics
+    /// carry canonical events.
+    pub adapters: HashMap<Arc<str>, Arc<Adapter>>,
+}
