@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -585,10 +587,9 @@ async fn wait_for_catalogue(
     config: &ConfluentConfig,
     topology: &Topology,
     metrics: &Metrics,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<Catalogue>> {
     let mut backoff = Duration::from_secs(1);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
         match registry_catalogue(config, topology, metrics).await {
             Ok(c) => return Ok(Some(c)),
@@ -608,7 +609,7 @@ async fn wait_for_catalogue(
                 );
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    () = &mut shutdown => return Ok(None),
+                    () = &mut *shutdown => return Ok(None),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -641,26 +642,40 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// A future that completes on SIGTERM or SIGINT. The handlers are
+/// installed when this is called, not when the future is first polled: a
+/// signal that arrives while the processor is still starting (reading the
+/// registry, checking topics) ends it cleanly once it can stop, instead of
+/// killing it with the signal's default action. Call it inside the async
+/// runtime.
+pub fn shutdown_signal() -> Pin<Box<dyn Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        Box::pin(async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                (Ok(mut term), Err(_)) => {
+                    term.recv().await;
+                }
+                (Err(_), _) => {
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Box::pin(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -724,13 +739,15 @@ pub fn registry_choice(
 }
 
 async fn run_kafka(args: RunArgs) -> Result<()> {
+    let mut shutdown = shutdown_signal();
     let topology = load_topology(&args.common.topology)?;
     let hasher = hasher(&args.secrets)?;
     let engine = Engine::new(topology.engine.clone(), hasher.clone());
     let registry = registry_choice(&args.registry, &args.common, &topology, &engine)?;
     let metrics = Metrics::default();
     if let RegistryChoice::Confluent(c) = &registry {
-        let Some(catalogue) = wait_for_catalogue(c, &topology, &metrics).await? else {
+        let Some(catalogue) = wait_for_catalogue(c, &topology, &metrics, &mut shutdown).await?
+        else {
             return Ok(());
         };
         check_against(&topology, &catalogue)?;
@@ -756,7 +773,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         changelog_replication: args.changelog_replication,
         grace: Duration::from_secs(args.shutdown_grace_secs),
     };
-    runtime::run(config, shutdown_signal()).await
+    runtime::run(config, shutdown).await
 }
 
 async fn run_demo(args: DemoArgs) -> Result<()> {
