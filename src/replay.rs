@@ -280,6 +280,7 @@ pub fn replay(
         w.flush()?;
     }
     sinks.dead.flush()?;
+    events.finish();
     let counts = events.counts();
     for tier in Tier::ALL {
         let n = counts.produced_to(tier);

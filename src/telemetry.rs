@@ -430,17 +430,7 @@ impl RateLimit {
     /// Whether the next line may be logged.
     pub fn allow(&mut self) -> bool {
         if self.window.elapsed() >= Self::WINDOW {
-            if self.held_back > 0 {
-                tracing::warn!(
-                    held_back = self.held_back,
-                    lines = self.what,
-                    window_s = Self::WINDOW.as_secs(),
-                    "Log lines held back by the rate limit; the metrics count every one."
-                );
-            }
-            self.window = Instant::now();
-            self.logged = 0;
-            self.held_back = 0;
+            self.flush();
         }
         if self.logged < Self::MAX {
             self.logged += 1;
@@ -448,6 +438,29 @@ impl RateLimit {
         } else {
             self.held_back += 1;
             false
+        }
+    }
+
+    /// Ends the window: says how many lines it held back, if any.
+    pub fn flush(&mut self) {
+        if self.held_back > 0 {
+            tracing::warn!(
+                held_back = self.held_back,
+                lines = self.what,
+                window_s = Self::WINDOW.as_secs(),
+                "Log lines held back by the rate limit; the metrics count every one."
+            );
+        }
+        self.window = Instant::now();
+        self.logged = 0;
+        self.held_back = 0;
+    }
+
+    /// [`RateLimit::flush`] once the window has passed, so a count of held
+    /// back lines is not kept until the next line of the kind.
+    pub fn tick(&mut self) {
+        if self.held_back > 0 && self.window.elapsed() >= Self::WINDOW {
+            self.flush();
         }
     }
 }
@@ -597,6 +610,20 @@ impl RecordEvents {
                 "The registry refused a derived schema; events that need it are dead-lettered as derived_schema_rejected until the subject accepts it (check the subject's compatibility)."
             );
         }
+    }
+
+    /// Periodic: reports lines held back in windows that have ended.
+    pub fn tick(&mut self) {
+        self.dead_letters.tick();
+        self.tier_mismatches.tick();
+        self.gaps.tick();
+    }
+
+    /// The end of the input (replay): reports every line held back.
+    pub fn finish(&mut self) {
+        self.dead_letters.flush();
+        self.tier_mismatches.flush();
+        self.gaps.flush();
     }
 
     /// Input records the open transaction covers.
@@ -817,4 +844,96 @@ pub async fn serve(
 /// The address cannot be bound.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{LogIds, OutRecord};
+
+    #[test]
+    fn the_rate_limit_holds_back_after_its_maximum_and_starts_again() {
+        let mut r = RateLimit::new("test");
+        let allowed = (0..50).filter(|_| r.allow()).count();
+        assert_eq!(allowed, RateLimit::MAX as usize);
+        assert_eq!(r.held_back, 50 - u64::from(RateLimit::MAX));
+        r.flush();
+        assert_eq!(r.held_back, 0);
+        assert!(r.allow());
+    }
+
+    #[test]
+    fn record_events_count_what_the_metrics_get_at_commit() {
+        let mut e = RecordEvents::default();
+        let at = At {
+            topic: "raw",
+            partition: 0,
+            offset: 7,
+        };
+        let rec = |tier| OutRecord {
+            topic: Arc::from("t"),
+            destination: crate::record::Destination::Tier(tier),
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        };
+        let routed = Routed {
+            verdict: Verdict::Gap { missing: 2 },
+            records: vec![rec(Tier::Public), rec(Tier::Restricted)],
+            state: None,
+            tier_mismatch: Some("payload.email".to_owned()),
+            redacted: [3, 1, 0],
+            log_ids: LogIds::default(),
+        };
+        e.routed(at, &routed);
+        e.skipped(at, Verdict::Duplicate);
+        e.dead_lettered(
+            at,
+            &Rejection {
+                reason: Reason::InvalidUuid,
+                detail: "event_id".to_owned(),
+            },
+        );
+        e.replayed(at);
+        let c = e.counts();
+        assert_eq!(c.produced_to(Tier::Public), 1);
+        assert_eq!(c.produced_to(Tier::Internal), 0);
+        assert_eq!(c.produced_to(Tier::Restricted), 1);
+        assert_eq!(
+            c.verdicts().collect::<Vec<_>>(),
+            [("duplicate", 1), ("gap", 1)]
+        );
+        assert_eq!(c.dead_letters(), [Reason::InvalidUuid]);
+        assert_eq!(c.tier_mismatches(), 1);
+
+        let metrics = Metrics::default();
+        e.inputs(4);
+        e.committed(&metrics, Duration::from_millis(1));
+        assert!(e.is_empty());
+        let v = |name, labels: &[(&str, &str)]| metrics.value(name, labels).unwrap_or(0.0);
+        assert_eq!(v(names::PRODUCED, &[("tier", "public")]), 1.0);
+        assert_eq!(v(names::REDACTED, &[("tier", "public")]), 3.0);
+        assert_eq!(v(names::ORDERING, &[("verdict", "gap")]), 1.0);
+        assert_eq!(v(names::DEAD_LETTERS, &[("reason", "invalid_uuid")]), 1.0);
+        assert_eq!(v(names::TIER_MISMATCHES, &[]), 1.0);
+        assert_eq!(v(names::REPLAYED, &[]), 1.0);
+        assert_eq!(v(names::COMMITTED, &[]), 4.0);
+    }
+
+    #[test]
+    fn an_abort_drops_the_counts() {
+        let mut e = RecordEvents::default();
+        let at = At {
+            topic: "raw",
+            partition: 0,
+            offset: 1,
+        };
+        e.skipped(at, Verdict::Stale);
+        let metrics = Metrics::default();
+        e.aborted(&metrics, Duration::ZERO, "test");
+        assert!(e.is_empty());
+        let v = |name, labels: &[(&str, &str)]| metrics.value(name, labels).unwrap_or(0.0);
+        assert_eq!(v(names::ORDERING, &[("verdict", "stale")]), 0.0);
+        assert_eq!(v(names::TRANSACTIONS, &[("outcome", "aborted")]), 1.0);
+    }
 }

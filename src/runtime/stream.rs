@@ -583,6 +583,7 @@ impl Task {
         }
         if self.timers.last_gauges.elapsed() >= Duration::from_secs(1) {
             self.gauges();
+            self.events.tick();
         }
         Ok(())
     }
