@@ -537,7 +537,7 @@ pub fn mermaid(t: &Topology, overrides: &OverrideEffects) -> String {
     for n in g.nodes.iter().filter(|n| n.kind == NodeKind::Processor) {
         let extra = match n.name.as_str() {
             "decode" => "Avro or JSON".to_owned(),
-            "validate" => "seed 003 rules".to_owned(),
+            "validate" => "ids, versions, amounts, timestamps".to_owned(),
             "tier-check" => format!(
                 "on_tier_mismatch: {}",
                 g.setting("classification.on_tier_mismatch")
