@@ -146,9 +146,9 @@ pub fn graph(t: &Topology) -> Graph {
     }
     let excluded = |tier: Tier| -> Vec<&str> {
         tier_limits
-            .iter()
-            .filter(|(_, tiers)| !tiers.contains(&tier))
-            .map(|(e, _)| e.as_str())
+            .keys()
+            .filter(|e| !cfg.reaches(e)[tier.index()])
+            .map(String::as_str)
             .collect()
     };
     let node = |name: &str, kind, topics: Vec<String>, stores: Vec<String>, detail: String| Node {
