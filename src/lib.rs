@@ -11,7 +11,7 @@
 //! | adapt | [`adapt`] | a producer's own JSON event → the canonical envelope |
 //! | schema | [`schema`], [`classify`] | registry lookup, subject naming; writer schema → compiled, classified nodes |
 //! | decode | [`schema::binary`], [`schema::json`] | Confluent-framed Avro or JSON → value |
-//! | validate | [`validate`] | seed 003 §6 rules, stable reason codes |
+//! | validate | [`validate`] | the envelope's rules (ids, versions, timestamps, amounts), stable reason codes |
 //! | order | [`order`] | per-entity version verdicts, the version store |
 //! | project | [`project`] | derived tier schemas, projected bodies, pseudonyms |
 //! | route | [`route`] | tier records (topic, key, headers), dead letters |
