@@ -95,6 +95,22 @@ pub(crate) struct BaseRegistry {
     template: MemoryRegistry,
 }
 
+/// Every subject of a registry with its versions' ids, sorted by subject.
+fn subject_ids(reg: &mut MemoryRegistry) -> Vec<(String, Vec<u32>)> {
+    let subjects = SchemaLookup::subjects(reg).expect("a memory registry answers");
+    subjects
+        .into_iter()
+        .map(|subject| {
+            let versions = reg.versions(&subject).expect("a listed subject");
+            let ids = versions
+                .into_iter()
+                .map(|v| reg.version(&subject, v).expect("a listed version").0)
+                .collect();
+            (subject, ids)
+        })
+        .collect()
+}
+
 impl BaseRegistry {
     fn new(mut reg: MemoryRegistry, config: &EngineConfig) -> BaseRegistry {
         reg.enforce_backward(true);
@@ -115,11 +131,7 @@ impl BaseRegistry {
                 }
             }
         }
-        let subjects = reg
-            .subject_ids()
-            .into_iter()
-            .map(|(s, ids)| (s.to_owned(), ids.to_vec()))
-            .collect();
+        let subjects = subject_ids(&mut reg).into_iter().collect();
         let mut schemas = Vec::new();
         while let Ok(text) = reg.schema_by_id(schemas.len() as u32 + 1) {
             schemas.push(text);
@@ -483,9 +495,7 @@ impl Harness {
         )
         .expect("avro/ loads");
         evolve(&mut reg, &topology);
-        let writers = reg
-            .registry
-            .subject_ids()
+        let writers = subject_ids(&mut reg.registry)
             .iter()
             .flat_map(|(_, ids)| ids.iter())
             .max()

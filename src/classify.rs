@@ -11,6 +11,11 @@
 //! * **Overrides** from the topology ([`Overrides`]) raise a field's tier —
 //!   never lower it — for every version of every schema that has the field.
 //!
+//! [`classify`] records how it decided ([`Provenance`]: label, tags, both,
+//! record default or fail-closed, with the winning tags, and the tags it
+//! could not map), so reports read the decision instead of working it out
+//! again.
+//!
 //! A value's tier is the highest label on its path; because a container above
 //! tier `T` is removed whole from `T`'s record, projection only needs each
 //! field's own tier (see `project`).
@@ -97,6 +102,7 @@ pub struct Rules {
 
 impl Rules {
     /// The rules of a tag map without overrides.
+    #[cfg(test)]
     pub fn with_tags(tags: TagMap) -> Self {
         Rules {
             tags,
@@ -105,7 +111,8 @@ impl Rules {
     }
 }
 
-/// Where a field's tier came from; `check` reports fail-closed fields.
+/// Where a field's tier came from, coarsely: its own annotations (a label
+/// or a mapped tag), its record's default, or the fail-closed default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TierSource {
     /// The field's own `privacy` label or a mapped tag.
@@ -114,6 +121,54 @@ pub enum TierSource {
     RecordDefault,
     /// No label, tag or default: fail closed to `restricted`.
     FailClosed,
+}
+
+/// Where a field's tier came from, with labels told apart from Confluent
+/// tags: what `check` and the privacy report tell reviewers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Provenance {
+    /// The field's own `"privacy"` label (any mapped tag is less strict).
+    Label,
+    /// Mapped `"confluent:tags"` decided it: the field has no label, or one
+    /// less strict than the tags.
+    Tag {
+        /// The tags that map to the winning tier.
+        tags: Vec<String>,
+    },
+    /// The label and the strictest mapped tag agree.
+    LabelAndTag {
+        /// The tags that map to the same tier as the label.
+        tags: Vec<String>,
+    },
+    /// No label or mapped tag: the enclosing record's `"privacy"` default.
+    RecordDefault,
+    /// No label, no mapped tag, no default from its own record: restricted.
+    FailClosed,
+}
+
+impl Provenance {
+    /// The coarse [`TierSource`]: a label and a tag are both the field's own.
+    pub fn source(&self) -> TierSource {
+        match self {
+            Provenance::Label | Provenance::Tag { .. } | Provenance::LabelAndTag { .. } => {
+                TierSource::Label
+            }
+            Provenance::RecordDefault => TierSource::RecordDefault,
+            Provenance::FailClosed => TierSource::FailClosed,
+        }
+    }
+
+    /// A short human description, e.g. `label + tag PII`.
+    pub fn describe(&self) -> String {
+        match self {
+            Provenance::Label => "label".to_owned(),
+            Provenance::Tag { tags } => format!("tag {}", tags.join(", ")),
+            Provenance::LabelAndTag { tags } => format!("label + tag {}", tags.join(", ")),
+            Provenance::RecordDefault => "record default".to_owned(),
+            Provenance::FailClosed => "fail-closed default".to_owned(),
+        }
+    }
 }
 
 /// A field's classification.
@@ -128,6 +183,28 @@ pub struct FieldClass {
     /// The tier the schema gave before a topology override raised it; `None`
     /// when no override changed the field.
     pub raised_from: Option<Tier>,
+}
+
+/// How [`classify`] reached a field's tier, kept for reports (the pipeline
+/// only needs [`FieldClass`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierOrigin {
+    /// The field's own `"privacy"` label, if it has one.
+    pub label: Option<Tier>,
+    /// Which annotation decided the tier.
+    pub provenance: Provenance,
+    /// The field's tags that the tag map does not know (they add nothing),
+    /// sorted, each once.
+    pub unmapped_tags: Vec<String>,
+}
+
+/// A field classified, with how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The tier and treatment.
+    pub class: FieldClass,
+    /// How the tier was reached.
+    pub origin: TierOrigin,
 }
 
 /// An annotation that cannot be read.
@@ -152,50 +229,78 @@ pub fn record_default(record: &Map<String, Value>) -> Result<Option<Tier>, Class
     label(record)
 }
 
-/// Classifies one field from its annotations and its record's default.
+/// Classifies one field from its annotations and its record's default, and
+/// records how: which annotation won and which tags counted for nothing.
 ///
 /// # Errors
 /// A [`ClassifyError`] when an annotation cannot be read; callers treat the
 /// schema as invalid rather than guess.
-pub fn classify_field(
+pub fn classify(
     field: &Map<String, Value>,
     record_default: Option<Tier>,
     tags: &TagMap,
-) -> Result<FieldClass, ClassifyError> {
+) -> Result<Classified, ClassifyError> {
     let own = label(field)?;
-    let tagged = match field.get(TAGS_KEY) {
-        None => None,
+    // The field's mapped tags with their tiers, and the tags the map does
+    // not know.
+    let mut mapped: Vec<(&str, Tier)> = Vec::new();
+    let mut unmapped_tags: Vec<String> = Vec::new();
+    match field.get(TAGS_KEY) {
+        None => {}
         Some(Value::Array(items)) => {
-            let mut strictest: Option<Tier> = None;
             for item in items {
                 let tag = item.as_str().ok_or(ClassifyError::BadTags)?;
-                if let Some(t) = tags.0.get(tag) {
-                    strictest = Some(strictest.map_or(*t, |s| s.max(*t)));
+                match tags.0.get(tag) {
+                    Some(t) => mapped.push((tag, *t)),
+                    None => unmapped_tags.push(tag.to_owned()),
                 }
             }
-            strictest
         }
         Some(_) => return Err(ClassifyError::BadTags),
-    };
+    }
+    unmapped_tags.sort();
+    unmapped_tags.dedup();
+    let tagged = mapped.iter().map(|(_, t)| *t).max();
     let redact = match field.get(REDACT_KEY) {
         None => Redact::Remove,
         Some(Value::String(s)) if s == "hash" => Redact::Hash,
         Some(Value::String(s)) if s == "remove" => Redact::Remove,
         Some(_) => return Err(ClassifyError::BadRedact),
     };
-    let (tier, source) = match (own, tagged) {
-        (Some(a), Some(b)) => (a.max(b), TierSource::Label),
-        (Some(a), None) | (None, Some(a)) => (a, TierSource::Label),
+    // The tags that map to the winning tier, sorted, each once.
+    let winning = |tier: Tier| -> Vec<String> {
+        let mut names: Vec<String> = mapped
+            .iter()
+            .filter(|(_, t)| *t == tier)
+            .map(|(name, _)| (*name).to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    // Where labels and tags disagree the strictest wins.
+    let (tier, provenance) = match (own, tagged) {
+        (Some(l), Some(t)) if t == l => (l, Provenance::LabelAndTag { tags: winning(l) }),
+        (Some(l), Some(t)) if t > l => (t, Provenance::Tag { tags: winning(t) }),
+        (Some(l), _) => (l, Provenance::Label),
+        (None, Some(t)) => (t, Provenance::Tag { tags: winning(t) }),
         (None, None) => match record_default {
-            Some(d) => (d, TierSource::RecordDefault),
-            None => (Tier::Restricted, TierSource::FailClosed),
+            Some(d) => (d, Provenance::RecordDefault),
+            None => (Tier::Restricted, Provenance::FailClosed),
         },
     };
-    Ok(FieldClass {
-        tier,
-        source,
-        redact,
-        raised_from: None,
+    Ok(Classified {
+        class: FieldClass {
+            tier,
+            source: provenance.source(),
+            redact,
+            raised_from: None,
+        },
+        origin: TierOrigin {
+            label: own,
+            provenance,
+            unmapped_tags,
+        },
     })
 }
 
@@ -211,6 +316,15 @@ fn label(obj: &Map<String, Value>) -> Result<Option<Tier>, ClassifyError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The classification alone, as the pipeline reads it.
+    fn classify_field(
+        field: &Map<String, Value>,
+        record_default: Option<Tier>,
+        tags: &TagMap,
+    ) -> Result<FieldClass, ClassifyError> {
+        classify(field, record_default, tags).map(|c| c.class)
+    }
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -262,6 +376,63 @@ mod tests {
         );
         let c = classify_field(&f, None, &TagMap::default()).unwrap();
         assert_eq!(c.tier, Tier::Restricted);
+    }
+
+    #[test]
+    fn provenance_names_the_annotation_that_won_and_the_unmapped_tags() {
+        let tags = TagMap::default();
+        let origin = |v: Value, default| classify(&obj(v), default, &tags).unwrap().origin;
+        let o = origin(json!({"name": "x", "privacy": "public"}), None);
+        assert_eq!(
+            (o.label, o.provenance),
+            (Some(Tier::Public), Provenance::Label)
+        );
+        let o = origin(
+            json!({"name": "x", "privacy": "public", "confluent:tags": ["PII", "NOPE", "INTERNAL", "PII"]}),
+            None,
+        );
+        assert_eq!(
+            o.provenance,
+            Provenance::Tag {
+                tags: vec!["PII".to_owned()]
+            }
+        );
+        assert_eq!(o.label, Some(Tier::Public));
+        assert_eq!(o.unmapped_tags, ["NOPE"]);
+        let o = origin(
+            json!({"name": "x", "privacy": "restricted", "confluent:tags": ["PII"]}),
+            None,
+        );
+        assert_eq!(
+            o.provenance,
+            Provenance::LabelAndTag {
+                tags: vec!["PII".to_owned()]
+            }
+        );
+        let o = origin(
+            json!({"name": "x", "privacy": "restricted", "confluent:tags": ["PUBLIC"]}),
+            None,
+        );
+        assert_eq!(o.provenance, Provenance::Label);
+        let o = origin(json!({"name": "x", "confluent:tags": ["INTERNAL"]}), None);
+        assert_eq!(
+            (o.label, o.provenance),
+            (
+                None,
+                Provenance::Tag {
+                    tags: vec!["INTERNAL".to_owned()]
+                }
+            )
+        );
+        let o = origin(
+            json!({"name": "x", "confluent:tags": ["NOPE"]}),
+            Some(Tier::Public),
+        );
+        assert_eq!(o.provenance, Provenance::RecordDefault);
+        assert_eq!(
+            origin(json!({"name": "x"}), None).provenance,
+            Provenance::FailClosed
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! It needs no Kafka: `replay`, the tests and the benchmarks call it
 //! directly, and the Kafka runtime calls it per record.
 //!
+//! What the engine needs of a writer schema before it reads a record with
+//! it is [`check_writer_schema`]; `check` reports the same failures.
+//!
 //! Bad input never fails the call: it comes back as a dead letter, and so
 //! does an event whose derived tier schema the registry refuses
 //! (`derived_schema_rejected`: every other event type keeps flowing). Only a
@@ -34,7 +37,7 @@ use crate::record::{
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{
     binary, derived_subject, json, max_present_tier, CompiledSchema, Envelope, Field, LookupError,
-    SchemaLookup,
+    SchemaError, SchemaLookup,
 };
 use crate::validate::{is_valid_event_type, validate};
 
@@ -408,10 +411,10 @@ impl Engine {
             }
         }
         let event_type = event.values[env.event_type].as_str().unwrap_or_default();
-        let limit = self.config.tier_limits.get(event_type);
+        let reaches = self.config.reaches(event_type);
         let reached = Tier::ALL
             .into_iter()
-            .filter(|tier| limit.is_none_or(|l| l.contains(tier)))
+            .filter(|tier| reaches[tier.index()])
             .collect();
         Ok(TierCheck { reached, mismatch })
     }
@@ -590,38 +593,31 @@ impl Engine {
         }
     }
 
+    /// A writer schema as the engine keeps it: checked
+    /// ([`check_writer_schema`]), refused when it asks for hashing and no
+    /// hash key is configured, with what each tier needs of its derived
+    /// schema.
     fn compile(&self, id: u32, text: &str) -> Result<Writer, Rejection> {
-        let schema = CompiledSchema::compile(text, &self.config.rules)
-            .map_err(|e| Rejection::new(Reason::InvalidSchema, e.to_string()))?;
+        let WriterSchema { schema, derived } = check_writer_schema(text, &self.config)?;
         if schema.has_hash() && self.hasher.is_none() {
             return Err(Rejection::new(
                 Reason::RedactionUnavailable,
                 "the schema asks for hashing and no hash key is configured",
             ));
         }
-        let derive = |tier: Tier| -> Result<DerivedTier, Rejection> {
-            let text = derived_schema(&schema, tier).to_string();
-            let compiled = match self.config.format {
-                OutputFormat::Json => Some(
-                    CompiledSchema::compile(&text, &self.config.rules).map_err(|e| {
-                        Rejection::new(Reason::InvalidSchema, format!("derived {tier} schema: {e}"))
-                    })?,
-                ),
-                OutputFormat::Avro => None,
-            };
-            Ok(DerivedTier {
-                text,
-                redacted: redacted_fields(&schema, tier),
-                compiled,
-                id: OnceLock::new(),
-                refused: Mutex::new(None),
-            })
-        };
+        let [public, internal, restricted] = derived;
         let derived = [
-            derive(Tier::Public)?,
-            derive(Tier::Internal)?,
-            derive(Tier::Restricted)?,
-        ];
+            (Tier::Public, public),
+            (Tier::Internal, internal),
+            (Tier::Restricted, restricted),
+        ]
+        .map(|(tier, d)| DerivedTier {
+            text: d.text,
+            redacted: redacted_fields(&schema, tier),
+            compiled: (self.config.format == OutputFormat::Json).then_some(d.compiled),
+            id: OnceLock::new(),
+            refused: Mutex::new(None),
+        });
         Ok(Writer {
             id,
             schema,
@@ -736,6 +732,96 @@ impl Engine {
         };
         self.writer_by_id(id, registry)
     }
+}
+
+/// A writer schema the engine can use, with its derived tier schemas.
+#[derive(Debug)]
+pub struct WriterSchema {
+    /// Compiled with the topology's rules; an event envelope.
+    pub schema: CompiledSchema,
+    /// Per tier ([`Tier::index`]): the derived schema.
+    pub derived: [DerivedSchema; 3],
+}
+
+/// A tier's derived schema: the writer schema without what the tier may not
+/// see.
+#[derive(Debug)]
+pub struct DerivedSchema {
+    /// Its text, as it is registered.
+    pub text: String,
+    /// Compiled with the topology's rules (JSON output reads it).
+    pub compiled: CompiledSchema,
+}
+
+/// Why a writer schema cannot be used: every record written with it is
+/// dead-lettered with [`SchemaFault::reason`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SchemaFault {
+    /// It does not compile with the topology's rules: not JSON, not Avro,
+    /// or an annotation that cannot be read.
+    #[error("{0}")]
+    Invalid(SchemaError),
+    /// It is not an event envelope: why (a missing or mistyped envelope
+    /// field).
+    #[error("{0}")]
+    NotEnvelope(String),
+    /// A tier's derived schema is not valid Avro or does not compile.
+    #[error("derived {tier} schema: {message}")]
+    Derived {
+        /// The tier.
+        tier: Tier,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl SchemaFault {
+    /// The dead-letter reason of the records written with the schema.
+    pub fn reason(&self) -> Reason {
+        match self {
+            SchemaFault::Invalid(_) | SchemaFault::Derived { .. } => Reason::InvalidSchema,
+            SchemaFault::NotEnvelope(_) => Reason::SchemaMismatch,
+        }
+    }
+}
+
+impl From<SchemaFault> for Rejection {
+    fn from(f: SchemaFault) -> Self {
+        Rejection::new(f.reason(), f.to_string())
+    }
+}
+
+/// What the engine needs of a writer schema before it reads any record with
+/// it: it compiles with the topology's rules, it is an event envelope, and
+/// each tier's derived schema is valid Avro that compiles too. The engine
+/// refuses a schema that fails ([`Engine::check_schema`]), and `check`
+/// reports the same failure. Whether a hash key is needed is
+/// [`CompiledSchema::has_hash`]: the engine refuses that apart.
+///
+/// # Errors
+/// The first [`SchemaFault`], in that order.
+pub fn check_writer_schema(text: &str, config: &EngineConfig) -> Result<WriterSchema, SchemaFault> {
+    let schema = CompiledSchema::compile(text, &config.rules).map_err(SchemaFault::Invalid)?;
+    if let Err(why) = schema.envelope() {
+        return Err(SchemaFault::NotEnvelope(why.to_owned()));
+    }
+    let derive = |tier: Tier| -> Result<DerivedSchema, SchemaFault> {
+        let fault = |e: &dyn std::fmt::Display| SchemaFault::Derived {
+            tier,
+            message: e.to_string(),
+        };
+        let derived = derived_schema(&schema, tier);
+        apache_avro::Schema::parse(&derived).map_err(|e| fault(&e))?;
+        let text = derived.to_string();
+        let compiled = CompiledSchema::compile(&text, &config.rules).map_err(|e| fault(&e))?;
+        Ok(DerivedSchema { text, compiled })
+    };
+    let derived = [
+        derive(Tier::Public)?,
+        derive(Tier::Internal)?,
+        derive(Tier::Restricted)?,
+    ];
+    Ok(WriterSchema { schema, derived })
 }
 
 /// A decoded event that passed validation: its schema, envelope and

@@ -423,7 +423,7 @@ fn describe_shows_every_topic_and_stage_in_text_and_mermaid() {
         "user.login_succeeded -> restricted",
         "user.locked -> restricted",
         "processing.guarantee: exactly_once",
-        "commit.interval.ms: 100",
+        "processing.commit_interval_ms: 100",
         "ordering.on_gap: emit",
         "classification.on_tier_mismatch: emit",
         "classification.tags: INTERNAL -> internal, PII -> restricted, PUBLIC -> public",
@@ -471,7 +471,7 @@ fn describe_follows_the_topology_file() {
         "Sink: sink-dead-letter (topic: p.dlq)",
         "Sink: sink-changelog (topic: shop-entity-versions-changelog)",
         "processing.guarantee: at_least_once",
-        "commit.interval.ms: 250",
+        "processing.commit_interval_ms: 250",
         "sink-dead-letter (version_gap)",
         "    (none)",
     ] {

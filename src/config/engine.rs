@@ -92,3 +92,13 @@ pub struct EngineConfig {
     /// carry canonical events.
     pub adapters: HashMap<Arc<str>, Arc<Adapter>>,
 }
+
+impl EngineConfig {
+    /// Per tier ([`Tier::index`]), whether events of `event_type` reach it:
+    /// all three tiers, unless the topology limits the event type to some
+    /// (`event_types.<type>.tiers`).
+    pub fn reaches(&self, event_type: &str) -> [bool; 3] {
+        let limit = self.tier_limits.get(event_type);
+        Tier::ALL.map(|t| limit.is_none_or(|l| l.contains(&t)))
+    }
+}

@@ -415,70 +415,30 @@ pub fn override_findings(t: &Topology, inspected: &[Inspected]) -> Vec<Finding> 
 }
 
 /// The file registry over `dir` for the topology, or every file that cannot
-/// be read as JSON (all at once), or the first file that cannot be composed.
+/// be used ([`file::load`] reports them all at once).
 ///
 /// # Errors
-/// Findings naming each bad file.
+/// Findings naming each bad file: `schema_folder` for a folder (or its
+/// envelope) that is missing or cannot be listed, `invalid_schema` for a
+/// file that cannot be read or used.
 pub fn load_schemas(t: &Topology, dir: &Path) -> Result<FileRegistry, Vec<Finding>> {
-    let mut files = Vec::new();
-    if let Err(e) = avsc_files(dir, &mut files) {
-        return Err(vec![error(
-            "schema_folder",
-            dir,
-            "",
-            format!("cannot be read: {e}"),
-        )]);
-    }
-    files.sort();
-    let bad: Vec<Finding> = files
-        .iter()
-        .filter_map(|f| {
-            let text = match std::fs::read_to_string(f) {
-                Ok(t) => t,
-                Err(e) => {
-                    return Some(error(
-                        "invalid_schema",
-                        f,
-                        "",
-                        format!("cannot be read: {e}"),
-                    ))
-                }
-            };
-            serde_json::from_str::<serde_json::Value>(&text)
-                .err()
-                .map(|e| error("invalid_schema", f, "", format!("not JSON: {e}")))
-        })
-        .collect();
-    if !bad.is_empty() {
-        return Err(bad);
-    }
     file::load(dir, &t.engine.subjects, &t.spec.input.topics).map_err(|e| {
-        vec![match e {
-            FileRegistryError::Io { path, source } => error(
-                "schema_folder",
-                &path,
-                "",
-                format!("cannot be read: {source}"),
-            ),
-            FileRegistryError::Bad { path, message } => error("invalid_schema", &path, "", message),
-        }]
+        e.problems
+            .into_iter()
+            .map(|p| {
+                let (code, path, message) = match p {
+                    FileRegistryError::Io { path, source } => {
+                        ("schema_folder", path, format!("cannot be read: {source}"))
+                    }
+                    FileRegistryError::Unreadable { path, source } => {
+                        ("invalid_schema", path, format!("cannot be read: {source}"))
+                    }
+                    FileRegistryError::Bad { path, message } => ("invalid_schema", path, message),
+                };
+                Finding::error(code, path.display().to_string(), "", message)
+            })
+            .collect()
     })
-}
-
-fn avsc_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            avsc_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "avsc") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn error(code: &'static str, file: &Path, path: &str, message: String) -> Finding {
-    Finding::error(code, file.display().to_string(), path, message)
 }
 
 /// Checks compiled schema versions against a topology: lists the versions

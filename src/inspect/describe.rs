@@ -20,7 +20,7 @@ use crate::config::{GapPolicy, MismatchPolicy, OutputFormat, Topology};
 use crate::record::Tier;
 
 /// The name of the version store (Kafka Streams' naming: its changelog is
-/// `<application.id>-<store>-changelog`).
+/// `<application_id>-<store>-changelog`).
 pub const STORE_NAME: &str = "entity-versions";
 
 /// What a node of the graph is.
@@ -146,9 +146,9 @@ pub fn graph(t: &Topology) -> Graph {
     }
     let excluded = |tier: Tier| -> Vec<&str> {
         tier_limits
-            .iter()
-            .filter(|(_, tiers)| !tiers.contains(&tier))
-            .map(|(e, _)| e.as_str())
+            .keys()
+            .filter(|e| !cfg.reaches(e)[tier.index()])
+            .map(String::as_str)
             .collect()
     };
     let node = |name: &str, kind, topics: Vec<String>, stores: Vec<String>, detail: String| Node {
@@ -343,13 +343,13 @@ pub fn graph(t: &Topology) -> Graph {
     }
 
     let settings = vec![
-        ("application.id".to_owned(), spec.application_id.clone()),
+        ("application_id".to_owned(), spec.application_id.clone()),
         (
             "processing.guarantee".to_owned(),
             name_of(&spec.processing.guarantee),
         ),
         (
-            "commit.interval.ms".to_owned(),
+            "processing.commit_interval_ms".to_owned(),
             spec.processing.commit_interval_ms.to_string(),
         ),
         ("outputs.format".to_owned(), name_of(&cfg.format)),
@@ -425,7 +425,7 @@ pub fn text(t: &Topology, overrides: &OverrideEffects) -> String {
     let g = graph(t);
     let mut s = String::new();
     let _ = writeln!(s, "Topology: {}", g.file);
-    let _ = writeln!(s, "  Sub-topology: 0 (application.id {})", g.application_id);
+    let _ = writeln!(s, "  Sub-topology: 0 (application_id {})", g.application_id);
     for n in &g.nodes {
         let kind = match n.kind {
             NodeKind::Source => "Source",
@@ -531,7 +531,7 @@ pub fn mermaid(t: &Topology, overrides: &OverrideEffects) -> String {
         "  subgraph app[\"{}: {}, commit every {} ms\"]",
         label(&g.application_id),
         label(g.setting("processing.guarantee")),
-        label(g.setting("commit.interval.ms")),
+        label(g.setting("processing.commit_interval_ms")),
     );
     let _ = writeln!(s, "    direction LR");
     for n in g.nodes.iter().filter(|n| n.kind == NodeKind::Processor) {
@@ -661,7 +661,7 @@ mod tests {
             "Sink: sink-changelog (topic: privacy-router-entity-versions-changelog)",
             "user.locked -> restricted",
             "processing.guarantee: exactly_once",
-            "commit.interval.ms: 100",
+            "processing.commit_interval_ms: 100",
             "ordering.on_gap: emit",
             "classification.on_tier_mismatch: emit",
             "--> sink-public (all but user.locked)",

@@ -3,10 +3,12 @@
 //! and compliance reviewers (`privacy-report`).
 //!
 //! Everything here reads the same structs the engine runs on (the validated
-//! [`Topology`], its [`EngineConfig`], schemas compiled by
-//! [`CompiledSchema::compile`] with the topology's tag map and overrides)
-//! and applies the engine's one rule, [`treatment`], so what a report says
-//! is what the engine does. The schemas are [`Schemas`]: every
+//! [`Topology`], its [`EngineConfig`], schemas checked by the engine's
+//! [`check_writer_schema`]) and calls the engine's rules instead of
+//! restating them — which tiers an event type reaches
+//! ([`EngineConfig::reaches`]), how classification decided a field's tier
+//! (its [`Provenance`]), what a tier does with it ([`treatment`]) — so what a
+//! report says is what the engine does. The schemas are [`Schemas`]: every
 //! version of every input subject, from the file registry's folder or from
 //! the registry production uses (each [`SchemaSource`] names its file, or its
 //! subject versions and schema id). The functions return structs and
@@ -36,13 +38,16 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::classify::{Redact, Rules, TierSource, PRIVACY_KEY, TAGS_KEY};
+use crate::classify::{Redact, Rules, TierOrigin};
 use crate::config::{EngineConfig, Topology};
-use crate::project::{derived_schema, treatment, Treatment};
+use crate::pipeline::{check_writer_schema, SchemaFault};
+use crate::project::{treatment, Treatment};
 use crate::record::Tier;
 use crate::registry::file::FileRegistry;
 use crate::registry::Catalogue;
 use crate::schema::{CompiledSchema, Field, Kind, LookupError, NodeId, SchemaLookup};
+
+pub use crate::classify::Provenance;
 
 /// A version of a registry subject that holds a schema.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -495,43 +500,6 @@ pub fn override_effects(rules: &Rules, inspected: &[Inspected]) -> Vec<OverrideE
         .collect()
 }
 
-/// Where a field's tier came from: [`TierSource`] with labels told apart
-/// from Confluent tags.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Provenance {
-    /// The field's own `"privacy"` label (any mapped tag is less strict).
-    Label,
-    /// Mapped `"confluent:tags"` decided it: the field has no label, or one
-    /// less strict than the tags.
-    Tag {
-        /// The tags that map to the winning tier.
-        tags: Vec<String>,
-    },
-    /// The label and the strictest mapped tag agree.
-    LabelAndTag {
-        /// The tags that map to the same tier as the label.
-        tags: Vec<String>,
-    },
-    /// No label or mapped tag: the enclosing record's `"privacy"` default.
-    RecordDefault,
-    /// No label, no mapped tag, no default from its own record: restricted.
-    FailClosed,
-}
-
-impl Provenance {
-    /// A short human description, e.g. `label + tag PII`.
-    pub fn describe(&self) -> String {
-        match self {
-            Provenance::Label => "label".to_owned(),
-            Provenance::Tag { tags } => format!("tag {}", tags.join(", ")),
-            Provenance::LabelAndTag { tags } => format!("label + tag {}", tags.join(", ")),
-            Provenance::RecordDefault => "record default".to_owned(),
-            Provenance::FailClosed => "fail-closed default".to_owned(),
-        }
-    }
-}
-
 /// What one tier's record does with a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -641,11 +609,6 @@ impl EventView {
         self.fields.iter().find(|f| f.path == path)
     }
 
-    /// `user.created v2`
-    pub fn label(&self) -> String {
-        format!("{} v{}", self.event_type, self.version)
-    }
-
     /// The tiers the event type reaches.
     pub fn tiers(&self) -> Vec<Tier> {
         Tier::ALL
@@ -664,8 +627,8 @@ pub struct SchemaProblem {
     pub message: String,
 }
 
-/// Compiles an event type's schema with the engine's rules and checks what
-/// the engine needs of it: an envelope (or every record would be
+/// Compiles an event type's schema and checks it as the engine does
+/// ([`check_writer_schema`]): an envelope (or every record would be
 /// dead-lettered as `schema_mismatch`) and a valid derived schema per tier.
 /// Does not need the hash key: whether a schema asks for hashing is
 /// [`CompiledSchema::has_hash`].
@@ -673,42 +636,31 @@ pub struct SchemaProblem {
 /// # Errors
 /// The first [`SchemaProblem`] of the schema.
 pub fn compile_event(text: &str, config: &EngineConfig) -> Result<CompiledSchema, SchemaProblem> {
-    let schema = CompiledSchema::compile(text, &config.rules).map_err(|e| SchemaProblem {
-        path: e.path,
-        message: e.message,
-    })?;
-    if let Err(why) = schema.envelope() {
-        return Err(SchemaProblem {
-            path: "<root>".to_owned(),
-            message: format!(
-                "{why}: not an event envelope, every record would be dead-lettered (schema_mismatch)"
-            ),
-        });
-    }
-    for tier in Tier::ALL {
-        let derived = derived_schema(&schema, tier);
-        let bad = apache_avro::Schema::parse(&derived)
-            .err()
-            .map(|e| e.to_string())
-            .or_else(|| {
-                CompiledSchema::compile(&derived.to_string(), &config.rules)
-                    .err()
-                    .map(|e| e.to_string())
-            });
-        if let Some(e) = bad {
-            return Err(SchemaProblem {
-                path: format!("<derived {tier} schema>"),
-                message: format!("the derived schema is not valid Avro: {e}"),
-            });
-        }
-    }
-    Ok(schema)
+    check_writer_schema(text, config)
+        .map(|w| w.schema)
+        .map_err(SchemaProblem::from)
 }
 
-/// Per tier, whether `event_type` reaches it under the topology's limits.
-pub fn reaches(config: &EngineConfig, event_type: &str) -> [bool; 3] {
-    let limit = config.tier_limits.get(event_type);
-    Tier::ALL.map(|t| limit.is_none_or(|l| l.contains(&t)))
+impl From<SchemaFault> for SchemaProblem {
+    fn from(fault: SchemaFault) -> Self {
+        let reason = fault.reason();
+        match fault {
+            SchemaFault::Invalid(e) => SchemaProblem {
+                path: e.path,
+                message: e.message,
+            },
+            SchemaFault::NotEnvelope(why) => SchemaProblem {
+                path: "<root>".to_owned(),
+                message: format!(
+                    "{why}: not an event envelope, every record would be dead-lettered ({reason})"
+                ),
+            },
+            SchemaFault::Derived { tier, message } => SchemaProblem {
+                path: format!("<derived {tier} schema>"),
+                message: format!("the derived schema is not valid Avro: {message}"),
+            },
+        }
+    }
 }
 
 /// The view of a compiled schema version.
@@ -717,7 +669,7 @@ pub fn event_view(
     schema: &CompiledSchema,
     config: &EngineConfig,
 ) -> EventView {
-    let reaches = reaches(config, &source.event_type);
+    let reaches = config.reaches(&source.event_type);
     let mut fields = Vec::new();
     let mut walker = Walker {
         schema,
@@ -828,7 +780,11 @@ impl Walker<'_> {
             };
             child_alive[i] = reach[i] == Reach::Kept;
         }
-        let (provenance, label, unmapped_tags) = provenance(f, self.config);
+        let TierOrigin {
+            label,
+            provenance,
+            unmapped_tags,
+        } = f.origin.clone();
         let tier = f.class.tier;
         // Inside the field, every enclosing record's path goes through it.
         let outer: Vec<String> = self
@@ -873,52 +829,6 @@ impl Walker<'_> {
             *p = before;
         }
     }
-}
-
-/// Tells labels from tags for a classified field; also returns the tags the
-/// topology does not map (they add nothing).
-fn provenance(f: &Field, config: &EngineConfig) -> (Provenance, Option<Tier>, Vec<String>) {
-    let label = f
-        .attrs
-        .get(PRIVACY_KEY)
-        .and_then(Value::as_str)
-        .and_then(Tier::parse);
-    let tags: Vec<&str> = f
-        .attrs
-        .get(TAGS_KEY)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let unmapped: Vec<String> = tags
-        .iter()
-        .filter(|t| !config.rules.tags.0.contains_key(**t))
-        .map(|t| (*t).to_owned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let tagged = tags
-        .iter()
-        .filter_map(|t| config.rules.tags.0.get(*t))
-        .max();
-    let winning = |tier: Tier| -> Vec<String> {
-        tags.iter()
-            .filter(|t| config.rules.tags.0.get(**t) == Some(&tier))
-            .map(|t| (*t).to_owned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    };
-    let p = match f.class.source {
-        TierSource::RecordDefault => Provenance::RecordDefault,
-        TierSource::FailClosed => Provenance::FailClosed,
-        TierSource::Label => match (label, tagged) {
-            (Some(l), Some(t)) if *t == l => Provenance::LabelAndTag { tags: winning(l) },
-            (Some(l), Some(t)) if *t > l => Provenance::Tag { tags: winning(*t) },
-            (None, Some(t)) => Provenance::Tag { tags: winning(*t) },
-            _ => Provenance::Label,
-        },
-    };
-    (p, label, unmapped)
 }
 
 fn short_name(full: &str) -> &str {
@@ -967,6 +877,7 @@ mod tests {
     use super::*;
     use crate::classify::{Rules, TagMap};
     use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
 
     const TEXT: &str = r#"{"type":"record","name":"E","namespace":"t","fields":[
         {"name":"id","type":"string","privacy":"public"},
@@ -1144,5 +1055,27 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(p.path, "fields.x");
+    }
+
+    #[test]
+    fn the_engine_refuses_what_compile_event_refuses_with_the_reason_it_names() {
+        let config = Arc::new(EngineConfig::default());
+        let engine = crate::pipeline::Engine::new(config.clone(), None);
+        let p = compile_event(TEXT, &config).unwrap_err();
+        assert_eq!(p.path, "<root>");
+        let r = engine.check_schema(TEXT).unwrap_err();
+        assert_eq!(r.reason, crate::record::Reason::SchemaMismatch);
+        assert_eq!(
+            p.message,
+            format!(
+                "{}: not an event envelope, every record would be dead-lettered (schema_mismatch)",
+                r.detail
+            )
+        );
+        let bad = r#"{"type":"record","name":"E","fields":[{"name":"x","type":"long","privacy":"secret"}]}"#;
+        let p = compile_event(bad, &config).unwrap_err();
+        let r = engine.check_schema(bad).unwrap_err();
+        assert_eq!(r.reason, crate::record::Reason::InvalidSchema);
+        assert_eq!(r.detail, format!("{}: {}", p.path, p.message));
     }
 }

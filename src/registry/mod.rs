@@ -55,17 +55,6 @@ impl MemoryRegistry {
                 )
             })
     }
-
-    /// Every subject with its versions' ids, sorted by subject.
-    pub fn subject_ids(&self) -> Vec<(&str, &[u32])> {
-        let mut v: Vec<_> = self
-            .subjects
-            .iter()
-            .map(|(s, ids)| (s.as_str(), ids.as_slice()))
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 impl SchemaLookup for MemoryRegistry {

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::classify::{self, FieldClass, Redact, Rules};
+use crate::classify::{self, FieldClass, Redact, Rules, TierOrigin};
 use crate::record::{Datum, Tier};
 
 /// Index of a node in a [`CompiledSchema`].
@@ -75,6 +75,8 @@ pub struct Field {
     pub node: NodeId,
     /// Tier and treatment.
     pub class: FieldClass,
+    /// How classification reached the tier (for reports).
+    pub origin: TierOrigin,
     /// The field's JSON attributes (everything but `type`), for derived schemas.
     pub attrs: Map<String, Value>,
     /// The validation rule its name implies.
@@ -636,8 +638,9 @@ impl Compiler<'_> {
                 .map(|((record, p), before)| (record.clone(), std::mem::replace(p, before)))
                 .collect();
             let node = node?;
-            let mut class = classify::classify_field(f, default, &self.rules.tags)
-                .map_err(|e| SchemaError::new(&fpath, e.to_string()))?;
+            let classify::Classified { mut class, origin } =
+                classify::classify(f, default, &self.rules.tags)
+                    .map_err(|e| SchemaError::new(&fpath, e.to_string()))?;
             self.apply_overrides(&mut class, field_paths);
             if class.redact == Redact::Hash {
                 self.has_hash = true;
@@ -654,6 +657,7 @@ impl Compiler<'_> {
                 name: name.to_owned(),
                 node,
                 class,
+                origin,
                 attrs,
                 rule: NameRule::of(name),
             });
