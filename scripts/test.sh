@@ -64,4 +64,10 @@ test -s target/readme-demo/public.jsonl
 test -s target/readme-demo/dead-letter.jsonl
 
 echo "== cargo test (release, all targets)"
-cargo test --release --all-targets
+# Each broker test appends its name and duration here (tests/support).
+rm -f target/broker-test-times.txt
+status=0
+cargo test --release --all-targets || status=$?
+echo "== broker tests, seconds each"
+cat target/broker-test-times.txt 2>/dev/null || echo "(none ran)"
+exit "$status"

@@ -45,9 +45,45 @@ pub const KEY: &str = "broker-test-key-0123456789";
 /// Broker tests run one at a time: each runs processors, feeders and
 /// readers, and several at once on two cores would measure the machine,
 /// not the processor. Hold the guard for the whole test.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    Serial {
+        _lock: lock,
+        started: Instant::now(),
+    }
+}
+
+/// The turn of one broker test. When it ends, the test's name, whether it
+/// passed and how long it took are appended to `target/broker-test-times.txt`
+/// (the test script prints the file: the broker tests are most of its time).
+pub struct Serial {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    started: Instant,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        let verdict = if std::thread::panicking() {
+            "FAILED"
+        } else {
+            "ok"
+        };
+        let line = format!(
+            "{:>7.1} s  {verdict:<6} {name}\n",
+            self.started.elapsed().as_secs_f64()
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/broker-test-times.txt");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 /// A random suffix for topic and group names.
