@@ -9,7 +9,8 @@
 #
 # Needs Java 17+ and Maven (the first build fetches kafka-streams 4.4.0 from
 # Maven Central; later builds run offline). The classification file is
-# written by benches/peers/classify.py when missing. JAVA_OPTS is passed to
+# written by benches/peers/classify.py (needs PyYAML: the venv of quix/run.sh,
+# or python3-yaml) when missing or older than the schemas. JAVA_OPTS is passed to
 # the JVM. Stops on SIGTERM/SIGINT (commits and leaves the group).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
@@ -24,7 +25,8 @@ if [[ ! -f "$JAR" || -n "$(find "$SRC/pom.xml" "$SRC/src" -newer "$JAR" -print -
 fi
 CLS=target/peers/classification.json
 if [[ ! -f $CLS || -n "$(find avro topology/default.yaml benches/peers/classify.py -newer $CLS -print -quit)" ]]; then
-  python3 benches/peers/classify.py -o $CLS >&2
+  PY=python3; [[ -x target/peers-venv/bin/python ]] && PY=target/peers-venv/bin/python # has PyYAML
+  $PY benches/peers/classify.py -o $CLS >&2
 fi
 # shellcheck disable=SC2086
 exec java ${JAVA_OPTS:-} -jar "$JAR" "$@"

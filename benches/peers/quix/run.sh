@@ -24,4 +24,5 @@ CLS=target/peers/classification.json
 if [[ ! -f $CLS || -n "$(find avro topology/default.yaml benches/peers/classify.py -newer $CLS -print -quit)" ]]; then
   "$VENV/bin/python" benches/peers/classify.py -o $CLS >&2
 fi
-exec "$VENV/bin/python" benches/peers/quix/peer.py "$@"
+# Quix imports authlib, which warns about its own httpx module at import.
+PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning} exec "$VENV/bin/python" benches/peers/quix/peer.py "$@"
