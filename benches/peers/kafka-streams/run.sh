@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds (when its sources changed) and runs the Kafka Streams peer.
+# Builds (when its sources changed) and runs the Kafka Streams peer
+# (`--build-only`: builds and stops there).
 #
 #   benches/peers/kafka-streams/run.sh --bootstrap 127.0.0.1:9092 \
 #       [--application-id peer-kafka-streams] [--guarantee exactly_once_v2|at_least_once] \
@@ -28,5 +29,6 @@ if [[ ! -f $CLS || -n "$(find avro topology/default.yaml benches/peers/classify.
   PY=python3; [[ -x target/peers-venv/bin/python ]] && PY=target/peers-venv/bin/python # has PyYAML
   $PY benches/peers/classify.py -o $CLS >&2
 fi
+[[ "${1:-}" == "--build-only" ]] && exit 0
 # shellcheck disable=SC2086
 exec java ${JAVA_OPTS:-} -jar "$JAR" "$@"

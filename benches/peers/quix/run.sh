@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Quix Streams peer, creating its venv (target/peers-venv, Quix
-# Streams 3.28.1 from PyPI) when missing.
+# Streams 3.28.1 from PyPI) when missing (`--build-only`: stops there).
 #
 #   benches/peers/quix/run.sh --bootstrap 127.0.0.1:9092 \
 #       [--application-id peer-quix] [--guarantee exactly-once|at-least-once] \
@@ -24,5 +24,6 @@ CLS=target/peers/classification.json
 if [[ ! -f $CLS || -n "$(find avro topology/default.yaml benches/peers/classify.py -newer $CLS -print -quit)" ]]; then
   "$VENV/bin/python" benches/peers/classify.py -o $CLS >&2
 fi
+[[ "${1:-}" == "--build-only" ]] && exit 0
 # Quix imports authlib, which warns about its own httpx module at import.
 PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::DeprecationWarning} exec "$VENV/bin/python" benches/peers/quix/peer.py "$@"
