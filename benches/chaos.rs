@@ -177,9 +177,8 @@ fn main() {
         }
     }
     eprintln!("chaos: waiting for {wanted} outputs");
-    let done = wait_until(Duration::from_secs(900), || {
-        total(&bootstrap, &s.outputs(), true) >= wanted
-    });
+    let mut counter = OutputCounter::new(&bootstrap, &s.outputs());
+    let done = wait_until(Duration::from_secs(900), || counter.poll() >= wanted);
     if !done {
         eprintln!("chaos: not every output arrived within 15 minutes");
     }

@@ -27,10 +27,11 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// with the log's tail otherwise.
 fn wait_for_outputs(s: &Scenario, want: &PerTopic, p: &mut Processor) {
     let wanted: usize = want.values().map(Vec::len).sum();
+    let mut counter = OutputCounter::new(&s.broker.bootstrap(), &s.outputs());
     let mut seen = 0;
     let done = wait_until(TIMEOUT, || {
         assert!(p.running(), "the processor exited:\n{}", p.log_text());
-        seen = total(&s.broker.bootstrap(), &s.outputs(), true);
+        seen = counter.poll();
         seen >= wanted
     });
     assert!(
@@ -553,6 +554,7 @@ fn registry_503_and_a_broker_killed_for_20_s_lose_nothing() {
     // hangs. The processor then stops rather than commit it with its next
     // one; the operator aborts it and restarts the processor.
     let wanted: usize = want.values().map(Vec::len).sum();
+    let mut counter = OutputCounter::new(&s.broker.bootstrap(), &s.outputs());
     let mut logs = Vec::new();
     let done = wait_until(TIMEOUT, || {
         if !p.running() {
@@ -569,7 +571,7 @@ fn registry_503_and_a_broker_killed_for_20_s_lose_nothing() {
             logs.push(log);
             p = s.processor("flaky", &[]);
         }
-        total(&s.broker.bootstrap(), &s.outputs(), true) >= wanted
+        counter.poll() >= wanted
     });
     assert!(done, "{}", tail(&p.log_text(), 40));
     stop(&mut p);

@@ -1274,6 +1274,54 @@ pub fn count(brokers: &str, topic: &str, committed_only: bool) -> usize {
     .len()
 }
 
+/// Counts the committed records of some topics as they are committed, each
+/// record read once (re-reading whole topics on every check would compete
+/// with the processors for the two cores while they catch up).
+pub struct OutputCounter {
+    consumer: BaseConsumer<QuietContext>,
+    seen: usize,
+}
+
+impl OutputCounter {
+    /// A `read_committed` reader of every partition of `topics`, from the
+    /// beginning.
+    pub fn new(brokers: &str, topics: &[String]) -> OutputCounter {
+        let consumer: BaseConsumer<QuietContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", unique("counter"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create_with_context(QuietContext)
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .unwrap();
+            for p in md.topics().iter().flat_map(|t| t.partitions()) {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .unwrap();
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        OutputCounter { consumer, seen: 0 }
+    }
+
+    /// Reads what is committed now (until nothing comes for 100 ms, or for
+    /// a second at most); the total so far.
+    pub fn poll(&mut self) -> usize {
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(_)) => self.seen += 1,
+                Some(Err(_)) => {}
+                None => break,
+            }
+        }
+        self.seen
+    }
+}
+
 /// Total of a topic list's counts.
 pub fn total(brokers: &str, topics: &[String], committed_only: bool) -> usize {
     topics
