@@ -400,8 +400,11 @@ fn a_second_instance_takes_over_with_the_restored_state() {
 fn a_frozen_zombie_is_fenced() {
     let _serial = serial();
     let s = Scenario::new(Broker::shared(), 3, "");
+    // 30 s of events: they still flow when A is frozen, so A holds an open
+    // transaction with records in it (with nothing in it, there is nothing
+    // for the zombie to abort).
     let values = s.samples(30_000, 71, SampleFormat::Framed, true);
-    let feeder = Feeder::start(&s.broker.bootstrap(), &s.input, &s.files, values, 2_000);
+    let feeder = Feeder::start(&s.broker.bootstrap(), &s.input, &s.files, values, 1_000);
     let port_a = free_port();
     let mut a = s.processor_on("zombie", Some(port_a), &[]);
     assert!(
@@ -411,6 +414,10 @@ fn a_frozen_zombie_is_fenced() {
         tail(&a.log_text(), 30)
     );
     let frozen_at = committed_inputs(port_a).unwrap_or(0.0);
+    assert!(
+        !feeder.done(),
+        "the events ended before A was frozen: it would hold nothing"
+    );
     signal(a.pid(), "STOP");
     let port_b = free_port();
     let mut b = s.processor_on("successor", Some(port_b), &[]);
