@@ -29,7 +29,9 @@ use thiserror::Error;
 
 use crate::config::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat};
 use crate::order::{entity_key, sequence_key, sequence_verdict, verdict, Verdict, VersionStore};
-use crate::project::{derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey};
+use crate::project::{
+    derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey, Pseudonyms,
+};
 use crate::record::{
     Datum, LogIds, OrderBy, OutRecord, Outcome, RawRecord, Reason, Refusal, Rejection, Routed,
     StateUpdate, Tier,
@@ -121,7 +123,7 @@ type Cached = Result<Arc<Writer>, Rejection>;
 #[derive(Debug)]
 pub struct Engine {
     config: Arc<EngineConfig>,
-    hasher: Option<Hasher>,
+    hasher: Option<Arc<Hasher>>,
     by_id: HashMap<u32, Cached>,
     /// (subject, version) → id: versions never change, so this is never
     /// refreshed.
@@ -154,7 +156,7 @@ impl Engine {
     pub fn new(config: Arc<EngineConfig>, hasher: Option<Hasher>) -> Self {
         Engine {
             config,
-            hasher,
+            hasher: hasher.map(Arc::new),
             by_id: HashMap::new(),
             by_subject: HashMap::new(),
             missing_ids: HashSet::new(),
@@ -362,8 +364,10 @@ impl Engine {
         let event = Event::validate(&writer.schema, datum)?;
         let tiers = self.check_tier(&event)?;
         let ordered = self.order(&event, order_by, &*store)?;
-        let projected = self.project(writer, &event, tiers.reached, registry)?;
-        let records = self.build_records(&event, ordered.verdict, projected)?;
+        let hasher = self.hasher.clone();
+        let mut pseudonyms = Pseudonyms::new(hasher.as_deref(), event.entity_id());
+        let projected = self.project(writer, &event, tiers.reached, &mut pseudonyms, registry)?;
+        let records = self.build_records(&event, ordered.verdict, projected, &mut pseudonyms)?;
         if let Some(state) = &ordered.state {
             store.record(&state.key, state.version);
         }
@@ -484,6 +488,7 @@ impl Engine {
         writer: &'w Writer,
         event: &Event<'_, '_>,
         tiers: Vec<Tier>,
+        pseudonyms: &mut Pseudonyms<'_>,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Projected<'w>, Halt> {
         let mut framings = Vec::with_capacity(tiers.len());
@@ -501,13 +506,7 @@ impl Engine {
             *buf = start_value(framing);
             framings.push(framing);
         }
-        encode_projections(
-            event.schema,
-            event.datum,
-            &tiers,
-            self.hasher.as_ref(),
-            &mut bufs,
-        )?;
+        encode_projections(event.schema, event.datum, &tiers, pseudonyms, &mut bufs)?;
         Ok(Projected {
             tiers,
             framings,
@@ -522,6 +521,7 @@ impl Engine {
         event: &Event<'_, '_>,
         verdict: Verdict,
         projected: Projected<'_>,
+        pseudonyms: &mut Pseudonyms<'_>,
     ) -> Result<Vec<OutRecord>, NoHashKey> {
         let Projected {
             tiers,
@@ -534,7 +534,7 @@ impl Engine {
             event.datum,
             verdict,
             &tiers,
-            self.hasher.as_ref(),
+            pseudonyms,
         );
         let mut records = Vec::with_capacity(tiers.len());
         for ((tier, framing), buf) in tiers.into_iter().zip(framings).zip(bufs) {
@@ -837,6 +837,14 @@ struct Event<'e, 'v> {
 }
 
 impl<'e, 'v> Event<'e, 'v> {
+    /// The `entity_id`'s bytes (empty when it is not a string).
+    fn entity_id(&self) -> &'e [u8] {
+        self.values[self.env.entity_id]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+    }
+
     /// Validate: the writer schema is an event envelope and the value keeps
     /// its rules (ids, versions, timestamps, amounts).
     fn validate(schema: &'e CompiledSchema, datum: &'e Datum<'v>) -> Result<Self, Rejection> {

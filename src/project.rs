@@ -95,6 +95,47 @@ impl Hasher {
     }
 }
 
+/// The pseudonyms of one event. The event's `entity_id` is hashed at most
+/// once, though the public body, the public key and fields that repeat it
+/// (an `actor_id` that is the entity) all need its pseudonym; other values
+/// are hashed where they are met (each field once, for every tier).
+#[derive(Debug)]
+pub struct Pseudonyms<'e> {
+    hasher: Option<&'e Hasher>,
+    entity_id: &'e [u8],
+    memo: Option<[u8; 64]>,
+}
+
+impl<'e> Pseudonyms<'e> {
+    /// The pseudonyms of an event whose `entity_id` is `entity_id`.
+    #[must_use]
+    pub fn new(hasher: Option<&'e Hasher>, entity_id: &'e [u8]) -> Self {
+        Pseudonyms {
+            hasher,
+            entity_id,
+            memo: None,
+        }
+    }
+
+    /// Whether there is a key to hash with.
+    #[must_use]
+    pub fn can_hash(&self) -> bool {
+        self.hasher.is_some()
+    }
+
+    /// The pseudonym of `value` as 64 ASCII hex bytes.
+    ///
+    /// # Errors
+    /// [`NoHashKey`] without a hasher.
+    pub fn of(&mut self, value: &[u8]) -> Result<[u8; 64], NoHashKey> {
+        let h = self.hasher.ok_or(NoHashKey)?;
+        if value != self.entity_id {
+            return Ok(h.pseudonym_hex(value));
+        }
+        Ok(*self.memo.get_or_insert_with(|| h.pseudonym_hex(value)))
+    }
+}
+
 /// The derived schema of `tier` for a writer schema, as JSON.
 ///
 /// Named types keep their full names; a named type whose definition sat in a
@@ -207,7 +248,13 @@ pub fn encode_projection(
     out: &mut Vec<u8>,
 ) -> Result<(), NoHashKey> {
     let mut outs = [std::mem::take(out), Vec::new(), Vec::new()];
-    let r = encode_projections(s, datum, &[tier], hasher, &mut outs);
+    let r = encode_projections(
+        s,
+        datum,
+        &[tier],
+        &mut Pseudonyms::new(hasher, &[]),
+        &mut outs,
+    );
     *out = std::mem::take(&mut outs[0]);
     r
 }
@@ -218,7 +265,7 @@ pub fn encode_projection(
 ///
 /// # Errors
 /// [`NoHashKey`] when a field must be hashed for one of the tiers and
-/// `hasher` is `None`.
+/// `pseudonyms` has no hasher.
 ///
 /// # Panics
 /// When more than three tiers are asked for.
@@ -226,7 +273,7 @@ pub fn encode_projections(
     s: &CompiledSchema,
     datum: &Datum<'_>,
     tiers: &[Tier],
-    hasher: Option<&Hasher>,
+    pseudonyms: &mut Pseudonyms<'_>,
     outs: &mut [Vec<u8>; 3],
 ) -> Result<(), NoHashKey> {
     assert!(tiers.len() <= 3, "at most three tiers");
@@ -234,22 +281,22 @@ pub fn encode_projections(
     let mut p = Projector {
         s,
         tiers,
-        hasher,
+        pseudonyms,
         outs,
         scratch: Vec::new(),
     };
     p.node(s.root(), datum, mask)
 }
 
-struct Projector<'p> {
+struct Projector<'p, 'e> {
     s: &'p CompiledSchema,
     tiers: &'p [Tier],
-    hasher: Option<&'p Hasher>,
+    pseudonyms: &'p mut Pseudonyms<'e>,
     outs: &'p mut [Vec<u8>; 3],
     scratch: Vec<u8>,
 }
 
-impl Projector<'_> {
+impl Projector<'_, '_> {
     /// Writes the same bytes to every output in `mask`.
     fn put(&mut self, mask: u8, bytes: &[u8]) {
         for (i, out) in self.outs.iter_mut().enumerate() {
@@ -281,12 +328,14 @@ impl Projector<'_> {
                         }
                     }
                     if hash != 0 {
-                        let h = self.hasher.ok_or(NoHashKey)?;
+                        if !self.pseudonyms.can_hash() {
+                            return Err(NoHashKey);
+                        }
                         if let Datum::Union(i, _) = v {
                             self.put_long(hash, i64::from(*i));
                         }
                         if let Some(x) = v.as_str() {
-                            let hex = h.pseudonym_hex(x.as_bytes());
+                            let hex = self.pseudonyms.of(x.as_bytes())?;
                             self.put_long(hash, hex.len() as i64);
                             self.put(hash, &hex);
                         }
@@ -426,5 +475,17 @@ mod tests {
         assert_ne!(a.pseudonym(b"x"), b.pseudonym(b"x"));
         assert_eq!(a.pseudonym(b"x").len(), 64);
         assert_eq!(Hasher::new(b"short").unwrap_err(), KeyTooShort);
+    }
+
+    #[test]
+    fn an_events_pseudonyms_are_the_hashers_whichever_value_comes_first() {
+        let h = hasher();
+        for first in [&b"entity-1"[..], b"someone@example.org"] {
+            let mut p = Pseudonyms::new(Some(&h), b"entity-1");
+            for v in [first, b"entity-1", b"other", b"entity-1", b""] {
+                assert_eq!(p.of(v).unwrap(), h.pseudonym_hex(v));
+            }
+        }
+        assert_eq!(Pseudonyms::new(None, b"x").of(b"x"), Err(NoHashKey));
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 
 use crate::classify::FieldClass;
 use crate::order::Verdict;
-use crate::project::{treatment, Hasher, NoHashKey, Treatment};
+use crate::project::{treatment, NoHashKey, Pseudonyms, Treatment};
 use crate::record::{Datum, Destination, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
 use crate::schema::{binary, json, CompiledSchema, Envelope};
 
@@ -73,7 +73,7 @@ pub fn event_routing(
     datum: &Datum<'_>,
     verdict: Verdict,
     tiers: &[Tier],
-    hasher: Option<&Hasher>,
+    pseudonyms: &mut Pseudonyms<'_>,
 ) -> EventRouting {
     let fields = schema.root_fields();
     let class = |i: usize| fields[i].class;
@@ -115,9 +115,11 @@ pub fn event_routing(
         headers,
         entity_id_class,
         entity_id: entity_id.to_vec(),
-        pseudonym: hasher
-            .filter(|_| hidden_somewhere)
-            .map(|h| h.pseudonym_hex(entity_id).to_vec()),
+        pseudonym: if hidden_somewhere {
+            pseudonyms.of(entity_id).ok().map(|p| p.to_vec())
+        } else {
+            None
+        },
     }
 }
 

@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use privacy_router::config::{Guarantee, Topology};
 use privacy_router::registry::file;
-use privacy_router::runtime::kafka::{send_waiting, QuietContext};
+use privacy_router::runtime::kafka::{await_delivered, send_waiting, QuietContext};
 use privacy_router::runtime::Connection;
 use privacy_router::sample::{Generator, Options};
 use privacy_router::schema::{binary, CompiledSchema};
@@ -354,11 +354,8 @@ pub fn passthrough(spec: &str, guarantee: &str, kafka_config: &[String]) {
                 tpl.add_partition_offset(input, *p, Offset::Offset(*o))
                     .unwrap();
             }
-            // Deliver first in 1 ms steps (rdkafka's flush sleeps in 100 ms
-            // steps), as the processor does.
-            while producer.in_flight_count() > 0 {
-                producer.poll(Duration::from_millis(1));
-            }
+            // Deliver first, as the processor does.
+            await_delivered(&producer, None);
             if eos {
                 let gm = consumer.group_metadata().unwrap();
                 producer

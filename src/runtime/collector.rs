@@ -17,7 +17,7 @@ use rdkafka::producer::{
 use rdkafka::Message as _;
 use tracing::warn;
 
-use super::kafka::{forward_error, forward_log, send_waiting, Connection};
+use super::kafka::{await_delivered, forward_error, forward_log, send_waiting, Connection};
 use crate::config::Guarantee;
 use crate::record::OutRecord;
 
@@ -150,19 +150,17 @@ impl RecordCollector {
     }
 
     /// Waits until every record sent is delivered (or failed), serving
-    /// delivery reports. `rdkafka`'s own flush sleeps in steps of 100 ms,
-    /// which would put 100 ms on every commit; this polls in 1 ms steps.
+    /// the reports of failures ([`await_delivered`]); warns every 10 s
+    /// meanwhile.
     pub(super) fn drain(&self) {
-        let mut last_report = Instant::now();
-        while self.producer.in_flight_count() > 0 {
-            self.producer.poll(Duration::from_millis(1));
-            if last_report.elapsed() > Duration::from_secs(10) {
-                warn!(
-                    in_flight = self.producer.in_flight_count(),
-                    "Records not delivered yet; waiting (is the broker reachable?)."
-                );
-                last_report = Instant::now();
-            }
+        while !await_delivered(
+            &self.producer,
+            Some(Instant::now() + Duration::from_secs(10)),
+        ) {
+            warn!(
+                in_flight = self.producer.in_flight_count(),
+                "Records not delivered yet; waiting (is the broker reachable?)."
+            );
         }
     }
 
@@ -173,9 +171,7 @@ impl RecordCollector {
     pub(super) fn purge(&self, until: Instant) {
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
-        while self.producer.in_flight_count() > 0 && Instant::now() < until {
-            self.producer.poll(Duration::from_millis(10));
-        }
+        await_delivered(&self.producer, Some(until));
     }
 
     /// Serves the delivery reports waiting now.
