@@ -162,8 +162,9 @@ pub fn tier_record(
         Framing::Json(derived) => {
             let d = binary::decode(derived, &buf)
                 .expect("a projection decodes with its derived schema");
-            serde_json::to_vec(&json::render(derived, derived.root(), &d))
-                .expect("JSON values serialise")
+            let mut value = Vec::with_capacity(buf.len() * 2);
+            json::write(derived, derived.root(), &d, &mut value);
+            value
         }
     };
 

@@ -20,7 +20,7 @@ use privacy_router::pipeline::Engine;
 use privacy_router::project::{derived_schema, encode_projection, Hasher};
 use privacy_router::record::{Outcome, RawRecord, Source, Tier};
 use privacy_router::registry::file;
-use privacy_router::schema::{json as sjson, CompiledSchema};
+use privacy_router::schema::{binary, json as sjson, CompiledSchema};
 
 // ---------------------------------------------------------------- the model
 
@@ -331,6 +331,16 @@ proptest! {
             let decoded = apache_avro::from_avro_datum(&avro, &mut body.as_slice(), None).expect("decodes");
             let got = Value::try_from(decoded).unwrap();
             let want = expected_rec(&root, &value, tier, &h);
+            // The JSON output (written straight from the decoded projection)
+            // is byte for byte the rendered value's serialisation.
+            let compiled = CompiledSchema::compile(&derived.to_string(), &Rules::default()).expect("derived schema compiles");
+            let d = binary::decode(&compiled, &body).expect("our decoder reads the projection");
+            let mut direct = Vec::new();
+            sjson::write(&compiled, compiled.root(), &d, &mut direct);
+            prop_assert_eq!(
+                String::from_utf8(direct).unwrap(),
+                serde_json::to_string(&sjson::render(&compiled, compiled.root(), &d)).unwrap()
+            );
             prop_assert_eq!(&got, &want, "tier {}", tier);
             let mut visible = Vec::new();
             tokens(&want, &mut visible);

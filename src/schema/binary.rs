@@ -45,6 +45,23 @@ pub enum DecodeError {
     TrailingBytes,
 }
 
+/// The most items an array of an empty type (`null`, `fixed` of size 0, a
+/// record of such) may hold: they take no bytes, so the input's length
+/// cannot bound them.
+const MAX_EMPTY_ITEMS: u64 = 1 << 16;
+
+/// Whether a value of the node's type can take no bytes at all.
+fn can_be_empty(s: &CompiledSchema, id: NodeId, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match &s.node(id).kind {
+        Kind::Null | Kind::Fixed(0) => true,
+        Kind::Record(fields) => fields.iter().all(|f| can_be_empty(s, f.node, depth + 1)),
+        _ => false,
+    }
+}
+
 /// Decodes one value of the schema's root type; the whole input must be used.
 ///
 /// # Errors
@@ -111,7 +128,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a block count for arrays and maps; a negative count is followed
     /// by the block's byte size, which is read and ignored.
-    fn block_count(&mut self) -> Result<usize, DecodeError> {
+    fn block_count(&mut self, empty_items: bool) -> Result<usize, DecodeError> {
         let n = self.long()?;
         let n = if n < 0 {
             self.long()?;
@@ -119,9 +136,15 @@ impl<'a> Reader<'a> {
         } else {
             n
         };
-        // Every item takes at least one byte unless the item type is empty;
-        // a count beyond the remaining bytes is treated as hostile.
-        if n as u64 > self.remaining() as u64 {
+        // Every item takes at least one byte unless the item type is empty
+        // (a projection can empty a record: every field removed); beyond
+        // that, a count beyond the remaining bytes is treated as hostile.
+        let limit = if empty_items {
+            MAX_EMPTY_ITEMS
+        } else {
+            self.remaining() as u64
+        };
+        if n as u64 > limit {
             return Err(DecodeError::BadLength);
         }
         Ok(n as usize)
@@ -130,13 +153,17 @@ impl<'a> Reader<'a> {
     /// Reads the blocks of an array or map, one item at a time.
     fn blocks<T>(
         &mut self,
+        empty_items: bool,
         mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
     ) -> Result<Vec<T>, DecodeError> {
         let mut out = Vec::new();
         loop {
-            let n = self.block_count()?;
+            let n = self.block_count(empty_items)?;
             if n == 0 {
                 return Ok(out);
+            }
+            if empty_items && (out.len() + n) as u64 > MAX_EMPTY_ITEMS {
+                return Err(DecodeError::BadLength);
             }
             out.reserve(n.min(1024));
             for _ in 0..n {
@@ -184,8 +211,11 @@ impl<'a> Reader<'a> {
             }
             Kind::Fixed(n) => Datum::Fixed(Cow::Borrowed(self.take(*n)?)),
             Kind::Enum(symbols) => Datum::Enum(self.index(symbols.len())?),
-            Kind::Array(items) => Datum::Array(self.blocks(|r| r.value(s, *items, depth + 1))?),
-            Kind::Map(values) => Datum::Map(self.blocks(|r| {
+            Kind::Array(items) => {
+                let empty = can_be_empty(s, *items, depth + 1);
+                Datum::Array(self.blocks(empty, |r| r.value(s, *items, depth + 1))?)
+            }
+            Kind::Map(values) => Datum::Map(self.blocks(false, |r| {
                 let klen = r.len()?;
                 let k = std::str::from_utf8(r.take(klen)?).map_err(|_| DecodeError::BadUtf8)?;
                 Ok((Cow::Borrowed(k), r.value(s, *values, depth + 1)?))
@@ -307,6 +337,29 @@ mod tests {
         out.extend_from_slice(b"abc");
         assert_eq!(decode(&s, &out), Err(DecodeError::BadLength));
         assert_eq!(decode(&s, &[0xff; 11]), Err(DecodeError::VarintOverflow));
+    }
+
+    #[test]
+    fn arrays_of_empty_items_decode_up_to_a_bound() {
+        // A projection can remove every field of a record: its items take
+        // no bytes, so their count may exceed the bytes that follow.
+        let s = schema(r#"{"type":"array","items":{"type":"record","name":"E","fields":[]}}"#);
+        assert_eq!(
+            decode(&s, &[6, 0]),
+            Ok(Datum::Array(vec![Datum::Record(vec![]); 3]))
+        );
+        let mut out = Vec::new();
+        put_long(&mut out, 1 << 16);
+        put_long(&mut out, 0);
+        assert!(decode(&s, &out).is_ok());
+        for blocks in [vec![(1 << 16) + 1], vec![1 << 15, 1 << 15, 1]] {
+            let mut out = Vec::new();
+            for n in blocks {
+                put_long(&mut out, n);
+            }
+            put_long(&mut out, 0);
+            assert_eq!(decode(&s, &out), Err(DecodeError::BadLength));
+        }
     }
 
     #[test]

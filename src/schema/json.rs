@@ -249,11 +249,159 @@ pub fn render(s: &CompiledSchema, id: NodeId, d: &Datum<'_>) -> Value {
     }
 }
 
+/// Appends what `serde_json::to_vec(&render(s, id, d))` gives, byte for
+/// byte (object keys in `serde_json::Map`'s sorted order, a map's last
+/// duplicate key winning), without building the [`Value`] tree: no string
+/// is copied and no map is allocated.
+pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
+    match (&s.node(id).kind, d) {
+        (_, Datum::Null) => out.extend_from_slice(b"null"),
+        (_, Datum::Boolean(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        (_, Datum::Int(i)) => scalar(out, i),
+        (_, Datum::Long(l)) => scalar(out, l),
+        (_, Datum::Float(f)) => number(out, f64::from(*f)),
+        (_, Datum::Double(f)) => number(out, *f),
+        (_, Datum::Bytes(b) | Datum::Fixed(b)) => scalar(out, &latin1_string(b)),
+        (_, Datum::String(x)) => scalar(out, &**x),
+        (Kind::Enum(symbols), Datum::Enum(i)) => match symbols.get(*i as usize) {
+            Some(x) => scalar(out, x),
+            None => out.extend_from_slice(b"null"),
+        },
+        (Kind::Array(items), Datum::Array(xs)) => {
+            out.push(b'[');
+            for (n, x) in xs.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write(s, *items, x, out);
+            }
+            out.push(b']');
+        }
+        (Kind::Map(values), Datum::Map(entries)) => {
+            // Sorted by key; of equal keys the last one, as collecting into
+            // a `Map` keeps it.
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by(|a, b| entries[*a].0.cmp(&entries[*b].0));
+            out.push(b'{');
+            let mut first = true;
+            for (n, i) in order.iter().enumerate() {
+                let (k, x) = &entries[*i];
+                if order.get(n + 1).is_some_and(|j| entries[*j].0 == *k) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                scalar(out, &**k);
+                out.push(b':');
+                write(s, *values, x, out);
+            }
+            out.push(b'}');
+        }
+        (Kind::Union(branches), Datum::Union(i, inner)) => match branches.get(*i as usize) {
+            Some(b) => write(s, *b, inner, out),
+            None => out.extend_from_slice(b"null"),
+        },
+        (Kind::Record(fields), Datum::Record(values)) => {
+            // Field names are unique in a record (Avro requires it).
+            let mut order: Vec<usize> = (0..fields.len().min(values.len())).collect();
+            order.sort_unstable_by(|a, b| fields[*a].name.cmp(&fields[*b].name));
+            out.push(b'{');
+            for (n, i) in order.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                scalar(out, fields[*i].name.as_str());
+                out.push(b':');
+                write(s, fields[*i].node, &values[*i], out);
+            }
+            out.push(b'}');
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON scalar (number or escaped string) as `serde_json` writes it.
+fn scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(&mut *out, v).expect("scalars serialise into a Vec");
+}
+
+/// A float as `render` turns it into JSON: `null` when not finite.
+fn number(out: &mut Vec<u8>, f: f64) {
+    match Number::from_f64(f) {
+        Some(n) => scalar(out, &n),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::classify::Rules;
     use serde_json::json;
+
+    #[test]
+    fn write_is_the_rendered_values_serialisation_byte_for_byte() {
+        let s = CompiledSchema::compile(
+            r#"{"type":"record","name":"W","namespace":"t","fields":[
+              {"name":"z","type":"string"},
+              {"name":"b","type":"boolean"},
+              {"name":"i","type":"int"},
+              {"name":"l","type":"long"},
+              {"name":"f","type":"float"},
+              {"name":"d","type":"double"},
+              {"name":"raw","type":"bytes"},
+              {"name":"fx","type":{"type":"fixed","name":"F2","size":2}},
+              {"name":"e","type":{"type":"enum","name":"E","symbols":["A","B"]}},
+              {"name":"a","type":{"type":"array","items":["null","double"]}},
+              {"name":"m","type":{"type":"map","values":"long"}},
+              {"name":"u","type":["null","string"]}]}"#,
+            &Rules::default(),
+        )
+        .unwrap();
+        let cases = [
+            (
+                f32::NAN,
+                f64::INFINITY,
+                7u32,
+                vec![("b", 1), ("a", 2), ("b", 3), ("\u{e9}\"", 4)],
+            ),
+            (1.5, -0.0, 1, vec![]),
+            (f32::MIN_POSITIVE, 1e300, 0, vec![("k", 1)]),
+        ];
+        for (f, d, e, m) in cases {
+            let datum = Datum::Record(vec![
+                Datum::String(Cow::Borrowed("quote \" back \\ nl \n ctl \u{1} é 😀")),
+                Datum::Boolean(true),
+                Datum::Int(i32::MIN),
+                Datum::Long(i64::MAX),
+                Datum::Float(f),
+                Datum::Double(d),
+                Datum::Bytes(Cow::Borrowed(&[0, 0x7f, 0xe9, 0xff])),
+                Datum::Fixed(Cow::Borrowed(b"\"\\")),
+                Datum::Enum(e),
+                Datum::Array(vec![
+                    Datum::Union(1, Box::new(Datum::Double(0.1))),
+                    Datum::Union(0, Box::new(Datum::Null)),
+                    Datum::Union(9, Box::new(Datum::Null)),
+                ]),
+                Datum::Map(
+                    m.into_iter()
+                        .map(|(k, v)| (Cow::Borrowed(k), Datum::Long(v)))
+                        .collect(),
+                ),
+                Datum::Long(3),
+            ]);
+            let mut out = Vec::new();
+            write(&s, s.root(), &datum, &mut out);
+            let want = serde_json::to_vec(&render(&s, s.root(), &datum)).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
+    }
 
     fn schema() -> CompiledSchema {
         CompiledSchema::compile(
