@@ -1,10 +1,11 @@
 //! The whole pure path on ~400-byte events: decode framed Avro → validate →
 //! order → project to three tiers → encode three framed outputs.
 //!
-//! `cargo bench --bench pipeline` (throughput is reported per event).
+//! `cargo bench --bench pipeline` (throughput is reported per event), for
+//! framed Avro in and out, and for JSON in and out (the peers' format).
 //!
-//! For instruction counts, `PIPELINE_BATCHES=k` skips criterion and runs
-//! `k` batches once: `bash scripts/callgrind-pipeline.sh` runs it under
+//! For instruction counts, `PIPELINE_BATCHES=k` (with `PIPELINE_FORMAT=json`
+//! for JSON) skips criterion and runs `k` batches once: `bash scripts/callgrind-pipeline.sh` runs it under
 //! `valgrind --tool=callgrind` with k = 1 and 3 and reports the difference
 //! per event, so set-up and generation cancel out.
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, Criterion, Throughput};
 
-use privacy_router::config::Topology;
+use privacy_router::config::{OutputFormat, Topology};
 use privacy_router::order::MemoryStore;
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
@@ -32,7 +33,9 @@ struct Bench {
 }
 
 impl Bench {
-    fn new() -> Self {
+    /// `json`: JSON envelopes in, JSON tier records out (the peers'
+    /// format); framed Avro both ways otherwise.
+    fn new(json: bool) -> Self {
         let topology = Topology::load(Path::new("topology/default.yaml")).unwrap();
         let reg = file::load(
             Path::new("avro"),
@@ -47,14 +50,18 @@ impl Bench {
                 seed: 42,
                 entities: 2_000,
                 anomalies: false,
-                format: Format::Framed,
+                format: if json { Format::Jsonl } else { Format::Framed },
             },
             BATCH,
         );
         let mean = events.iter().map(Vec::len).sum::<usize>() / events.len();
         eprintln!("{BATCH} events, mean framed size {mean} bytes");
+        let mut config = (*topology.engine).clone();
+        if json {
+            config.format = OutputFormat::Json;
+        }
         let engine = Engine::new(
-            topology.engine.clone(),
+            Arc::new(config),
             Some(Hasher::new(b"bench-key-0123456789abcdef").unwrap()),
         );
         let source = Source {
@@ -101,11 +108,13 @@ impl Bench {
 }
 
 fn pure_path(c: &mut Criterion) {
-    let mut bench = Bench::new();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
+    let mut bench = Bench::new(false);
     group.bench_function("framed_avro_to_three_tiers", |b| b.iter(|| bench.batch()));
+    let mut bench = Bench::new(true);
+    group.bench_function("json_to_three_json_tiers", |b| b.iter(|| bench.batch()));
     group.finish();
 }
 
@@ -116,7 +125,8 @@ fn main() {
         .ok()
         .and_then(|k| k.parse::<usize>().ok())
     {
-        let mut bench = Bench::new();
+        let json = std::env::var("PIPELINE_FORMAT").is_ok_and(|f| f == "json");
+        let mut bench = Bench::new(json);
         for _ in 0..k {
             bench.batch();
         }

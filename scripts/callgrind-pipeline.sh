@@ -6,6 +6,7 @@
 # wall-clock figures.
 #
 #   bash scripts/callgrind-pipeline.sh            # prints `callgrind: instructions/event=N`
+#   bash scripts/callgrind-pipeline.sh json       # JSON in, JSON tier records out
 #   KEEP=1 bash scripts/callgrind-pipeline.sh     # keeps target/callgrind/*.out for callgrind_annotate
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,15 +18,18 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "pipeline" and m.get("executable"):
         print(m["executable"])')
 [ -n "$bin" ] || { echo "could not build benches/pipeline.rs" >&2; exit 1; }
+format=${1:-avro}
+case "$format" in avro|json) ;; *) echo "usage: $0 [avro|json]" >&2; exit 2 ;; esac
+export PIPELINE_FORMAT=$format
 mkdir -p target/callgrind
 count() {
-  PIPELINE_BATCHES=$1 valgrind --tool=callgrind --toggle-collect='*Engine::process*' --callgrind-out-file="target/callgrind/pipeline-$1.out" \
-    "$bin" 2>"target/callgrind/pipeline-$1.log" >/dev/null
-  grep -E '^summary:|^totals:' "target/callgrind/pipeline-$1.out" | head -1 | awk '{print $2}'
+  PIPELINE_BATCHES=$1 valgrind --tool=callgrind --toggle-collect='*Engine::process*' --callgrind-out-file="target/callgrind/pipeline-$format-$1.out" \
+    "$bin" 2>"target/callgrind/pipeline-$format-$1.log" >/dev/null
+  grep -E '^summary:|^totals:' "target/callgrind/pipeline-$format-$1.out" | head -1 | awk '{print $2}'
 }
 one=$(count 1)
 three=$(count 3)
 per=$(( (three - one) / 40000 ))
-echo "callgrind: batches=1 Ir=$one batches=3 Ir=$three"
-echo "callgrind: instructions/event=$per"
-[ -n "${KEEP:-}" ] || rm -f target/callgrind/pipeline-*.out
+echo "callgrind: format=$format batches=1 Ir=$one batches=3 Ir=$three"
+echo "callgrind: format=$format instructions/event=$per"
+[ -n "${KEEP:-}" ] || rm -f "target/callgrind/pipeline-$format-"*.out

@@ -262,9 +262,9 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
         (_, Datum::Float(f)) => number(out, f64::from(*f)),
         (_, Datum::Double(f)) => number(out, *f),
         (_, Datum::Bytes(b) | Datum::Fixed(b)) => scalar(out, &latin1_string(b)),
-        (_, Datum::String(x)) => scalar(out, &**x),
+        (_, Datum::String(x)) => string(out, x),
         (Kind::Enum(symbols), Datum::Enum(i)) => match symbols.get(*i as usize) {
-            Some(x) => scalar(out, x),
+            Some(x) => string(out, x),
             None => out.extend_from_slice(b"null"),
         },
         (Kind::Array(items), Datum::Array(xs)) => {
@@ -293,7 +293,7 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
                     out.push(b',');
                 }
                 first = false;
-                scalar(out, &**k);
+                string(out, k);
                 out.push(b':');
                 write(s, *values, x, out);
             }
@@ -305,20 +305,36 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
         },
         (Kind::Record(fields), Datum::Record(values)) => {
             // Field names are unique in a record (Avro requires it).
-            let mut order: Vec<usize> = (0..fields.len().min(values.len())).collect();
-            order.sort_unstable_by(|a, b| fields[*a].name.cmp(&fields[*b].name));
             out.push(b'{');
-            for (n, i) in order.iter().enumerate() {
-                if n > 0 {
+            let mut first = true;
+            for i in s.sorted_fields(id) {
+                let Some(value) = values.get(*i) else {
+                    continue;
+                };
+                if !first {
                     out.push(b',');
                 }
-                scalar(out, fields[*i].name.as_str());
+                first = false;
+                string(out, &fields[*i].name);
                 out.push(b':');
-                write(s, fields[*i].node, &values[*i], out);
+                write(s, fields[*i].node, value, out);
             }
             out.push(b'}');
         }
         _ => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string as `serde_json` writes it: it escapes only `"`, `\` and
+/// control characters, so a string without them is copied as it is.
+fn string(out: &mut Vec<u8>, x: &str) {
+    if x.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        scalar(out, x);
+    } else {
+        out.reserve(x.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(x.as_bytes());
+        out.push(b'"');
     }
 }
 

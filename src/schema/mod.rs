@@ -166,6 +166,9 @@ pub struct CompiledSchema {
     has_hash: bool,
     envelope: Result<Envelope, String>,
     overridden: Vec<OverrideHit>,
+    /// Per node: a record's field indexes in the order of their names
+    /// (JSON objects are written with sorted keys); empty for other nodes.
+    sorted_fields: Vec<Box<[usize]>>,
 }
 
 /// A topology override that matched a field of this schema.
@@ -235,8 +238,21 @@ impl CompiledSchema {
             has_hash: c.has_hash,
             envelope: Err(String::new()),
             overridden: c.overridden,
+            sorted_fields: Vec::new(),
         };
         schema.envelope = schema.find_envelope();
+        schema.sorted_fields = schema
+            .nodes
+            .iter()
+            .map(|n| match &n.kind {
+                Kind::Record(fields) => {
+                    let mut order: Vec<usize> = (0..fields.len()).collect();
+                    order.sort_by(|a, b| fields[*a].name.cmp(&fields[*b].name));
+                    order.into_boxed_slice()
+                }
+                _ => Box::default(),
+            })
+            .collect();
         Ok(schema)
     }
 
@@ -248,6 +264,12 @@ impl CompiledSchema {
     /// A node by id.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]
+    }
+
+    /// A record node's field indexes sorted by field name (empty for other
+    /// nodes).
+    pub fn sorted_fields(&self, id: NodeId) -> &[usize] {
+        &self.sorted_fields[id]
     }
 
     /// The root record's fields (empty when the root is not a record).
