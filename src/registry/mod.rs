@@ -155,7 +155,7 @@ impl SchemaLookup for SharedRegistry {
     }
 
     fn subjects(&mut self) -> Result<Vec<String>, LookupError> {
-        self.with(|r| SchemaLookup::subjects(r))
+        self.with(SchemaLookup::subjects)
     }
 
     fn versions(&mut self, subject: &str) -> Result<Vec<u32>, LookupError> {
