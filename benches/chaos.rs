@@ -227,9 +227,10 @@ fn main() {
         "chaos: events={} kills={kills} lost={lost} duplicated={duplicated} misordered={misordered}",
         inputs.len()
     );
-    std::process::exit(if lost == 0 && duplicated == 0 && misordered == 0 {
-        0
-    } else {
-        1
-    });
+    let clean = lost == 0 && duplicated == 0 && misordered == 0;
+    // `exit` runs no destructors: stop the processors and the broker this
+    // run started first (they were left running before).
+    drop(ps);
+    drop(s);
+    std::process::exit(if clean { 0 } else { 1 });
 }

@@ -589,10 +589,16 @@ impl Task {
     }
 
     fn gauges(&mut self) {
+        self.publish_gauges();
+        self.timers.last_gauges = Instant::now();
+    }
+
+    /// The state-size gauges and the registry lookups counted since the
+    /// last call.
+    fn publish_gauges(&mut self) {
         telemetry::state_size(self.metrics(), self.stores.entities(), self.assigned.len());
         let stats = self.engine.take_cache_stats();
         telemetry::registry_lookups(self.metrics(), stats.hits, stats.misses);
-        self.timers.last_gauges = Instant::now();
     }
 
     /// Commits the open transaction (see [`Transaction::commit`]); the
@@ -624,6 +630,10 @@ impl Task {
             }
             self.events.inputs(inputs);
             self.events.committed(metrics, started.elapsed());
+            // The gauges and the registry's lookup counts as of this commit
+            // (besides every second): once outputs are visible, so are
+            // the lookups and the entities behind them.
+            self.publish_gauges();
         }
         Ok(())
     }
