@@ -128,7 +128,9 @@ impl<'a> Reader<'a> {
 
     /// Reads a block count for arrays and maps; a negative count is followed
     /// by the block's byte size, which is read and ignored.
-    fn block_count(&mut self, empty_items: bool) -> Result<usize, DecodeError> {
+    /// `empty_budget`: for items of an empty type, how many more the array
+    /// may hold; otherwise the count is bounded by the bytes left.
+    fn block_count(&mut self, empty_budget: Option<u64>) -> Result<usize, DecodeError> {
         let n = self.long()?;
         let n = if n < 0 {
             self.long()?;
@@ -139,11 +141,7 @@ impl<'a> Reader<'a> {
         // Every item takes at least one byte unless the item type is empty
         // (a projection can empty a record: every field removed); beyond
         // that, a count beyond the remaining bytes is treated as hostile.
-        let limit = if empty_items {
-            MAX_EMPTY_ITEMS
-        } else {
-            self.remaining() as u64
-        };
+        let limit = empty_budget.unwrap_or(self.remaining() as u64);
         if n as u64 > limit {
             return Err(DecodeError::BadLength);
         }
@@ -158,12 +156,10 @@ impl<'a> Reader<'a> {
     ) -> Result<Vec<T>, DecodeError> {
         let mut out = Vec::new();
         loop {
-            let n = self.block_count(empty_items)?;
+            let budget = empty_items.then(|| MAX_EMPTY_ITEMS - out.len() as u64);
+            let n = self.block_count(budget)?;
             if n == 0 {
                 return Ok(out);
-            }
-            if empty_items && (out.len() + n) as u64 > MAX_EMPTY_ITEMS {
-                return Err(DecodeError::BadLength);
             }
             out.reserve(n.min(1024));
             for _ in 0..n {
