@@ -595,8 +595,8 @@ fn registry_503_and_a_broker_killed_for_20_s_lose_nothing() {
 }
 
 /// Three brokers (replication 3, min.insync.replicas 2): the leader of a
-/// tier partition and the processor's transaction coordinator are
-/// SIGKILLed mid-stream (and restarted): nothing lost, nothing duplicated,
+/// tier partition (the group coordinator's broker when it leads one) and
+/// the processor's transaction coordinator are SIGKILLed mid-stream (and restarted): nothing lost, nothing duplicated,
 /// nothing dead-lettered because of it.
 #[test]
 fn three_brokers_lose_a_tier_leader_and_the_transaction_coordinator() {
@@ -613,8 +613,20 @@ fn three_brokers_lose_a_tier_leader_and_the_transaction_coordinator() {
         "{}",
         tail(&p.log_text(), 30)
     );
+    // The leader of a restricted partition; the group coordinator's broker
+    // when it leads one (it usually does: three partitions, three brokers),
+    // so that the processor loses its group coordinator too: librdkafka's
+    // send_offsets_to_transaction can then block past its timeout
+    // (confluentinc/librdkafka#5511), which the processor must survive.
     let restricted = s.topology.engine.topics.tiers[2].to_string();
-    let leader = s.broker.leader_of(&restricted, 0);
+    let group_coordinator = s.broker.leader_of(
+        "__consumer_offsets",
+        transaction_partition(&s.topology.spec.application_id, 10),
+    );
+    let leader = (0..3)
+        .map(|p| s.broker.leader_of(&restricted, p))
+        .find(|l| *l == group_coordinator)
+        .unwrap_or_else(|| s.broker.leader_of(&restricted, 0));
     s.broker.kill_node(leader as u8);
     let before = committed_inputs(port).unwrap_or(0.0);
     assert!(

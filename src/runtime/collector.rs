@@ -4,6 +4,7 @@
 //! open transaction is aborted rather than committed without it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -55,8 +56,10 @@ impl ProducerContext for ProducerCtx {
 
 /// The producer of one stream thread, and what its sends left behind.
 pub(super) struct RecordCollector {
-    /// Transactional under `exactly_once`, idempotent otherwise.
-    producer: BaseProducer<ProducerCtx>,
+    /// Transactional under `exactly_once`, idempotent otherwise; shared
+    /// only with a transactional call left running on a thread of its own
+    /// (see `Transaction::send_offsets`).
+    producer: Arc<BaseProducer<ProducerCtx>>,
     /// Records sent, for the delivery-report cadence.
     sends: u64,
     /// The first send refused since the last commit or abort: the open
@@ -82,7 +85,7 @@ impl RecordCollector {
             .create_with_context(ProducerCtx::default())
             .context("creating the producer")?;
         Ok(RecordCollector {
-            producer,
+            producer: Arc::new(producer),
             sends: 0,
             broken: None,
         })
@@ -91,6 +94,11 @@ impl RecordCollector {
     /// The producer, for the transactional calls.
     pub(super) fn producer(&self) -> &BaseProducer<ProducerCtx> {
         &self.producer
+    }
+
+    /// The producer, for a call that may outlive this collector.
+    pub(super) fn shared_producer(&self) -> Arc<BaseProducer<ProducerCtx>> {
+        Arc::clone(&self.producer)
     }
 
     /// Sends an engine output (tier record or dead letter) with the input

@@ -16,13 +16,14 @@
 //! processor then waits until no transaction it wrote is left open.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::TopicPartitionList;
 use tracing::{info, warn};
 
 use super::collector::{ProducerCtx, RecordCollector};
@@ -132,20 +133,30 @@ impl Transaction {
             self.aborts_in_a_row = 0;
             return Ok(Ended::Committed);
         }
-        let Some(group) = consumer.group_metadata() else {
-            bail!("the consumer has no group metadata");
-        };
         self.collector.drain();
         let mut offsets_sent = moved.is_empty();
         loop {
-            let producer = self.collector.producer();
             let r = if offsets_sent {
-                producer.commit_transaction(TXN_TIMEOUT)
+                self.collector.producer().commit_transaction(TXN_TIMEOUT)
             } else {
-                producer
-                    .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-                    .map(|()| offsets_sent = true)
-                    .and_then(|()| producer.commit_transaction(TXN_TIMEOUT))
+                match self.send_offsets(&offsets, consumer)? {
+                    Some(r) => r
+                        .map(|()| offsets_sent = true)
+                        .and_then(|()| self.collector.producer().commit_transaction(TXN_TIMEOUT)),
+                    None => {
+                        warn!(
+                            waited_s = self.stuck_after().as_secs(),
+                            "Sending the input offsets to the transaction did not return (the group coordinator's broker left the cluster?); starting a new producer."
+                        );
+                        self.renew()?;
+                        return self.aborted(
+                            "sending the input offsets to the transaction did not return"
+                                .to_owned(),
+                            false,
+                            undo,
+                        );
+                    }
+                }
             };
             match r {
                 Ok(()) => break,
@@ -170,6 +181,45 @@ impl Transaction {
         self.aborts_in_a_row = 0;
         self.begin()?;
         Ok(Ended::Committed)
+    }
+
+    /// `send_offsets_to_transaction` on a thread of its own, waited for
+    /// up to [`Self::stuck_after`]; `None` when it has not returned by then.
+    ///
+    /// librdkafka can block in that call far past its timeout: when the
+    /// group coordinator's broker left the cluster, the request waits for a
+    /// state change of another broker, which may never come
+    /// (confluentinc/librdkafka#5456 and #5511; seen in the three-broker
+    /// test when the killed tier leader was also the group coordinator).
+    /// The call then keeps the old producer alive on its thread until it
+    /// returns (its transaction is fenced by the new producer's
+    /// `init_transactions` and aborted by the broker); nothing else uses it.
+    fn send_offsets<C: ConsumerContext>(
+        &self,
+        offsets: &TopicPartitionList,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<Option<KafkaResult<()>>> {
+        let Some(group) = consumer.group_metadata() else {
+            bail!("the consumer has no group metadata");
+        };
+        let producer = self.collector.shared_producer();
+        let offsets = offsets.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("send-offsets".to_owned())
+            .spawn(move || {
+                let r = producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT);
+                let _ = tx.send(r);
+            })
+            .context("starting the thread that sends the input offsets")?;
+        Ok(rx.recv_timeout(self.stuck_after()).ok())
+    }
+
+    /// How long a transactional call may run before it is taken as stuck:
+    /// librdkafka ends the call itself within its timeout, capped at the
+    /// transaction timeout, plus a margin for the last response.
+    fn stuck_after(&self) -> Duration {
+        TXN_TIMEOUT.min(self.config.transaction_timeout) + Duration::from_secs(5)
     }
 
     /// Aborts the open transaction, then runs `undo` with the reason (it

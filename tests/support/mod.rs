@@ -1259,10 +1259,17 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// The last lines of a log, for failure messages.
+/// The end of a processor's log, for failure messages: its last `lines`
+/// lines above debug level (per-record debug lines would crowd out the
+/// warnings), then its last three lines of any level.
 pub fn tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let last = |all: Vec<&str>, n: usize| all[all.len().saturating_sub(n)..].join("\n");
+    let notable = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+    format!(
+        "{}\n[… the last lines, any level:]\n{}",
+        last(notable, lines),
+        last(log.lines().collect(), 3)
+    )
 }
 
 /// Counts the records of `topic` (read_committed or not) right now.
