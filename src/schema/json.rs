@@ -328,7 +328,13 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
 /// A JSON string as `serde_json` writes it: it escapes only `"`, `\` and
 /// control characters, so a string without them is copied as it is.
 fn string(out: &mut Vec<u8>, x: &str) {
-    if x.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    // A fold without an early exit, which the compiler vectorises (`any`
+    // stops at the first hit and checks byte by byte); most strings here
+    // have nothing to escape and are short.
+    let escape = x
+        .bytes()
+        .fold(false, |e, b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escape {
         scalar(out, x);
     } else {
         out.reserve(x.len() + 2);
@@ -356,6 +362,24 @@ mod tests {
     use super::*;
     use crate::classify::Rules;
     use serde_json::json;
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for c in (0u32..0x100)
+            .chain([0x2028, 0x1F600])
+            .filter_map(char::from_u32)
+        {
+            for x in [
+                format!("{c}"),
+                format!("ab{c}"),
+                format!("{c}{}", "x".repeat(40)),
+            ] {
+                let mut out = Vec::new();
+                string(&mut out, &x);
+                assert_eq!(out, serde_json::to_vec(&x).unwrap(), "{:?}", x);
+            }
+        }
+    }
 
     #[test]
     fn write_is_the_rendered_values_serialisation_byte_for_byte() {
