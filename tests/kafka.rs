@@ -596,8 +596,9 @@ fn registry_503_and_a_broker_killed_for_20_s_lose_nothing() {
 
 /// Three brokers (replication 3, min.insync.replicas 2): the leader of a
 /// tier partition (the group coordinator's broker when it leads one) and
-/// the processor's transaction coordinator are SIGKILLed mid-stream (and restarted): nothing lost, nothing duplicated,
-/// nothing dead-lettered because of it.
+/// the processor's transaction coordinator are SIGKILLed mid-stream (and
+/// restarted): nothing lost, nothing duplicated, nothing dead-lettered
+/// because of it.
 #[test]
 fn three_brokers_lose_a_tier_leader_and_the_transaction_coordinator() {
     let _serial = serial();
