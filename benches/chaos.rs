@@ -16,7 +16,6 @@
 //! lower than an earlier record of the same key in the same topic.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::collections::HashMap;
@@ -51,6 +50,9 @@ struct Args {
     /// Input partitions.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Stream threads per processor.
+    #[arg(long, default_value_t = 1)]
+    stream_threads: u16,
     /// Seed of the events and of the kill schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -103,6 +105,8 @@ fn main() {
             "2",
             "--rate",
             "1500",
+            "--stream-threads",
+            "2",
         ]);
         (a, Broker::shared())
     };
@@ -119,7 +123,9 @@ fn main() {
     eprintln!("chaos: feeding {} events at {}/s", values.len(), a.rate);
     let feeder = Feeder::start(&bootstrap, &s.input, &s.files, values, a.rate);
     let ids: Vec<String> = (0..a.instances).map(|i| format!("chaos-{i}")).collect();
-    let mut ps: Vec<Option<Processor>> = ids.iter().map(|i| Some(s.processor(i, &[]))).collect();
+    let threads = a.stream_threads.to_string();
+    let flags = ["--stream-threads", threads.as_str()];
+    let mut ps: Vec<Option<Processor>> = ids.iter().map(|i| Some(s.processor(i, &flags))).collect();
     let mut rng = fastrand::Rng::with_seed(a.seed);
     let feed_secs = (a.events as u64 / a.rate.max(1)).max(10);
     let gap = Duration::from_millis(feed_secs * 1000 / (a.kills as u64 + 1));
@@ -139,7 +145,7 @@ fn main() {
             );
             std::thread::sleep(Duration::from_millis(rng.u64(0..3000)));
         }
-        ps[i] = Some(s.processor(&ids[i], &[]));
+        ps[i] = Some(s.processor(&ids[i], &flags));
         if a.brokers == 3 && !broker_killed && kills >= a.kills / 2 {
             let leader = s.broker.leader_of(&s.topology.engine.topics.tiers[2], 0);
             eprintln!("chaos: killing broker {leader}");

@@ -110,10 +110,14 @@ enum Impl {
     FanoutJson,
     /// Each Avro record unchanged to one topic.
     CopyAvro,
+    /// privacy-router Avro, one instance with two stream threads.
+    RouterAvroThreads2,
+    /// privacy-router Avro, two single-thread instances in one group.
+    RouterAvroTwice,
 }
 
 impl Impl {
-    const ALL: [Impl; 7] = [
+    const ALL: [Impl; 9] = [
         Impl::RouterAvro,
         Impl::RouterJson,
         Impl::KafkaStreams,
@@ -121,6 +125,8 @@ impl Impl {
         Impl::FanoutAvro,
         Impl::FanoutJson,
         Impl::CopyAvro,
+        Impl::RouterAvroThreads2,
+        Impl::RouterAvroTwice,
     ];
 
     fn name(self) -> &'static str {
@@ -132,6 +138,8 @@ impl Impl {
             Impl::FanoutAvro => "fanout-avro",
             Impl::FanoutJson => "fanout-json",
             Impl::CopyAvro => "copy-avro",
+            Impl::RouterAvroThreads2 => "privacy-router-avro-2-threads",
+            Impl::RouterAvroTwice => "privacy-router-avro-2-instances",
         }
     }
 
@@ -144,6 +152,8 @@ impl Impl {
             Impl::FanoutAvro => "Rust passthrough, fan-out, Avro",
             Impl::FanoutJson => "Rust passthrough, fan-out, JSON",
             Impl::CopyAvro => "Rust passthrough, 1:1, Avro",
+            Impl::RouterAvroThreads2 => "privacy-router, Avro, 1 instance × 2 stream threads",
+            Impl::RouterAvroTwice => "privacy-router, Avro, 2 instances × 1 stream thread",
         }
     }
 
@@ -192,13 +202,23 @@ fn main() {
         a.partitions = 3;
         a.rounds = 1;
         a.guarantees = vec!["exactly_once".into()];
-        a.only = [Impl::RouterAvro, Impl::RouterJson, Impl::FanoutJson]
-            .map(|i| i.name().to_owned())
-            .to_vec();
+        a.only = [
+            Impl::RouterAvro,
+            Impl::RouterJson,
+            Impl::FanoutJson,
+            Impl::RouterAvroThreads2,
+        ]
+        .map(|i| i.name().to_owned())
+        .to_vec();
         a.out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-peers-smoke.json");
         a.docs = "-".into();
         let r = run(&a);
-        for i in ["privacy-router-avro", "privacy-router-json", "fanout-json"] {
+        for i in [
+            "privacy-router-avro",
+            "privacy-router-json",
+            "fanout-json",
+            "privacy-router-avro-2-threads",
+        ] {
             let cell = &r["cells"][format!("{i}/exactly_once")];
             assert!(
                 cell["events_per_s"]["median"].as_f64().unwrap_or(0.0) > 0.0,
@@ -368,8 +388,8 @@ fn cell(
         format!("{app}.restricted"),
     ];
     let log = dir.join(format!("{app}.log"));
-    let (child, outputs) = match imp {
-        Impl::RouterAvro | Impl::RouterJson => {
+    let (children, outputs) = match imp {
+        Impl::RouterAvro | Impl::RouterJson | Impl::RouterAvroThreads2 | Impl::RouterAvroTwice => {
             for t in &tiers {
                 broker.create_topic(t, a.partitions, false);
             }
@@ -385,8 +405,21 @@ fn cell(
                 "avro"
             };
             let t = topology(dir, app, input, &tiers, format, g);
-            let p = Processor::start(brokers, &t, &log, &[]);
-            (p.child, tiers.to_vec())
+            let children = match imp {
+                Impl::RouterAvroThreads2 => {
+                    let flags = ["--stream-threads", "2"];
+                    vec![Processor::start_as(brokers, &t, &log, &[], "bench", &flags).child]
+                }
+                Impl::RouterAvroTwice => ["bench-a", "bench-b"]
+                    .into_iter()
+                    .map(|i| {
+                        let log = dir.join(format!("{app}-{i}.log"));
+                        Processor::start_as(brokers, &t, &log, &[], i, &[]).child
+                    })
+                    .collect(),
+                _ => vec![Processor::start(brokers, &t, &log, &[]).child],
+            };
+            (children, tiers.to_vec())
         }
         Impl::FanoutAvro | Impl::FanoutJson | Impl::CopyAvro => {
             let mode = if imp == Impl::CopyAvro {
@@ -419,7 +452,7 @@ fn cell(
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap();
-            (child, outputs)
+            (vec![child], outputs)
         }
         Impl::KafkaStreams | Impl::Quix => {
             for t in &tiers {
@@ -463,17 +496,17 @@ fn cell(
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .map_err(|e| format!("{}: {e}", imp.name()))?;
-            (child, tiers.to_vec())
+            (vec![child], tiers.to_vec())
         }
     };
-    let mut child = Running(child);
+    let mut children: Vec<Running> = children.into_iter().map(Running).collect();
     let expected = a.events * imp.outputs_per_event();
     let m = count(
         brokers,
         &outputs,
         expected,
         imp.outputs_per_event(),
-        &mut child.0,
+        &mut children,
         broker.pid(),
         Duration::from_secs(a.timeout_secs),
     )
@@ -501,13 +534,14 @@ impl Drop for Running {
 }
 
 /// Counts the committed records of `topics` until `expected`, measuring the
-/// window from the first committed record to the last.
+/// window from the first committed record to the last; CPU and peak RSS are
+/// the sums over `children`.
 fn count(
     brokers: &str,
     topics: &[String],
     expected: usize,
     per_event: usize,
-    child: &mut Child,
+    children: &mut [Running],
     broker_pid: u32,
     timeout: Duration,
 ) -> Result<Measured, String> {
@@ -532,7 +566,8 @@ fn count(
         }
     }
     c.assign(&tpl).map_err(|e| e.to_string())?;
-    let pid = child.id();
+    let pids: Vec<u32> = children.iter().map(|c| c.0.id()).collect();
+    let cpu = || pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
     let started = Instant::now();
     let mut seen = 0usize;
     let mut first: Option<(Instant, usize, f64, f64)> = None;
@@ -543,7 +578,7 @@ fn count(
                 seen += 1;
                 if first.is_none() {
                     let t0 = Instant::now();
-                    let (cpu0, bcpu0) = (cpu_secs(pid), cpu_secs(broker_pid));
+                    let (cpu0, bcpu0) = (cpu(), cpu_secs(broker_pid));
                     // What the first transaction committed is readable at
                     // once: it is outside the window.
                     while let Some(Ok(_)) = c.poll(Duration::ZERO) {
@@ -557,10 +592,12 @@ fn count(
         }
         if last_check.elapsed() > Duration::from_secs(1) {
             last_check = Instant::now();
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "exited ({status}) after {seen} of {expected} outputs"
-                ));
+            for child in children.iter_mut() {
+                if let Ok(Some(status)) = child.0.try_wait() {
+                    return Err(format!(
+                        "exited ({status}) after {seen} of {expected} outputs"
+                    ));
+                }
             }
             if started.elapsed() > timeout {
                 return Err(format!("{seen} of {expected} outputs after {timeout:?}"));
@@ -569,8 +606,8 @@ fn count(
     }
     let (t0, seen0, cpu0, bcpu0) = first.expect("records were counted");
     let window_s = t0.elapsed().as_secs_f64();
-    let (cpu1, bcpu1) = (cpu_secs(pid), cpu_secs(broker_pid));
-    let (_, hwm) = rss_kb(pid);
+    let (cpu1, bcpu1) = (cpu(), cpu_secs(broker_pid));
+    let hwm: u64 = pids.iter().map(|p| rss_kb(*p).1).sum();
     if seen > expected {
         return Err(format!("{seen} outputs, {expected} expected: duplicates"));
     }
@@ -692,6 +729,24 @@ fn report(a: &Args, cells: &Cells, failed: Vec<String>) -> Value {
             (
                 "rss-vs-kafka-streams",
                 ratios(cells, Impl::RouterJson, Impl::KafkaStreams, g, rss),
+            ),
+            (
+                "2-threads-vs-1",
+                ratios(cells, Impl::RouterAvroThreads2, Impl::RouterAvro, g, rate),
+            ),
+            (
+                "2-instances-vs-1",
+                ratios(cells, Impl::RouterAvroTwice, Impl::RouterAvro, g, rate),
+            ),
+            (
+                "2-threads-vs-2-instances",
+                ratios(
+                    cells,
+                    Impl::RouterAvroThreads2,
+                    Impl::RouterAvroTwice,
+                    g,
+                    rate,
+                ),
             ),
         ];
         for (name, v) in named {

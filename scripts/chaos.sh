@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A long chaos run on real Kafka (not part of CI):
 #
-#   bash scripts/chaos.sh [--events N] [--kills K] [--instances I] [--brokers 1|3]
+#   bash scripts/chaos.sh [--events N] [--kills K] [--instances I] [--brokers 1|3] [--stream-threads T]
 #
 # Defaults: 1,000,000 events, 20 kills, 3 instances, 1 broker. It starts a
 # Kafka of its own (scripts/kafka.sh; with --brokers 3 a three-node cluster,

@@ -333,6 +333,15 @@ pub struct RunArgs {
     /// Seconds a shutdown may take to finish the open transaction.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Stream threads of this instance (1 to 32), each with its own
+    /// partitions, state and transactional producer; overrides the
+    /// topology's processing.stream_threads.
+    #[arg(
+        long,
+        env = "PRIVACY_ROUTER_STREAM_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::config::MAX_STREAM_THREADS))
+    )]
+    pub stream_threads: Option<u16>,
 }
 
 /// Kafka connection flags.
@@ -758,6 +767,9 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
             format!("--metrics-addr {a:?} is not an address like 0.0.0.0:9464")
         })?),
     };
+    let stream_threads = args
+        .stream_threads
+        .unwrap_or(topology.spec.processing.stream_threads);
     let config = RunConfig {
         topology,
         connection: Connection {
@@ -772,6 +784,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         create_topics: !args.no_create_topics,
         changelog_replication: args.changelog_replication,
         grace: Duration::from_secs(args.shutdown_grace_secs),
+        stream_threads,
     };
     runtime::run(config, shutdown).await
 }

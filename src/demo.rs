@@ -112,6 +112,7 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
         create_topics: false,
         changelog_replication: None,
         grace: Duration::from_secs(30),
+        stream_threads: config.topology.spec.processing.stream_threads,
     };
     let progress = watch.progress.clone();
     let deadline = config.timeout;

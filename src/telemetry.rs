@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -747,9 +746,14 @@ pub fn restored(
 }
 
 /// The version store now tracks `n` entities; `assigned` input partitions.
-pub fn state_size(metrics: &Metrics, entities: usize, assigned: usize) {
-    metrics.entities.set(entities as i64);
-    metrics.assigned.set(assigned as i64);
+///
+/// Each stream thread adds the change since its `last` report, so the
+/// instance's gauges are the sums over its threads.
+pub fn state_size(metrics: &Metrics, last: &mut (i64, i64), entities: usize, assigned: usize) {
+    let now = (entities as i64, assigned as i64);
+    metrics.entities.add(now.0 - last.0);
+    metrics.assigned.add(now.1 - last.1);
+    *last = now;
 }
 
 /// Consumer lag of one input partition (from librdkafka statistics).
@@ -767,26 +771,44 @@ pub fn forget_lag(metrics: &Metrics, topic: &str, partition: i32) {
         .remove_label_values(&[topic, &partition.to_string()]);
 }
 
-/// Liveness and readiness, shared between the stream thread and `/readyz`.
+/// Liveness and readiness, shared between the stream threads and
+/// `/readyz`: the instance is ready when every stream thread is.
 #[derive(Debug, Default)]
 pub struct Health {
-    ready: AtomicBool,
-    why: Mutex<&'static str>,
+    /// Per stream thread: ready, and why (not).
+    threads: Mutex<Vec<(bool, &'static str)>>,
 }
 
 impl Health {
-    /// Ready: joined the group, every assigned partition restored.
-    pub fn set_ready(&self, ready: bool, why: &'static str) {
-        self.ready.store(ready, Ordering::SeqCst);
-        if let Ok(mut w) = self.why.lock() {
-            *w = why;
+    /// Starts tracking `n` stream threads, none of them ready yet.
+    pub fn threads(&self, n: usize) {
+        if let Ok(mut t) = self.threads.lock() {
+            *t = vec![(false, "starting"); n.max(1)];
         }
     }
 
-    /// Whether `/readyz` answers 200, and why.
+    /// Stream thread `thread` is ready (joined the group, every partition
+    /// it was assigned restored) or not, and why.
+    pub fn set_ready(&self, thread: usize, ready: bool, why: &'static str) {
+        if let Ok(mut t) = self.threads.lock() {
+            if t.len() <= thread {
+                t.resize(thread + 1, (false, "starting"));
+            }
+            t[thread] = (ready, why);
+        }
+    }
+
+    /// Whether `/readyz` answers 200, and why: the first thread that is
+    /// not ready says why.
     pub fn ready(&self) -> (bool, &'static str) {
-        let why = self.why.lock().map(|w| *w).unwrap_or("unknown");
-        (self.ready.load(Ordering::SeqCst), why)
+        let Ok(t) = self.threads.lock() else {
+            return (false, "unknown");
+        };
+        match t.iter().find(|(ready, _)| !ready) {
+            Some((_, why)) => (false, why),
+            None if t.is_empty() => (false, "starting"),
+            None => (true, "processing"),
+        }
     }
 }
 
@@ -850,6 +872,33 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 mod tests {
     use super::*;
     use crate::record::{LogIds, OutRecord};
+
+    #[test]
+    fn the_instance_is_ready_only_when_every_stream_thread_is() {
+        let h = Health::default();
+        assert_eq!(h.ready(), (false, "starting"));
+        h.threads(2);
+        h.set_ready(0, true, "processing");
+        assert_eq!(h.ready(), (false, "starting"));
+        h.set_ready(1, false, "restoring state");
+        assert_eq!(h.ready(), (false, "restoring state"));
+        h.set_ready(1, true, "processing");
+        assert_eq!(h.ready(), (true, "processing"));
+        h.set_ready(0, false, "rebalancing");
+        assert_eq!(h.ready(), (false, "rebalancing"));
+    }
+
+    #[test]
+    fn state_gauges_are_the_sums_over_the_threads() {
+        let m = Metrics::new(Registry::new());
+        let (mut a, mut b) = ((0, 0), (0, 0));
+        state_size(&m, &mut a, 10, 2);
+        state_size(&m, &mut b, 5, 1);
+        state_size(&m, &mut a, 12, 2);
+        assert_eq!((m.entities.get(), m.assigned.get()), (17, 3));
+        state_size(&m, &mut b, 0, 0);
+        assert_eq!((m.entities.get(), m.assigned.get()), (12, 2));
+    }
 
     #[test]
     fn the_rate_limit_holds_back_after_its_maximum_and_starts_again() {

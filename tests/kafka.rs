@@ -58,8 +58,9 @@ fn verify(s: &Scenario, want: &PerTopic, context: &str) {
 }
 
 /// Produce a mix of framed Avro and JSON events with every anomaly, run the
-/// processor until the outputs are complete, stop it with SIGTERM, compare;
-/// the metrics say what the topics hold.
+/// processor (two stream threads sharing three partitions) until the outputs
+/// are complete, stop it with SIGTERM, compare; the metrics, summed over the
+/// threads, say what the topics hold.
 #[test]
 fn end_to_end_with_metrics_equal_to_the_topics() {
     let _serial = serial();
@@ -82,9 +83,12 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
             "router",
             "--registry-password",
             "s3cret-pass",
+            "--stream-threads",
+            "2",
         ],
     );
-    // Alive at once; ready only once it joined and restored its partitions.
+    // Alive at once; ready only once both threads joined and restored
+    // their partitions.
     assert!(wait_until(TIMEOUT, || {
         http_get(port, "/healthz").is_some_and(|(c, _)| c == 200)
     }));
@@ -160,8 +164,54 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
     }
     let log = p.log_text();
     assert!(log.contains("Dead-lettered."), "{log}");
-    assert!(log.contains("Stream thread stopped cleanly."), "{log}");
+    assert_eq!(
+        log.matches("Stream thread stopped cleanly.").count(),
+        2,
+        "{log}"
+    );
+    // Each thread is a member of the group with its own transactional id.
+    for client in [
+        format!("{}-a", s.topology.spec.application_id),
+        format!("{}-a-1", s.topology.spec.application_id),
+    ] {
+        assert!(
+            log.contains(&format!("client={client} ")),
+            "{client}: {log}"
+        );
+    }
     assert_no_payload_in(&log, &payload_strings(&s.files, &inputs));
+}
+
+/// More stream threads than partitions, with the consumer group protocol of
+/// KIP-848: the thread left without a partition joins the group and is
+/// ready too (an instance that never turned ready would never finish a
+/// rolling deployment), and the outputs are complete and exactly once.
+#[test]
+fn more_stream_threads_than_partitions_are_ready_and_route_exactly_once() {
+    let _serial = serial();
+    let mut s = Scenario::new(Broker::shared(), 2, "");
+    s.kafka_settings.clear();
+    let values = s.samples(3000, 13, SampleFormat::Framed, true);
+    let inputs = produce(&s.broker.bootstrap(), &s.input, &s.files, &values);
+    let want = expected(&s, &inputs);
+    let port = free_port();
+    let mut p = s.processor_on(
+        "idle",
+        Some(port),
+        &["--stream-threads", "3", "-X", "group.protocol=consumer"],
+    );
+    assert!(
+        wait_until(TIMEOUT, || http_get(port, "/readyz")
+            .is_some_and(|(c, _)| c == 200)),
+        "never ready: {:?}\n{}",
+        http_get(port, "/readyz"),
+        tail(&p.log_text(), 30)
+    );
+    wait_for_outputs(&s, &want, &mut p);
+    let (_, m) = http_get(port, "/metrics").unwrap();
+    assert_eq!(metric(&m, "privacy_router_assigned_partitions"), 2.0, "{m}");
+    stop(&mut p);
+    verify(&s, &want, "three threads on two partitions");
 }
 
 /// Inputs for the scenarios that stop mid-stream: `n` framed events with
@@ -296,10 +346,11 @@ fn sigkill_with_an_open_transaction_and_restart() {
     assert_no_payload_in(&log, &payload);
 }
 
-/// At least 100,000 events, fed while the processor is SIGKILLed at least
-/// eight times at random moments (its transactions commit every 100 ms, so
-/// most kills find records of the open transaction in flight) and
-/// restarted with the same instance id each time.
+/// At least 100,000 events, fed while the processor (two stream threads,
+/// each with its own transactions) is SIGKILLed at least eight times at
+/// random moments (its transactions commit every 100 ms, so most kills find
+/// records of the open transaction in flight) and restarted with the same
+/// instance id each time.
 #[test]
 fn random_sigkills_lose_and_duplicate_nothing() {
     let _serial = serial();
@@ -314,7 +365,7 @@ fn random_sigkills_lose_and_duplicate_nothing() {
     let mut logs = Vec::new();
     let port = free_port();
     while !feeder.done() {
-        let mut p = s.processor_on("random", Some(port), &[]);
+        let mut p = s.processor_on("random", Some(port), &["--stream-threads", "2"]);
         // Kill once this life has committed something, at a random moment
         // of its processing.
         let live = wait_until(TIMEOUT, || {
@@ -337,7 +388,7 @@ fn random_sigkills_lose_and_duplicate_nothing() {
     let inputs = feeder.join();
     assert!(inputs.len() >= 100_000);
     let want = expected(&s, &inputs);
-    let mut last = s.processor("random", &[]);
+    let mut last = s.processor("random", &["--stream-threads", "2"]);
     wait_for_outputs(&s, &want, &mut last);
     stop(&mut last);
     verify(&s, &want, &format!("after {kills} random SIGKILLs"));
@@ -670,8 +721,9 @@ fn three_brokers_lose_a_tier_leader_and_the_transaction_coordinator() {
     assert_no_payload_in(&p.log_text(), &payload_strings(&s.files, &inputs));
 }
 
-/// Three instances in one group on a 6-partition input; for `secs` they
-/// stop (SIGTERM), crash (SIGKILL) and start again every few seconds while
+/// Three instances in one group on a 6-partition input, each with 1 to 3
+/// stream threads (drawn again at every start); for `secs` they stop
+/// (SIGTERM), crash (SIGKILL) and start again every few seconds while
 /// events flow; then the survivors finish the stream.
 fn rebalance_storm(extra: &[&str], session_timeout: bool, secs: u64, seed: u64) {
     let mut s = Scenario::new(Broker::shared(), 6, "");
@@ -683,8 +735,17 @@ fn rebalance_storm(extra: &[&str], session_timeout: bool, secs: u64, seed: u64) 
     let values = s.samples((rate * secs) as usize, seed, SampleFormat::Framed, true);
     let feeder = Feeder::start(&s.broker.bootstrap(), &s.input, &s.files, values, rate);
     let ids = ["storm-a", "storm-b", "storm-c"];
-    let mut ps: Vec<Option<Processor>> = ids.iter().map(|i| Some(s.processor(i, extra))).collect();
     let mut rng = fastrand::Rng::with_seed(seed);
+    // Each start runs 1 to 3 stream threads, so an instance's thread count
+    // changes between its lives (a dropped thread's transactional id is
+    // never fenced: the broker aborts its open transaction on timeout).
+    let start = |id: &str, rng: &mut fastrand::Rng| {
+        let threads = rng.u8(1..=3).to_string();
+        let mut args = extra.to_vec();
+        args.extend(["--stream-threads", &threads]);
+        s.processor(id, &args)
+    };
+    let mut ps: Vec<Option<Processor>> = ids.iter().map(|i| Some(start(i, &mut rng))).collect();
     let until = Instant::now() + Duration::from_secs(secs);
     let (mut terms, mut kills, mut starts) = (0, 0, 0);
     let mut logs = Vec::new();
@@ -703,14 +764,14 @@ fn rebalance_storm(extra: &[&str], session_timeout: bool, secs: u64, seed: u64) 
                 logs.push(p.log_text());
             }
             None => {
-                ps[i] = Some(s.processor(ids[i], extra));
+                ps[i] = Some(start(ids[i], &mut rng));
                 starts += 1;
             }
         }
     }
     for (i, p) in ps.iter_mut().enumerate() {
         if p.is_none() {
-            *p = Some(s.processor(ids[i], extra));
+            *p = Some(start(ids[i], &mut rng));
         }
     }
     let inputs = feeder.join();

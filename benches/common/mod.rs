@@ -140,6 +140,18 @@ impl Processor {
     /// Starts `privacy-router run` over `topology`, logging to `log`, with
     /// extra librdkafka settings.
     pub fn start(brokers: &str, topology: &Path, log: &Path, extra: &[String]) -> Processor {
+        Processor::start_as(brokers, topology, log, extra, "bench", &[])
+    }
+
+    /// [`Processor::start`] with another instance id and more `run` flags.
+    pub fn start_as(
+        brokers: &str,
+        topology: &Path,
+        log: &Path,
+        extra: &[String],
+        instance: &str,
+        flags: &[&str],
+    ) -> Processor {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -151,7 +163,8 @@ impl Processor {
             .arg(topology)
             .args(["--brokers", brokers])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--instance-id", "bench"])
+            .args(["--instance-id", instance])
+            .args(flags)
             .env("PRIVACY_ROUTER_HASH_KEY", "bench-key-0123456789abcdef")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -157,17 +157,30 @@ pub struct ProcessingConfig {
     /// How often the open transaction is committed, in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// Stream threads per instance (Kafka Streams' `num.stream.threads`):
+    /// each owns its partitions, its transactional producer and their
+    /// state. `run --stream-threads` overrides it.
+    #[serde(default = "default_stream_threads")]
+    pub stream_threads: u16,
 }
 
 fn default_commit_interval_ms() -> u64 {
     100
 }
 
+fn default_stream_threads() -> u16 {
+    1
+}
+
+/// The most stream threads one instance runs.
+pub const MAX_STREAM_THREADS: u16 = 32;
+
 impl Default for ProcessingConfig {
     fn default() -> Self {
         ProcessingConfig {
             guarantee: Guarantee::default(),
             commit_interval_ms: default_commit_interval_ms(),
+            stream_threads: default_stream_threads(),
         }
     }
 }
@@ -503,6 +516,12 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
             "must be between 1 and 60000".to_owned(),
         );
     }
+    if !(1..=MAX_STREAM_THREADS).contains(&spec.processing.stream_threads) {
+        problem(
+            "processing.stream_threads",
+            format!("must be between 1 and {MAX_STREAM_THREADS}"),
+        );
+    }
     check_template(
         &spec.schemas.subject_template,
         "schemas.subject_template",
@@ -751,6 +770,7 @@ outputs:
   dead_letter: 'bad topic'
 processing:
   commit_interval_ms: 0
+  stream_threads: 0
 schemas:
   subject_template: '{topic}-{nope}'
 event_types:
@@ -764,13 +784,14 @@ event_types:
                 "outputs.internal",
                 "outputs.dead_letter",
                 "processing.commit_interval_ms",
+                "processing.stream_threads",
                 "schemas.subject_template",
                 "event_types.User.Created",
                 "event_types.User.Created.tiers"
             ],
             "{err}"
         );
-        assert!(err.to_string().starts_with("t.yaml: 6 problem(s)"));
+        assert!(err.to_string().starts_with("t.yaml: 7 problem(s)"));
     }
 
     #[test]

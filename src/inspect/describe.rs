@@ -352,6 +352,10 @@ pub fn graph(t: &Topology) -> Graph {
             "processing.commit_interval_ms".to_owned(),
             spec.processing.commit_interval_ms.to_string(),
         ),
+        (
+            "processing.stream_threads".to_owned(),
+            spec.processing.stream_threads.to_string(),
+        ),
         ("outputs.format".to_owned(), name_of(&cfg.format)),
         ("ordering.on_gap".to_owned(), name_of(&cfg.on_gap)),
         (
@@ -662,6 +666,7 @@ mod tests {
             "user.locked -> restricted",
             "processing.guarantee: exactly_once",
             "processing.commit_interval_ms: 100",
+            "processing.stream_threads: 1",
             "ordering.on_gap: emit",
             "classification.on_tier_mismatch: emit",
             "--> sink-public (all but user.locked)",

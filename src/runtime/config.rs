@@ -23,10 +23,15 @@ pub(crate) struct StreamConfig {
     pub(crate) conn: Connection,
     /// The consumer group: the topology's `application_id`.
     pub(crate) group: String,
-    /// This instance's stable name (the consumer's `group.instance.id`).
+    /// This thread's stable name: the instance id for thread 0,
+    /// `<instance_id>-<n>` for thread n ≥ 1.
     pub(crate) instance_id: String,
-    /// `<application_id>-<instance_id>`: the producer's client and
-    /// transactional id, so a restarted instance fences its predecessor.
+    /// Which of the instance's stream threads this is (0 for the first).
+    pub(crate) thread: u16,
+    /// `<application_id>-<instance_id>` (thread 0) or
+    /// `<application_id>-<instance_id>-<n>`: the producer's client and
+    /// transactional id, the consumer's client id and the restore group, so
+    /// a restarted instance's threads fence their predecessors'.
     pub(crate) client_id: String,
     /// Input topics, shared with every position and counter that names one.
     pub(crate) inputs: Vec<Arc<str>>,
@@ -44,15 +49,13 @@ pub(crate) struct StreamConfig {
     pub(crate) transaction_timeout: Duration,
     /// The pseudonym key.
     pub(crate) hasher: Option<Hasher>,
-    /// Create the changelog topic when it is missing.
-    pub(crate) create_topics: bool,
-    /// Replication factor of a created changelog (broker default if unset).
-    pub(crate) changelog_replication: Option<i32>,
 }
 
 impl StreamConfig {
-    /// Resolves what the stream thread needs from the caller's config.
-    pub(crate) fn build(run: &RunConfig) -> Self {
+    /// Resolves what stream thread `thread` needs from the caller's config.
+    /// Thread 0 keeps the ids of a single-threaded instance, so raising the
+    /// thread count still fences the previous process.
+    pub(crate) fn build(run: &RunConfig, thread: u16) -> Self {
         let topology = run.topology.clone();
         let spec = &topology.spec;
         let group = spec.application_id.clone();
@@ -69,8 +72,12 @@ impl StreamConfig {
             .find(|(k, _)| k == "transaction.timeout.ms")
             .and_then(|(_, v)| v.trim().parse().ok())
             .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
+        let instance_id = match thread {
+            0 => run.instance_id.clone(),
+            n => format!("{}-{n}", run.instance_id),
+        };
         StreamConfig {
-            client_id: format!("{group}-{}", run.instance_id),
+            client_id: format!("{group}-{instance_id}"),
             inputs: spec
                 .input
                 .topics
@@ -83,11 +90,10 @@ impl StreamConfig {
             commit_interval: Duration::from_millis(spec.processing.commit_interval_ms),
             transaction_timeout,
             group,
-            instance_id: run.instance_id.clone(),
+            instance_id,
+            thread,
             conn: run.connection.clone(),
             hasher: run.hasher.clone(),
-            create_topics: run.create_topics,
-            changelog_replication: run.changelog_replication,
             topology,
         }
     }

@@ -1,11 +1,12 @@
 //! The Kafka runtime: `privacy-router run` (and the embedded demo) as a
 //! long-running consumer-group member.
 //!
-//! [`run`] starts the telemetry server on the async runtime and one stream
-//! thread ([`stream`]) that owns the Kafka clients and chains the engine's
-//! stages; it returns when the shutdown future completes (after the stream
-//! thread has committed its open transaction and left the group) or when the
-//! stream thread fails.
+//! [`run`] starts the telemetry server on the async runtime and
+//! `processing.stream_threads` stream threads ([`stream`]), each owning its
+//! Kafka clients, its partitions and their state, and chaining the engine's
+//! stages; it returns when the shutdown future completes (after every stream
+//! thread has committed its open transaction and left the group) or when a
+//! stream thread fails (its siblings then stop too).
 //!
 //! Guarantees: under `exactly_once`, tier records, dead
 //! letters, changelog records and input offsets commit in one transaction
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tracing::{info, warn};
 
 use crate::config::Topology;
@@ -39,6 +40,7 @@ use crate::registry::confluent::{ConfluentConfig, ConfluentRegistry};
 use crate::registry::SharedRegistry;
 use crate::schema::SchemaLookup;
 use crate::telemetry::{self, Health, Metrics};
+use kafka::check_topics;
 pub use kafka::Connection;
 
 /// Why a running processor stopped on its own. Each kind has its own exit
@@ -156,8 +158,11 @@ pub struct RunConfig {
     /// Replication factor of a created changelog (broker default if unset).
     pub changelog_replication: Option<i32>,
     /// How long shutdown may take before the process gives up on the
-    /// stream thread.
+    /// stream threads.
     pub grace: Duration,
+    /// Stream threads (1 to 32): `processing.stream_threads` unless the
+    /// command line says otherwise.
+    pub stream_threads: u16,
 }
 
 /// Committed input positions per (topic, partition), for callers that wait
@@ -228,49 +233,160 @@ pub async fn run_watched(
         }
         None => None,
     };
-    let registry: Box<dyn SchemaLookup + Send> = match &config.registry {
-        RegistryChoice::Confluent(c) => Box::new(
-            ConfluentRegistry::new(c, rt.clone(), config.metrics.clone())
-                .context("schema registry settings")?,
-        ),
-        RegistryChoice::Shared(r) => Box::new(r.clone()),
-    };
-    let settings = stream::Settings {
-        config: Arc::new(config::StreamConfig::build(&config)),
-        metrics: config.metrics.clone(),
-        health: watch.health.clone(),
-        progress: watch.progress.clone(),
-        stop: stop.clone(),
-        rt,
-    };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("stream-thread".to_owned())
-        .spawn(move || {
-            let r = stream::run(settings, registry);
-            let _ = done_tx.send(r);
-        })
-        .context("starting the stream thread")?;
-
-    tokio::pin!(shutdown);
-    let mut done_rx = done_rx;
-    let result = tokio::select! {
-        r = &mut done_rx => r.unwrap_or_else(|_| Err(anyhow!("the stream thread ended without a result"))),
-        () = &mut shutdown => {
-            info!("Shutting down: finishing the open transaction.");
-            stop.store(true, Ordering::SeqCst);
-            match tokio::time::timeout(config.grace, &mut done_rx).await {
-                Ok(r) => r.unwrap_or_else(|_| Err(anyhow!("the stream thread ended without a result"))),
-                Err(_) => {
-                    warn!(grace_s = config.grace.as_secs(), "The stream thread did not stop in time; its open transaction will be aborted by the broker.");
-                    Err(anyhow!("shutdown took longer than {:?}", config.grace))
-                }
-            }
-        }
+    let threads = config.stream_threads.max(1);
+    watch.health.threads(usize::from(threads));
+    for n in 0..threads {
+        watch
+            .health
+            .set_ready(usize::from(n), false, "checking topics");
+    }
+    let result = match check_topics_once(&config, threads, &rt).await {
+        Ok(()) => run_threads(&config, threads, &watch, &rt, &stop, shutdown).await,
+        Err(e) => Err(e),
     };
     let _ = server_stop_tx.send(());
     if let Some(s) = server {
         let _ = s.await;
     }
     result
+}
+
+/// Checks the input topics and the changelog (creating it when allowed)
+/// once for every stream thread, on a thread of its own (the checks block).
+/// With more than one stream thread the inputs must have equal partition
+/// counts: each thread owns partition `p` of every input with its state.
+async fn check_topics_once(
+    config: &RunConfig,
+    threads: u16,
+    rt: &tokio::runtime::Handle,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (rt, conn) = (rt.clone(), config.connection.clone());
+    let inputs = config.topology.spec.input.topics.clone();
+    let changelog = config.topology.changelog_topic();
+    let (replication, create) = (config.changelog_replication, config.create_topics);
+    std::thread::Builder::new()
+        .name("topic-check".to_owned())
+        .spawn(move || {
+            let r = check_topics(&rt, &conn, &inputs, &changelog, replication, create);
+            let _ = tx.send(r);
+        })
+        .context("starting the topic check")?;
+    let counts = rx
+        .await
+        .map_err(|_| anyhow!("the topic check ended without a result"))??;
+    info!(inputs = ?counts, changelog = %config.topology.changelog_topic(), "Topics checked.");
+    let mut distinct: Vec<usize> = counts.values().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if threads > 1 && distinct.len() > 1 {
+        bail!(
+            "the input topics have different partition counts ({counts:?}); with \
+             stream_threads {threads} each thread owns partition p of every input, so give \
+             them equal counts or run one stream thread"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `threads` stream threads until `shutdown` completes or one of them
+/// fails; a failing thread stops its siblings (they commit what they hold)
+/// and its error is the instance's, so the exit code keeps its kind.
+async fn run_threads(
+    config: &RunConfig,
+    threads: u16,
+    watch: &Watch,
+    rt: &tokio::runtime::Handle,
+    stop: &Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(u16, Result<()>)>();
+    // Each thread has its own registry client and caches; all are built
+    // before the first thread starts, so bad settings stop nothing running.
+    let registries = (0..threads)
+        .map(|_| -> Result<Box<dyn SchemaLookup + Send>> {
+            Ok(match &config.registry {
+                RegistryChoice::Confluent(c) => Box::new(
+                    ConfluentRegistry::new(c, rt.clone(), config.metrics.clone())
+                        .context("schema registry settings")?,
+                ),
+                RegistryChoice::Shared(r) => Box::new(r.clone()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut running = 0usize;
+    let mut first: Option<anyhow::Error> = None;
+    for (n, registry) in (0..threads).zip(registries) {
+        let settings = stream::Settings {
+            config: Arc::new(config::StreamConfig::build(config, n)),
+            metrics: config.metrics.clone(),
+            health: watch.health.clone(),
+            progress: watch.progress.clone(),
+            stop: stop.clone(),
+        };
+        let done = done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("stream-thread-{n}"))
+            .spawn(move || {
+                let span = tracing::info_span!("stream", thread = n);
+                let r = span.in_scope(|| stream::run(settings, registry));
+                let _ = done.send((n, r));
+            });
+        match spawned {
+            Ok(_) => running += 1,
+            Err(e) => {
+                first = Some(anyhow!(e).context("starting a stream thread"));
+                break;
+            }
+        }
+    }
+    drop(done_tx);
+
+    let ended = |first: &mut Option<anyhow::Error>, n: u16, r: Result<()>| {
+        if let Err(e) = r {
+            if first.is_none() {
+                *first = Some(e);
+            } else {
+                warn!(thread = n, error = %format!("{e:#}"), "Another stream thread failed too.");
+            }
+        }
+    };
+    if first.is_none() {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            r = done_rx.recv() => match r {
+                Some((n, r)) => {
+                    running -= 1;
+                    ended(&mut first, n, r);
+                    if first.is_none() {
+                        first = Some(anyhow!("stream thread {n} ended on its own"));
+                    }
+                    if running > 0 {
+                        warn!(thread = n, "A stream thread ended; stopping the others.");
+                    }
+                }
+                None => running = 0,
+            },
+            () = &mut shutdown => info!("Shutting down: finishing the open transactions."),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + config.grace;
+    while running > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some((n, r))) => {
+                running -= 1;
+                ended(&mut first, n, r);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                warn!(grace_s = config.grace.as_secs(), threads = running, "Stream threads did not stop in time; their open transactions will be aborted by the broker.");
+                if first.is_none() {
+                    first = Some(anyhow!("shutdown took longer than {:?}", config.grace));
+                }
+                break;
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }

@@ -1,6 +1,10 @@
-//! The stream thread (Kafka Streams' `StreamThread`): one OS thread that
-//! owns the group consumer and polls it, hands every record to the engine,
-//! and serves rebalances.
+//! A stream thread (Kafka Streams' `StreamThread`): an OS thread that owns
+//! a group consumer (one member of the group) and polls it, hands every
+//! record to the engine, and serves rebalances. An instance runs
+//! `processing.stream_threads` of them ([`super::run`]); each has its own
+//! partitions, their state, its transactional producer and its commits,
+//! and shares nothing with its siblings but the metrics, `/readyz` and the
+//! shutdown flag.
 //!
 //! Per record: already processed? → engine → send (tier records, dead
 //! letter, changelog: [`super::collector`]) → advance the partition's
@@ -31,7 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::config::StreamConfig;
-use super::kafka::{check_topics, forward_error, forward_log, QuietContext};
+use super::kafka::{forward_error, forward_log, QuietContext};
 use super::positions::Positions;
 use super::state::{encode_value, resume_key, RestoreError, StateStores};
 use super::transaction::{Ended, Transaction, TXN_TIMEOUT};
@@ -56,8 +60,14 @@ pub(crate) struct Settings {
     pub(crate) progress: Arc<Progress>,
     /// Turns true on shutdown.
     pub(crate) stop: Arc<AtomicBool>,
-    /// The async runtime (topic checks run on it).
-    pub(crate) rt: tokio::runtime::Handle,
+}
+
+impl Settings {
+    /// This thread's readiness, for `/readyz`.
+    fn ready(&self, ready: bool, why: &'static str) {
+        self.health
+            .set_ready(usize::from(self.config.thread), ready, why);
+    }
 }
 
 /// First wait before asking an unavailable registry again.
@@ -105,8 +115,12 @@ impl ClientContext for StreamCtx {
     }
 
     fn stats(&self, stats: Statistics) {
-        let guard = self.lock();
-        let Some(task) = guard.as_ref() else { return };
+        let mut guard = self.lock();
+        let Some(task) = guard.as_mut() else { return };
+        if task.awaiting_assignment && stats.cgrp.as_ref().is_some_and(settled) {
+            task.awaiting_assignment = false;
+            task.settings.ready(true, "processing");
+        }
         for (topic, t) in &stats.topics {
             if !self.inputs.contains(topic) {
                 continue;
@@ -129,6 +143,24 @@ impl ClientContext for StreamCtx {
             }
         }
     }
+}
+
+/// Whether the group membership of a consumer that got no rebalance
+/// callback has settled. The consumer group protocol of KIP-848 calls none
+/// for an empty assignment, so a thread without partitions (more threads
+/// than partitions) or left with only those it kept would never turn ready
+/// otherwise. Settled: librdkafka's join state is steady, or the member is
+/// still in its initial join state with nothing assigned although its
+/// coordinator connection has been up for a few heartbeats (librdkafka
+/// gives no other sign that the group answered with an empty assignment;
+/// the member epoch it keeps is not in its API).
+fn settled(g: &rdkafka::statistics::ConsumerGroup) -> bool {
+    const UP_FOR_MS: i64 = 3_000;
+    g.join_state == "steady"
+        || (g.join_state == "init"
+            && g.state == "up"
+            && g.assignment_size == 0
+            && g.stateage >= UP_FOR_MS)
 }
 
 impl ConsumerContext for StreamCtx {
@@ -198,6 +230,11 @@ struct Task {
     timers: Timers,
     /// A registry wait in progress, and the next back-off.
     registry_wait: RegistryWait,
+    /// Joining the group or rebalancing: no assignment has ended it yet.
+    awaiting_assignment: bool,
+    /// The state gauges as this thread last reported them (the instance's
+    /// are the sums over its threads).
+    reported: (i64, i64),
     /// Set in a callback that cannot return an error; the poll loop
     /// returns it.
     fatal: Option<anyhow::Error>,
@@ -224,19 +261,8 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
     let settings = Arc::new(settings);
     let s = &settings;
     let c = &s.config;
-    s.health.set_ready(false, "checking topics");
-    let inputs = check_topics(
-        &s.rt,
-        &c.conn,
-        &c.topology.spec.input.topics,
-        &c.changelog,
-        c.changelog_replication,
-        c.create_topics,
-    )?;
-    info!(inputs = ?inputs, changelog = %c.changelog, "Topics checked.");
-
     if c.guarantee == Guarantee::ExactlyOnce {
-        s.health.set_ready(false, "initialising transactions");
+        s.ready(false, "initialising transactions");
     }
     // A failure here is a start-up problem, whatever its kind.
     let txn = Transaction::start(c.clone(), s.stop.clone()).map_err(|e| anyhow!("{e:#}"))?;
@@ -267,6 +293,8 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
             paused_until: None,
             backoff: MIN_BACKOFF,
         },
+        awaiting_assignment: true,
+        reported: (0, 0),
         fatal: None,
         failed: false,
     };
@@ -284,8 +312,8 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
     consumer
         .subscribe(&topics)
         .context("subscribing to the input topics")?;
-    s.health.set_ready(false, "joining the consumer group");
-    info!(group = %c.group, instance = %c.instance_id, guarantee = ?c.guarantee, "Stream thread started.");
+    s.ready(false, "joining the consumer group");
+    info!(group = %c.group, client = %c.client_id, guarantee = ?c.guarantee, "Stream thread started.");
 
     // From here on, an error ends a running processor: it is fatal (an
     // exit code per kind), unlike the start-up problems above.
@@ -318,10 +346,14 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         .lock()
         .as_mut()
         .and_then(|t| t.fatal.take());
-    s.health.set_ready(false, "stopped");
-    // Drop the task (producer, restorer) before the consumer closes.
+    s.ready(false, "stopped");
+    // Drop the task (producer, restorer) before the consumer closes; what
+    // it added to the state gauges goes with it.
     let task = consumer.context().lock().take();
-    drop(task);
+    if let Some(mut t) = task {
+        telemetry::state_size(&s.metrics, &mut t.reported, 0, 0);
+        drop(t);
+    }
     drop(consumer);
     result?;
     finished.map_err(|e| anyhow::Error::new(Fatal::ending(&e)))?;
@@ -596,7 +628,13 @@ impl Task {
     /// The state-size gauges and the registry lookups counted since the
     /// last call.
     fn publish_gauges(&mut self) {
-        telemetry::state_size(self.metrics(), self.stores.entities(), self.assigned.len());
+        let (entities, assigned) = (self.stores.entities(), self.assigned.len());
+        telemetry::state_size(
+            &self.settings.metrics,
+            &mut self.reported,
+            entities,
+            assigned,
+        );
         let stats = self.engine.take_cache_stats();
         telemetry::registry_lookups(self.metrics(), stats.hits, stats.misses);
     }
@@ -658,7 +696,8 @@ impl Task {
     }
 
     fn on_revoke(&mut self, consumer: &BaseConsumer<StreamCtx>, tpl: &TopicPartitionList) {
-        self.settings.health.set_ready(false, "rebalancing");
+        self.settings.ready(false, "rebalancing");
+        self.awaiting_assignment = true;
         // Finish the open transaction before the partitions are released
         // (not on the way out after a failure: nothing more is committed).
         if !self.failed {
@@ -683,7 +722,8 @@ impl Task {
     }
 
     fn on_assign(&mut self, consumer: &BaseConsumer<StreamCtx>, tpl: &TopicPartitionList) {
-        self.settings.health.set_ready(false, "restoring state");
+        self.settings.ready(false, "restoring state");
+        self.awaiting_assignment = false;
         // Before restoring: wait until no transaction of a previous owner
         // still holds offsets of these partitions (KIP-447). Asking for the
         // committed offsets of a read_committed consumer does that (the
@@ -743,7 +783,7 @@ impl Task {
         if self.registry_wait.paused_until.is_none() {
             let _ = consumer.resume(tpl);
         }
-        self.settings.health.set_ready(true, "processing");
+        self.settings.ready(true, "processing");
     }
 
     fn restore_partitions(&mut self, ps: &[i32]) -> Result<()> {
@@ -782,5 +822,34 @@ impl Task {
             .caused_by(e)
             .into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled;
+    use rdkafka::statistics::ConsumerGroup;
+
+    fn group(state: &str, join_state: &str, assignment_size: i32, stateage: i64) -> ConsumerGroup {
+        ConsumerGroup {
+            state: state.to_owned(),
+            join_state: join_state.to_owned(),
+            assignment_size,
+            stateage,
+            ..ConsumerGroup::default()
+        }
+    }
+
+    #[test]
+    fn a_member_without_partitions_settles_once_its_coordinator_was_up_a_while() {
+        assert!(settled(&group("up", "steady", 2, 10)));
+        assert!(settled(&group("up", "steady", 0, 10)));
+        assert!(settled(&group("up", "init", 0, 5_000)));
+        // Just connected: the group may not have answered yet.
+        assert!(!settled(&group("up", "init", 0, 500)));
+        assert!(!settled(&group("query-coord", "init", 0, 60_000)));
+        // Classic protocol mid-rebalance.
+        assert!(!settled(&group("up", "wait-join", 0, 60_000)));
+        assert!(!settled(&group("up", "wait-assign-call", 0, 60_000)));
     }
 }

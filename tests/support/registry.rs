@@ -313,6 +313,7 @@ async fn versions(
 }
 
 /// The `schema` of a request body, or the error Confluent answers.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refused request
 fn requested_schema(body: &[u8]) -> Result<(Value, String), Response> {
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
         return Err(error(StatusCode::BAD_REQUEST, 400, "Unrecognized field"));
