@@ -1429,6 +1429,11 @@ fn overrides_are_shown_by_check_describe_and_report() {
     )
     .unwrap();
     let line = t.display().to_string();
+    // The line of the inserted override map (two after `classification:`).
+    let at_line = 3 + default
+        .lines()
+        .position(|l| l == "classification:")
+        .unwrap();
 
     let o = bin()
         .args(["check", "--topology"])
@@ -1439,7 +1444,7 @@ fn overrides_are_shown_by_check_describe_and_report() {
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains(&format!(
-            "info: {line}:30:53: classification.overrides.com.privacyrouter.events.user.UserCreatedData.locale: tier floor restricted: raises data.locale from internal to restricted in user.created v1 [user.created]"
+            "info: {line}:{at_line}:53: classification.overrides.com.privacyrouter.events.user.UserCreatedData.locale: tier floor restricted: raises data.locale from internal to restricted in user.created v1 [user.created]"
         )),
         "{out}"
     );
