@@ -203,11 +203,6 @@ impl Connection {
             // records arrive meanwhile (Tansu does): 100 ms instead of
             // librdkafka's 500 keeps end-to-end latency low everywhere.
             .set("fetch.wait.max.ms", "100")
-            // librdkafka fetches ahead up to 64 MB per consumer by default,
-            // which a processor slower than its fetches keeps full (in
-            // resident memory, per stream thread). 16 MB is still tens of
-            // thousands of events ahead: seconds of work.
-            .set("queued.max.messages.kbytes", "16384")
             .set("statistics.interval.ms", "5000");
         self.finish(c)
     }
