@@ -780,10 +780,10 @@ pub struct Health {
 }
 
 impl Health {
-    /// Starts tracking `n` stream threads, none of them ready yet.
-    pub fn threads(&self, n: usize) {
+    /// Starts tracking `n` stream threads, none of them ready yet, and why.
+    pub fn threads(&self, n: usize, why: &'static str) {
         if let Ok(mut t) = self.threads.lock() {
-            *t = vec![(false, "starting"); n.max(1)];
+            *t = vec![(false, why); n.max(1)];
         }
     }
 
@@ -877,9 +877,9 @@ mod tests {
     fn the_instance_is_ready_only_when_every_stream_thread_is() {
         let h = Health::default();
         assert_eq!(h.ready(), (false, "starting"));
-        h.threads(2);
+        h.threads(2, "checking topics");
         h.set_ready(0, true, "processing");
-        assert_eq!(h.ready(), (false, "starting"));
+        assert_eq!(h.ready(), (false, "checking topics"));
         h.set_ready(1, false, "restoring state");
         assert_eq!(h.ready(), (false, "restoring state"));
         h.set_ready(1, true, "processing");

@@ -234,12 +234,9 @@ pub async fn run_watched(
         None => None,
     };
     let threads = config.stream_threads.max(1);
-    watch.health.threads(usize::from(threads));
-    for n in 0..threads {
-        watch
-            .health
-            .set_ready(usize::from(n), false, "checking topics");
-    }
+    watch
+        .health
+        .threads(usize::from(threads), "checking topics");
     let result = match check_topics_once(&config, threads, &rt).await {
         Ok(()) => run_threads(&config, threads, &watch, &rt, &stop, shutdown).await,
         Err(e) => Err(e),
@@ -265,21 +262,21 @@ async fn check_topics_once(
     let inputs = config.topology.spec.input.topics.clone();
     let changelog = config.topology.changelog_topic();
     let (replication, create) = (config.changelog_replication, config.create_topics);
+    let checked = changelog.clone();
     std::thread::Builder::new()
         .name("topic-check".to_owned())
         .spawn(move || {
-            let r = check_topics(&rt, &conn, &inputs, &changelog, replication, create);
+            let r = check_topics(&rt, &conn, &inputs, &checked, replication, create);
             let _ = tx.send(r);
         })
         .context("starting the topic check")?;
     let counts = rx
         .await
         .map_err(|_| anyhow!("the topic check ended without a result"))??;
-    info!(inputs = ?counts, changelog = %config.topology.changelog_topic(), "Topics checked.");
-    let mut distinct: Vec<usize> = counts.values().copied().collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if threads > 1 && distinct.len() > 1 {
+    info!(inputs = ?counts, changelog = %changelog, "Topics checked.");
+    let mut sizes = counts.values();
+    let first = sizes.next();
+    if threads > 1 && sizes.any(|n| Some(n) != first) {
         bail!(
             "the input topics have different partition counts ({counts:?}); with \
              stream_threads {threads} each thread owns partition p of every input, so give \
@@ -329,7 +326,12 @@ async fn run_threads(
             .name(format!("stream-thread-{n}"))
             .spawn(move || {
                 let span = tracing::info_span!("stream", thread = n);
-                let r = span.in_scope(|| stream::run(settings, registry));
+                // A panic must end the instance like an error does, not
+                // leave it running with a thread less.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    span.in_scope(|| stream::run(settings, registry))
+                }))
+                .unwrap_or_else(|_| Err(anyhow!("stream thread {n} panicked")));
                 let _ = done.send((n, r));
             });
         match spawned {
