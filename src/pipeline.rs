@@ -30,7 +30,8 @@ use thiserror::Error;
 use crate::config::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat};
 use crate::order::{entity_key, sequence_key, sequence_verdict, verdict, Verdict, VersionStore};
 use crate::project::{
-    derived_schema, encode_projections, redacted_fields, Hasher, NoHashKey, Pseudonyms,
+    derived_schema, encode_projections, redacted_fields, write_json_projections, Hasher, NoHashKey,
+    Pseudonyms,
 };
 use crate::record::{
     Datum, LogIds, OrderBy, OutRecord, Outcome, RawRecord, Reason, Refusal, Rejection, Routed,
@@ -102,8 +103,6 @@ struct DerivedTier {
     text: String,
     /// Fields removed or pseudonymised in this tier.
     redacted: u32,
-    /// Compiled only for JSON output.
-    compiled: Option<CompiledSchema>,
     /// Registered lazily, once.
     id: OnceLock<u32>,
     /// The registry's last refusal of this schema and when it came: events
@@ -128,6 +127,11 @@ pub struct Engine {
     /// (subject, version) → id: versions never change, so this is never
     /// refreshed.
     by_subject: HashMap<(String, u32), u32>,
+    /// topic → event type → `schema_version` → id, for JSON events: the
+    /// same answers as `by_subject`, found without building the subject
+    /// name. Bounded: topics are the inputs', and at most [`MAX_MISSING`]
+    /// event types are kept per topic.
+    by_event_type: HashMap<String, HashMap<String, HashMap<u32, u32>>>,
     /// Ids and subjects the registry did not have, so a stream of bad
     /// records does not become a stream of registry calls; bounded, because
     /// they come from the input.
@@ -159,6 +163,7 @@ impl Engine {
             hasher: hasher.map(Arc::new),
             by_id: HashMap::new(),
             by_subject: HashMap::new(),
+            by_event_type: HashMap::new(),
             missing_ids: HashSet::new(),
             missing_subjects: HashMap::new(),
             stats: CacheStats::default(),
@@ -196,6 +201,12 @@ impl Engine {
     pub fn cache_entries(&self) -> usize {
         self.by_id.len()
             + self.by_subject.len()
+            + self
+                .by_event_type
+                .values()
+                .flat_map(HashMap::values)
+                .map(HashMap::len)
+                .sum::<usize>()
             + self.missing_ids.len()
             + self.missing_subjects.len()
     }
@@ -483,35 +494,31 @@ impl Engine {
     /// Project: the value of each reached tier, holding only what the tier
     /// may see, framed for the output format (registering the tier's
     /// derived schema the first time it is needed).
-    fn project<'w>(
+    fn project(
         &mut self,
-        writer: &'w Writer,
+        writer: &Writer,
         event: &Event<'_, '_>,
         tiers: Vec<Tier>,
         pseudonyms: &mut Pseudonyms<'_>,
         registry: &mut dyn SchemaLookup,
-    ) -> Result<Projected<'w>, Halt> {
-        let mut framings = Vec::with_capacity(tiers.len());
+    ) -> Result<Projected, Halt> {
         let mut bufs: [Vec<u8>; 3] = Default::default();
         for (buf, tier) in bufs.iter_mut().zip(&tiers) {
             let framing = match self.config.format {
                 OutputFormat::Avro => Framing::Avro(self.derived_id(writer, *tier, registry)?),
-                OutputFormat::Json => Framing::Json(
-                    writer.derived[tier.index()]
-                        .compiled
-                        .as_ref()
-                        .expect("compiled for JSON output"),
-                ),
+                OutputFormat::Json => Framing::Json,
             };
             *buf = start_value(framing);
-            framings.push(framing);
         }
-        encode_projections(event.schema, event.datum, &tiers, pseudonyms, &mut bufs)?;
-        Ok(Projected {
-            tiers,
-            framings,
-            bufs,
-        })
+        match self.config.format {
+            OutputFormat::Avro => {
+                encode_projections(event.schema, event.datum, &tiers, pseudonyms, &mut bufs)?;
+            }
+            OutputFormat::Json => {
+                write_json_projections(event.schema, event.datum, &tiers, pseudonyms, &mut bufs)?;
+            }
+        }
+        Ok(Projected { tiers, bufs })
     }
 
     /// Route: the record of each projected tier, on the tier's topic, keyed
@@ -520,14 +527,10 @@ impl Engine {
         &self,
         event: &Event<'_, '_>,
         verdict: Verdict,
-        projected: Projected<'_>,
+        projected: Projected,
         pseudonyms: &mut Pseudonyms<'_>,
     ) -> Result<Vec<OutRecord>, NoHashKey> {
-        let Projected {
-            tiers,
-            framings,
-            bufs,
-        } = projected;
+        let Projected { tiers, bufs } = projected;
         let routing = event_routing(
             event.schema,
             event.env,
@@ -537,9 +540,9 @@ impl Engine {
             pseudonyms,
         );
         let mut records = Vec::with_capacity(tiers.len());
-        for ((tier, framing), buf) in tiers.into_iter().zip(framings).zip(bufs) {
+        for (tier, buf) in tiers.into_iter().zip(bufs) {
             let topic = &self.config.topics.tiers[tier.index()];
-            records.push(tier_record(&routing, tier, topic, framing, buf)?);
+            records.push(tier_record(&routing, tier, topic, buf)?);
         }
         Ok(records)
     }
@@ -614,7 +617,6 @@ impl Engine {
         .map(|(tier, d)| DerivedTier {
             text: d.text,
             redacted: redacted_fields(&schema, tier),
-            compiled: (self.config.format == OutputFormat::Json).then_some(d.compiled),
             id: OnceLock::new(),
             refused: Mutex::new(None),
         });
@@ -667,6 +669,14 @@ impl Engine {
         schema_version: u32,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Arc<Writer>, Halt> {
+        let known = self
+            .by_event_type
+            .get(topic)
+            .and_then(|t| t.get(event_type))
+            .and_then(|v| v.get(&schema_version));
+        if let Some(id) = known {
+            return self.writer_by_id(*id, registry);
+        }
         let subject = self.config.subjects.subject(topic, event_type);
         let Some(version) = self
             .config
@@ -730,6 +740,16 @@ impl Engine {
                 }
             }
         };
+        let types = self.by_event_type.entry(topic.to_owned()).or_default();
+        // Event types come from the input, and a subject template without
+        // `{event_type}` maps any of them to a registered subject.
+        if types.len() >= MAX_MISSING && !types.contains_key(event_type) {
+            types.clear();
+        }
+        types
+            .entry(event_type.to_owned())
+            .or_default()
+            .insert(schema_version, id);
         self.writer_by_id(id, registry)
     }
 }
@@ -900,13 +920,11 @@ struct Ordered {
 }
 
 /// The projected values of one event, ready to be framed into records.
-struct Projected<'w> {
+struct Projected {
     /// The tiers projected, least sensitive first.
     tiers: Vec<Tier>,
-    /// How each tier's value is written, by position in `tiers`.
-    framings: Vec<Framing<'w>>,
     /// Each tier's value, by position in `tiers`: [`start_value`] followed
-    /// by the projected Avro body.
+    /// by the projected Avro body or JSON value.
     bufs: [Vec<u8>; 3],
 }
 

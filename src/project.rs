@@ -19,6 +19,7 @@ use thiserror::Error;
 use crate::classify::{FieldClass, Redact};
 use crate::record::{Datum, Tier};
 use crate::schema::binary::{encode, varint};
+use crate::schema::json;
 use crate::schema::{CompiledSchema, Field, Kind, NodeId};
 
 /// What happens to a field in one tier's record.
@@ -375,6 +376,143 @@ impl Projector<'_, '_> {
                 let mut scratch = std::mem::take(&mut self.scratch);
                 scratch.clear();
                 encode(leaf, &mut scratch);
+                self.put(mask, &scratch);
+                self.scratch = scratch;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends the JSON values of several tiers' records in one walk of the
+/// value: `outs[i]` receives what `json::write` gives for `tiers[i]`'s
+/// projection decoded with its derived schema, byte for byte (keys sorted,
+/// a map's last duplicate key winning, pseudonyms as strings), without
+/// encoding and decoding Avro in between. The keep/hash/remove decision is
+/// [`treatment`], as for the Avro bodies.
+///
+/// # Errors
+/// [`NoHashKey`] when a field must be hashed for one of the tiers and
+/// `pseudonyms` has no hasher.
+///
+/// # Panics
+/// When more than three tiers are asked for.
+pub fn write_json_projections(
+    s: &CompiledSchema,
+    datum: &Datum<'_>,
+    tiers: &[Tier],
+    pseudonyms: &mut Pseudonyms<'_>,
+    outs: &mut [Vec<u8>; 3],
+) -> Result<(), NoHashKey> {
+    assert!(tiers.len() <= 3, "at most three tiers");
+    let mask = (1u8 << tiers.len()) - 1;
+    let mut p = Projector {
+        s,
+        tiers,
+        pseudonyms,
+        outs,
+        scratch: Vec::new(),
+    };
+    p.json(s.root(), datum, mask)
+}
+
+impl Projector<'_, '_> {
+    /// The JSON counterpart of [`Projector::node`].
+    fn json(&mut self, id: NodeId, d: &Datum<'_>, mask: u8) -> Result<(), NoHashKey> {
+        match (&self.s.node(id).kind, d) {
+            (Kind::Record(fields), Datum::Record(values)) => {
+                self.put(mask, b"{");
+                // The outputs that have no field of this record yet.
+                let mut empty = mask;
+                for i in self.s.sorted_fields(id) {
+                    let (Some(f), Some(v)) = (fields.get(*i), values.get(*i)) else {
+                        continue;
+                    };
+                    let (mut keep, mut hash) = (0u8, 0u8);
+                    for (t, tier) in self.tiers.iter().enumerate() {
+                        if mask & (1 << t) != 0 {
+                            match treatment(f.class, *tier) {
+                                Treatment::Keep => keep |= 1 << t,
+                                Treatment::Hash => hash |= 1 << t,
+                                Treatment::Remove => {}
+                            }
+                        }
+                    }
+                    let here = keep | hash;
+                    if here == 0 {
+                        continue;
+                    }
+                    self.put(here & !empty, b",");
+                    empty &= !here;
+                    let mut key = std::mem::take(&mut self.scratch);
+                    key.clear();
+                    json::write_str(&mut key, &f.name);
+                    key.push(b':');
+                    self.put(here, &key);
+                    self.scratch = key;
+                    if hash != 0 {
+                        if !self.pseudonyms.can_hash() {
+                            return Err(NoHashKey);
+                        }
+                        match v.as_str() {
+                            Some(x) => {
+                                let hex = self.pseudonyms.of(x.as_bytes())?;
+                                self.put(hash, b"\"");
+                                self.put(hash, &hex);
+                                self.put(hash, b"\"");
+                            }
+                            None => self.put(hash, b"null"),
+                        }
+                    }
+                    if keep != 0 {
+                        self.json(f.node, v, keep)?;
+                    }
+                }
+                self.put(mask, b"}");
+            }
+            (Kind::Union(branches), Datum::Union(i, inner)) => match branches.get(*i as usize) {
+                Some(b) => self.json(*b, inner, mask)?,
+                None => self.put(mask, b"null"),
+            },
+            (Kind::Array(items), Datum::Array(xs)) => {
+                self.put(mask, b"[");
+                for (n, x) in xs.iter().enumerate() {
+                    if n > 0 {
+                        self.put(mask, b",");
+                    }
+                    self.json(*items, x, mask)?;
+                }
+                self.put(mask, b"]");
+            }
+            (Kind::Map(values), Datum::Map(entries)) => {
+                // Sorted by key; of equal keys the last one, as `json::write`.
+                let mut order: Vec<usize> = (0..entries.len()).collect();
+                order.sort_by(|a, b| entries[*a].0.cmp(&entries[*b].0));
+                self.put(mask, b"{");
+                let mut first = true;
+                for (n, i) in order.iter().enumerate() {
+                    let (k, x) = &entries[*i];
+                    if order.get(n + 1).is_some_and(|j| entries[*j].0 == *k) {
+                        continue;
+                    }
+                    let mut key = std::mem::take(&mut self.scratch);
+                    key.clear();
+                    if !first {
+                        key.push(b',');
+                    }
+                    first = false;
+                    json::write_str(&mut key, k);
+                    key.push(b':');
+                    self.put(mask, &key);
+                    self.scratch = key;
+                    self.json(*values, x, mask)?;
+                }
+                self.put(mask, b"}");
+            }
+            (_, leaf) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                json::write(self.s, id, leaf, &mut scratch);
                 self.put(mask, &scratch);
                 self.scratch = scratch;
             }

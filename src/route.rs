@@ -15,7 +15,7 @@ use crate::classify::FieldClass;
 use crate::order::Verdict;
 use crate::project::{treatment, NoHashKey, Pseudonyms, Treatment};
 use crate::record::{Datum, Destination, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
-use crate::schema::{binary, json, CompiledSchema, Envelope};
+use crate::schema::{CompiledSchema, Envelope};
 
 /// Header: the event's type.
 pub const H_EVENT_TYPE: &str = "event_type";
@@ -40,11 +40,12 @@ pub const H_SOURCE_OFFSET: &str = "x-source-offset";
 
 /// How a tier record's value is written.
 #[derive(Debug, Clone, Copy)]
-pub enum Framing<'a> {
+pub enum Framing {
     /// Confluent wire format: magic byte, derived schema id, Avro body.
     Avro(u32),
-    /// Plain JSON rendered with the derived schema.
-    Json(&'a CompiledSchema),
+    /// Plain JSON, as the derived schema renders it (see
+    /// [`crate::project::write_json_projections`]).
+    Json,
 }
 
 /// Appends the Confluent wire-format header.
@@ -127,9 +128,11 @@ static TIER_VALUES: LazyLock<[HeaderValue; 3]> =
     LazyLock::new(|| Tier::ALL.map(|t| Arc::from(t.as_str().as_bytes())));
 
 /// Starts a tier record's value: the wire-format header for Avro, nothing
-/// for JSON. The projected Avro body is appended to it (see
-/// [`crate::project::encode_projections`]) before [`tier_record`] finishes it.
-pub fn start_value(framing: Framing<'_>) -> Vec<u8> {
+/// for JSON. The projected Avro body (see
+/// [`crate::project::encode_projections`]) or JSON value (see
+/// [`crate::project::write_json_projections`]) is appended to it before
+/// [`tier_record`] finishes it.
+pub fn start_value(framing: Framing) -> Vec<u8> {
     let mut v = Vec::with_capacity(512);
     if let Framing::Avro(id) = framing {
         put_frame_header(&mut v, id);
@@ -138,7 +141,7 @@ pub fn start_value(framing: Framing<'_>) -> Vec<u8> {
 }
 
 /// Builds the record of one tier from its value buffer: [`start_value`]
-/// followed by the projected Avro body.
+/// followed by the projected value.
 ///
 /// # Errors
 /// [`NoHashKey`] when the tier needs the key's pseudonym and there is no
@@ -147,7 +150,6 @@ pub fn tier_record(
     routing: &EventRouting,
     tier: Tier,
     topic: &Arc<str>,
-    framing: Framing<'_>,
     buf: Vec<u8>,
 ) -> Result<OutRecord, NoHashKey> {
     let visible = |class: FieldClass| treatment(class, tier) == Treatment::Keep;
@@ -155,17 +157,6 @@ pub fn tier_record(
         routing.entity_id.clone()
     } else {
         routing.pseudonym.clone().ok_or(NoHashKey)?
-    };
-
-    let value = match framing {
-        Framing::Avro(_) => buf,
-        Framing::Json(derived) => {
-            let d = binary::decode(derived, &buf)
-                .expect("a projection decodes with its derived schema");
-            let mut value = Vec::with_capacity(buf.len() * 2);
-            json::write(derived, derived.root(), &d, &mut value);
-            value
-        }
     };
 
     let mut headers = Vec::with_capacity(routing.headers.len() + 1);
@@ -179,7 +170,7 @@ pub fn tier_record(
         topic: topic.clone(),
         destination: Destination::Tier(tier),
         key: Some(key),
-        value: Some(value),
+        value: Some(buf),
         headers,
     })
 }

@@ -17,7 +17,9 @@ use privacy_router::classify::Rules;
 use privacy_router::config::EngineConfig;
 use privacy_router::order::{MemoryStore, VersionStore};
 use privacy_router::pipeline::Engine;
-use privacy_router::project::{derived_schema, encode_projection, Hasher};
+use privacy_router::project::{
+    derived_schema, encode_projection, write_json_projections, Hasher, Pseudonyms,
+};
 use privacy_router::record::{Outcome, RawRecord, Source, Tier};
 use privacy_router::registry::file;
 use privacy_router::schema::{binary, json as sjson, CompiledSchema};
@@ -301,6 +303,12 @@ fn tokens(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+fn visible_in(v: &Value, token: &str) -> bool {
+    let mut visible = Vec::new();
+    tokens(v, &mut visible);
+    visible.iter().any(|t| t == token)
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -323,6 +331,10 @@ proptest! {
         let h = Hasher::new(b"property-test-key-0123456789").unwrap();
         let mut all_tokens = Vec::new();
         tokens(&value, &mut all_tokens);
+        // The JSON values of all three tiers, written in one walk straight
+        // from the writer's value (what the engine writes for JSON output).
+        let mut json_outs: [Vec<u8>; 3] = Default::default();
+        write_json_projections(&schema, &datum, &Tier::ALL, &mut Pseudonyms::new(Some(&h), b""), &mut json_outs).unwrap();
         for tier in Tier::ALL {
             let mut body = Vec::new();
             encode_projection(&schema, &datum, tier, Some(&h), &mut body).unwrap();
@@ -338,9 +350,18 @@ proptest! {
             let mut direct = Vec::new();
             sjson::write(&compiled, compiled.root(), &d, &mut direct);
             prop_assert_eq!(
-                String::from_utf8(direct).unwrap(),
+                String::from_utf8(direct.clone()).unwrap(),
                 serde_json::to_string(&sjson::render(&compiled, compiled.root(), &d)).unwrap()
             );
+            // ... and so is the value written without the Avro round trip.
+            prop_assert_eq!(
+                String::from_utf8(json_outs[tier.index()].clone()).unwrap(),
+                String::from_utf8(direct).unwrap(),
+                "JSON of tier {}", tier
+            );
+            for t in &all_tokens {
+                prop_assert_eq!(contains(&json_outs[tier.index()], t.as_bytes()), visible_in(&want, t), "token {} in the JSON of tier {}", t, tier);
+            }
             prop_assert_eq!(&got, &want, "tier {}", tier);
             let mut visible = Vec::new();
             tokens(&want, &mut visible);

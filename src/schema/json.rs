@@ -262,9 +262,9 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
         (_, Datum::Float(f)) => number(out, f64::from(*f)),
         (_, Datum::Double(f)) => number(out, *f),
         (_, Datum::Bytes(b) | Datum::Fixed(b)) => scalar(out, &latin1_string(b)),
-        (_, Datum::String(x)) => string(out, x),
+        (_, Datum::String(x)) => write_str(out, x),
         (Kind::Enum(symbols), Datum::Enum(i)) => match symbols.get(*i as usize) {
-            Some(x) => string(out, x),
+            Some(x) => write_str(out, x),
             None => out.extend_from_slice(b"null"),
         },
         (Kind::Array(items), Datum::Array(xs)) => {
@@ -293,7 +293,7 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
                     out.push(b',');
                 }
                 first = false;
-                string(out, k);
+                write_str(out, k);
                 out.push(b':');
                 write(s, *values, x, out);
             }
@@ -315,7 +315,7 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
                     out.push(b',');
                 }
                 first = false;
-                string(out, &fields[*i].name);
+                write_str(out, &fields[*i].name);
                 out.push(b':');
                 write(s, fields[*i].node, value, out);
             }
@@ -327,7 +327,7 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
 
 /// A JSON string as `serde_json` writes it: it escapes only `"`, `\` and
 /// control characters, so a string without them is copied as it is.
-fn string(out: &mut Vec<u8>, x: &str) {
+pub fn write_str(out: &mut Vec<u8>, x: &str) {
     // A fold without an early exit, which the compiler vectorises (`any`
     // stops at the first hit and checks byte by byte); most strings here
     // have nothing to escape and are short.
@@ -375,7 +375,7 @@ mod tests {
                 format!("{c}{}", "x".repeat(40)),
             ] {
                 let mut out = Vec::new();
-                string(&mut out, &x);
+                write_str(&mut out, &x);
                 assert_eq!(out, serde_json::to_vec(&x).unwrap(), "{:?}", x);
             }
         }
