@@ -39,8 +39,8 @@ use crate::record::{
 };
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{
-    binary, derived_subject, json, max_present_tier, CompiledSchema, Envelope, Field, LookupError,
-    SchemaError, SchemaLookup,
+    binary, derived_subject, json, json::Doc, json::Json, max_present_tier, CompiledSchema,
+    Envelope, Field, LookupError, SchemaError, SchemaLookup,
 };
 use crate::validate::{is_valid_event_type, validate};
 
@@ -234,8 +234,8 @@ impl Engine {
         store: &mut dyn VersionStore,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Outcome, EngineError> {
-        let mut doc = None;
-        let routed = match self.decode(raw, &mut doc, registry) {
+        let mut docs = Docs::default();
+        let routed = match self.decode(raw, &mut docs, registry) {
             Ok((writer, datum, order_by)) => self.route(&writer, &datum, order_by, store, registry),
             Err(halt) => Err(halt),
         };
@@ -254,12 +254,12 @@ impl Engine {
     /// orders it. Confluent-framed Avro is read with the schema its id
     /// names; a JSON event with the schema its `event_type` and
     /// `schema_version` name; a producer's own JSON is adapted onto the
-    /// canonical envelope first. A JSON document is kept in `doc`, which the
-    /// value borrows from.
+    /// canonical envelope first. A JSON document is kept in `docs`, which
+    /// the value borrows from.
     fn decode<'v>(
         &mut self,
         raw: &RawRecord<'v>,
-        doc: &'v mut Option<serde_json::Value>,
+        docs: &'v mut Docs<'v>,
         registry: &mut dyn SchemaLookup,
     ) -> Result<(Arc<Writer>, Datum<'v>, OrderBy), Halt> {
         let value = match raw.value {
@@ -285,7 +285,7 @@ impl Engine {
                 .into());
             };
             let adapted = adapter.apply(object)?;
-            let doc: &'v serde_json::Value = doc.insert(adapted.event);
+            let doc: &'v serde_json::Value = docs.adapted.insert(adapted.event);
             let (writer, datum) = self.decode_json(&raw.source.topic, doc, registry)?;
             return Ok((writer, datum, adapted.order_by));
         }
@@ -305,14 +305,17 @@ impl Engine {
                 Ok((writer, datum, OrderBy::EntityVersion))
             }
             b'{' => {
-                let Some(object) = json_object(value) else {
+                let Some(object) = Json::parse(value)
+                    .ok()
+                    .filter(|j| matches!(j, Json::Object(_)))
+                else {
                     return Err(Rejection::new(
                         Reason::MalformedJson,
                         "the value is not a JSON object",
                     )
                     .into());
                 };
-                let doc: &'v serde_json::Value = doc.insert(object);
+                let doc: &'v Json<'v> = docs.canonical.insert(object);
                 let (writer, datum) = self.decode_json(&raw.source.topic, doc, registry)?;
                 Ok((writer, datum, OrderBy::EntityVersion))
             }
@@ -326,13 +329,13 @@ impl Engine {
 
     /// Reads a canonical JSON event against the schema registered for its
     /// `event_type`, in the version its `schema_version` names.
-    fn decode_json<'v>(
+    fn decode_json<'v, D: Doc>(
         &mut self,
         topic: &str,
-        doc: &'v serde_json::Value,
+        doc: &'v D,
         registry: &mut dyn SchemaLookup,
     ) -> Result<(Arc<Writer>, Datum<'v>), Halt> {
-        let event_type = doc.get("event_type").and_then(|v| v.as_str()).unwrap_or("");
+        let event_type = doc.get("event_type").and_then(Doc::as_text).unwrap_or("");
         if !is_valid_event_type(event_type) {
             return Err(Rejection::new(
                 Reason::InvalidEventType,
@@ -342,7 +345,7 @@ impl Engine {
         }
         let Some(schema_version) = doc
             .get("schema_version")
-            .and_then(serde_json::Value::as_u64)
+            .and_then(Doc::as_unsigned)
             .filter(|v| *v >= 1)
             .and_then(|v| u32::try_from(v).ok())
         else {
@@ -917,6 +920,14 @@ struct Ordered {
     verdict: Verdict,
     /// The store write that accepting the event makes.
     state: Option<StateUpdate>,
+}
+
+/// The JSON documents an event's value borrows from: an adapter's output,
+/// or a canonical JSON event (which borrows from the record).
+#[derive(Default)]
+struct Docs<'v> {
+    adapted: Option<serde_json::Value>,
+    canonical: Option<Json<'v>>,
 }
 
 /// The projected values of one event, ready to be framed into records.

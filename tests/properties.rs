@@ -328,6 +328,11 @@ proptest! {
         let text = rec_schema(&root, &mut Vec::new()).to_string();
         let schema = CompiledSchema::compile(&text, &Rules::default()).expect("generated schema compiles");
         let datum = sjson::resolve(&schema, &value).expect("generated value resolves");
+        // The engine reads JSON events as a borrowed `Json`, not a `Value`:
+        // the same datum.
+        let bytes = serde_json::to_vec(&value).unwrap();
+        let borrowed = sjson::Json::parse(&bytes).expect("serialised JSON parses");
+        prop_assert_eq!(sjson::resolve(&schema, &borrowed), Ok(datum.clone()));
         let h = Hasher::new(b"property-test-key-0123456789").unwrap();
         let mut all_tokens = Vec::new();
         tokens(&value, &mut all_tokens);
@@ -415,8 +420,97 @@ fn run_one(
         .expect("the file registry never fails")
 }
 
+/// A `Json` as the `Value` it stands for.
+fn json_value(j: &sjson::Json<'_>) -> Value {
+    match j {
+        sjson::Json::Null => Value::Null,
+        sjson::Json::Bool(b) => Value::Bool(*b),
+        sjson::Json::Number(n) => Value::Number(n.clone()),
+        sjson::Json::String(x) => Value::String(x.to_string()),
+        sjson::Json::Array(xs) => Value::Array(xs.iter().map(json_value).collect()),
+        sjson::Json::Object(o) => {
+            assert!(
+                o.windows(2).all(|w| w[0].0 < w[1].0),
+                "keys sorted and unique"
+            );
+            Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.to_string(), json_value(v)))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// JSON-ish text: objects with repeated keys, escapes, numbers of every
+/// kind, nesting, and now and then a syntax error.
+fn json_text(rng: &mut fastrand::Rng, depth: usize, out: &mut String) {
+    const KEYS: [&str; 6] = ["a", "b", "event_type", "ab", "a\\b", "\\u00e9"];
+    const SCALARS: [&str; 16] = [
+        "null",
+        "true",
+        "false",
+        "0",
+        "-1",
+        "7",
+        "18446744073709551615",
+        "-9223372036854775808",
+        "1.5",
+        "-2e3",
+        "1e400",
+        "\"x\"",
+        "\"\\n\\\"q\"",
+        "\"\\ud83d\\ude00\"",
+        "\"é\"",
+        "tru",
+    ];
+    match rng.usize(0..if depth > 3 { 1 } else { 4 }) {
+        0 => out.push_str(SCALARS[rng.usize(0..SCALARS.len())]),
+        1 => {
+            out.push('[');
+            for i in 0..rng.usize(0..4) {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_text(rng, depth + 1, out);
+            }
+            out.push(']');
+        }
+        _ => {
+            out.push('{');
+            for i in 0..rng.usize(0..5) {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                out.push_str(KEYS[rng.usize(0..KEYS.len())]);
+                out.push_str("\":");
+                json_text(rng, depth + 1, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// `Json::parse` accepts exactly what `serde_json` accepts as a `Value`
+    /// and holds the same value: sorted keys, the last duplicate winning,
+    /// numbers as `serde_json` parses them, strings unescaped.
+    #[test]
+    fn borrowed_json_is_the_value(seed in any::<u64>()) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut text = String::new();
+        json_text(&mut rng, 0, &mut text);
+        let want = serde_json::from_str::<Value>(&text);
+        let got = sjson::Json::parse(text.as_bytes());
+        match (want, got) {
+            (Ok(v), Ok(j)) => prop_assert_eq!(json_value(&j), v, "{}", text),
+            (Err(_), Err(_)) => {}
+            (v, j) => prop_assert!(false, "{}: Value {:?}, Json {:?}", text, v.is_ok(), j.is_ok()),
+        }
+    }
 
     /// Random bytes, random frames with real schema ids, and random JSON-ish
     /// text never panic; anything not routed is dead-lettered unchanged.

@@ -25,11 +25,241 @@ pub struct ResolveError {
     pub expected: &'static str,
 }
 
+/// A parsed JSON document as [`resolve`] reads it: what a
+/// [`serde_json::Value`] holds, with strings borrowed from the input where
+/// they need no unescaping and objects as vectors sorted by key (of equal
+/// keys the last one kept, as a [`Map`] keeps it), so reading an event
+/// neither copies its strings nor builds a tree of maps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json<'a> {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A number, as `serde_json` parses it.
+    Number(Number),
+    /// A string.
+    String(Cow<'a, str>),
+    /// An array.
+    Array(Vec<Json<'a>>),
+    /// An object, sorted by key, keys unique.
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
+}
+
+impl<'a> Json<'a> {
+    /// Parses a JSON text.
+    ///
+    /// # Errors
+    /// When `bytes` is not JSON (the error names a line and column, never
+    /// the text).
+    pub fn parse(bytes: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Json<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Json<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(i.into()))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(u.into()))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Json<'de>, E> {
+        Ok(Number::from_f64(f).map_or(Json::Null, Json::Number))
+    }
+    fn visit_borrowed_str<E>(self, x: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Borrowed(x)))
+    }
+    fn visit_str<E>(self, x: &str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(x.to_owned())))
+    }
+    fn visit_string<E>(self, x: String) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(x)))
+    }
+    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_none<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(x) = seq.next_element()? {
+            out.push(x);
+        }
+        Ok(Json::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut out: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
+        while let Some((Key(k), x)) = map.next_entry()? {
+            out.push((k, x));
+        }
+        // A stable sort, then of each run of equal keys the last one read
+        // is kept (in one linear pass, however many duplicates there are).
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept = 0;
+        for i in 0..out.len() {
+            if out.get(i + 1).is_some_and(|next| next.0 == out[i].0) {
+                continue;
+            }
+            out.swap(kept, i);
+            kept += 1;
+        }
+        out.truncate(kept);
+        Ok(Json::Object(out))
+    }
+}
+
+/// An object key, borrowed from the input when it needs no unescaping.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, x: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(x)))
+            }
+            fn visit_str<E>(self, x: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(x.to_owned())))
+            }
+            fn visit_string<E>(self, x: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(x)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// What a JSON node is, as [`resolve`] looks at it.
+#[derive(Debug)]
+pub enum Shape<'a, D> {
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number.
+    Number(&'a Number),
+    /// A string.
+    String(&'a str),
+    /// An array of these items.
+    Array(&'a [D]),
+    /// An object: read it with [`Doc::get`] and [`Doc::entries`].
+    Object,
+}
+
+/// A JSON document [`resolve`] can read: a [`serde_json::Value`] or a
+/// [`Json`].
+pub trait Doc: Sized {
+    /// What this node is.
+    fn shape(&self) -> Shape<'_, Self>;
+    /// An object's value for `key` (`None` for other nodes).
+    fn get(&self, key: &str) -> Option<&Self>;
+    /// An object's entries sorted by key (nothing for other nodes).
+    fn entries(&self) -> impl Iterator<Item = (&str, &Self)>;
+    /// An object's number of entries (0 for other nodes).
+    fn len(&self) -> usize;
+    /// A string node's text.
+    fn as_text(&self) -> Option<&str> {
+        match self.shape() {
+            Shape::String(x) => Some(x),
+            _ => None,
+        }
+    }
+    /// A number node's value when it is a non-negative integer.
+    fn as_unsigned(&self) -> Option<u64> {
+        match self.shape() {
+            Shape::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+}
+
+impl Doc for Value {
+    fn shape(&self) -> Shape<'_, Self> {
+        match self {
+            Value::Null => Shape::Null,
+            Value::Bool(b) => Shape::Bool(*b),
+            Value::Number(n) => Shape::Number(n),
+            Value::String(x) => Shape::String(x),
+            Value::Array(xs) => Shape::Array(xs),
+            Value::Object(_) => Shape::Object,
+        }
+    }
+    fn get(&self, key: &str) -> Option<&Self> {
+        self.as_object().and_then(|o| o.get(key))
+    }
+    fn entries(&self) -> impl Iterator<Item = (&str, &Self)> {
+        self.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v))
+    }
+    fn len(&self) -> usize {
+        self.as_object().map_or(0, Map::len)
+    }
+}
+
+impl Doc for Json<'_> {
+    fn shape(&self) -> Shape<'_, Self> {
+        match self {
+            Json::Null => Shape::Null,
+            Json::Bool(b) => Shape::Bool(*b),
+            Json::Number(n) => Shape::Number(n),
+            Json::String(x) => Shape::String(x),
+            Json::Array(xs) => Shape::Array(xs),
+            Json::Object(_) => Shape::Object,
+        }
+    }
+    fn get(&self, key: &str) -> Option<&Self> {
+        let Json::Object(o) = self else { return None };
+        o.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|i| &o[i].1)
+    }
+    fn entries(&self) -> impl Iterator<Item = (&str, &Self)> {
+        let o: &[_] = match self {
+            Json::Object(o) => o,
+            _ => &[],
+        };
+        o.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+    fn len(&self) -> usize {
+        match self {
+            Json::Object(o) => o.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Resolves a JSON value against the schema's root type.
 ///
 /// # Errors
 /// A [`ResolveError`] naming the first path that does not fit.
-pub fn resolve<'a>(schema: &CompiledSchema, v: &'a Value) -> Result<Datum<'a>, ResolveError> {
+pub fn resolve<'a, D: Doc>(schema: &CompiledSchema, v: &'a D) -> Result<Datum<'a>, ResolveError> {
     let mut path = Vec::new();
     resolve_node(schema, schema.root(), v, &mut path, 0).map_err(|expected| ResolveError {
         path: if path.is_empty() {
@@ -45,10 +275,10 @@ fn latin1(s: &str) -> Option<Vec<u8>> {
     s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
 }
 
-fn resolve_node<'a, 's>(
+fn resolve_node<'a, 's, D: Doc>(
     s: &'s CompiledSchema,
     id: NodeId,
-    v: &'a Value,
+    v: &'a D,
     path: &mut Vec<&'s str>,
     depth: usize,
 ) -> Result<Datum<'a>, &'static str> {
@@ -56,57 +286,57 @@ fn resolve_node<'a, 's>(
         return Err("less nesting");
     }
     let node = s.node(id);
-    Ok(match (&node.kind, v) {
-        (Kind::Null, Value::Null) => Datum::Null,
-        (Kind::Boolean, Value::Bool(b)) => Datum::Boolean(*b),
-        (Kind::Int, Value::Number(n)) => Datum::Int(
+    Ok(match (&node.kind, v.shape()) {
+        (Kind::Null, Shape::Null) => Datum::Null,
+        (Kind::Boolean, Shape::Bool(b)) => Datum::Boolean(b),
+        (Kind::Int, Shape::Number(n)) => Datum::Int(
             n.as_i64()
                 .and_then(|i| i32::try_from(i).ok())
                 .ok_or("a 32-bit integer")?,
         ),
-        (Kind::Long, Value::Number(n)) => Datum::Long(n.as_i64().ok_or("a 64-bit integer")?),
-        (Kind::Float, Value::Number(n)) => Datum::Float(n.as_f64().ok_or("a number")? as f32),
-        (Kind::Double, Value::Number(n)) => Datum::Double(n.as_f64().ok_or("a number")?),
-        (Kind::String | Kind::Uuid, Value::String(x)) => Datum::String(Cow::Borrowed(x)),
-        (Kind::Bytes, Value::String(x)) => {
+        (Kind::Long, Shape::Number(n)) => Datum::Long(n.as_i64().ok_or("a 64-bit integer")?),
+        (Kind::Float, Shape::Number(n)) => Datum::Float(n.as_f64().ok_or("a number")? as f32),
+        (Kind::Double, Shape::Number(n)) => Datum::Double(n.as_f64().ok_or("a number")?),
+        (Kind::String | Kind::Uuid, Shape::String(x)) => Datum::String(Cow::Borrowed(x)),
+        (Kind::Bytes, Shape::String(x)) => {
             Datum::Bytes(Cow::Owned(latin1(x).ok_or("bytes as a latin-1 string")?))
         }
-        (Kind::Fixed(n), Value::String(x)) => {
+        (Kind::Fixed(n), Shape::String(x)) => {
             let b = latin1(x).ok_or("a fixed as a latin-1 string")?;
             if b.len() != *n {
                 return Err("a fixed of the schema's size");
             }
             Datum::Fixed(Cow::Owned(b))
         }
-        (Kind::Enum(symbols), Value::String(x)) => Datum::Enum(
+        (Kind::Enum(symbols), Shape::String(x)) => Datum::Enum(
             symbols
                 .iter()
                 .position(|sym| sym == x)
                 .ok_or("one of the enum's symbols")? as u32,
         ),
-        (Kind::Array(items), Value::Array(xs)) => {
+        (Kind::Array(items), Shape::Array(xs)) => {
             let mut out = Vec::with_capacity(xs.len());
             for x in xs {
                 out.push(resolve_node(s, *items, x, path, depth + 1)?);
             }
             Datum::Array(out)
         }
-        (Kind::Map(values), Value::Object(o)) => {
-            let mut out = Vec::with_capacity(o.len());
-            for (k, x) in o {
+        (Kind::Map(values), Shape::Object) => {
+            let mut out = Vec::with_capacity(v.len());
+            for (k, x) in v.entries() {
                 out.push((
-                    Cow::Borrowed(k.as_str()),
+                    Cow::Borrowed(k),
                     resolve_node(s, *values, x, path, depth + 1)?,
                 ));
             }
             Datum::Map(out)
         }
         (Kind::Union(branches), _) => resolve_union(s, branches, v, path, depth)?,
-        (Kind::Record(fields), Value::Object(o)) => {
+        (Kind::Record(fields), Shape::Object) => {
             let mut out = Vec::with_capacity(fields.len());
             for f in fields {
                 path.push(&f.name);
-                let d = match o.get(&f.name) {
+                let d = match v.get(&f.name) {
                     Some(x) => resolve_node(s, f.node, x, path, depth + 1)?,
                     None => match f.attrs.get("default") {
                         Some(def) => default_datum(s, f.node, def)?,
@@ -150,17 +380,17 @@ fn branch_name(s: &CompiledSchema, id: NodeId) -> Cow<'_, str> {
     })
 }
 
-fn resolve_union<'a, 's>(
+fn resolve_union<'a, 's, D: Doc>(
     s: &'s CompiledSchema,
     branches: &[NodeId],
-    v: &'a Value,
+    v: &'a D,
     path: &mut Vec<&'s str>,
     depth: usize,
 ) -> Result<Datum<'a>, &'static str> {
     // The Avro JSON encoding: {"<branch type name>": value}.
-    if let Value::Object(o) = v {
-        if o.len() == 1 {
-            let (k, inner) = o.iter().next().expect("one entry");
+    if let Shape::Object = v.shape() {
+        if v.len() == 1 {
+            let (k, inner) = v.entries().next().expect("one entry");
             for (i, b) in branches.iter().enumerate() {
                 let name = branch_name(s, *b);
                 let short = name.rsplit('.').next().unwrap_or(&name);
