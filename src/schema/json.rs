@@ -181,7 +181,7 @@ pub trait Doc: Sized {
     /// An object's entries sorted by key (nothing for other nodes).
     fn entries(&self) -> impl Iterator<Item = (&str, &Self)>;
     /// An object's number of entries (0 for other nodes).
-    fn len(&self) -> usize;
+    fn object_len(&self) -> usize;
     /// A string node's text.
     fn as_text(&self) -> Option<&str> {
         match self.shape() {
@@ -218,7 +218,7 @@ impl Doc for Value {
             .flatten()
             .map(|(k, v)| (k.as_str(), v))
     }
-    fn len(&self) -> usize {
+    fn object_len(&self) -> usize {
         self.as_object().map_or(0, Map::len)
     }
 }
@@ -247,7 +247,7 @@ impl Doc for Json<'_> {
         };
         o.iter().map(|(k, v)| (k.as_ref(), v))
     }
-    fn len(&self) -> usize {
+    fn object_len(&self) -> usize {
         match self {
             Json::Object(o) => o.len(),
             _ => 0,
@@ -322,7 +322,7 @@ fn resolve_node<'a, 's, D: Doc>(
             Datum::Array(out)
         }
         (Kind::Map(values), Shape::Object) => {
-            let mut out = Vec::with_capacity(v.len());
+            let mut out = Vec::with_capacity(v.object_len());
             for (k, x) in v.entries() {
                 out.push((
                     Cow::Borrowed(k),
@@ -389,7 +389,7 @@ fn resolve_union<'a, 's, D: Doc>(
 ) -> Result<Datum<'a>, &'static str> {
     // The Avro JSON encoding: {"<branch type name>": value}.
     if let Shape::Object = v.shape() {
-        if v.len() == 1 {
+        if v.object_len() == 1 {
             let (k, inner) = v.entries().next().expect("one entry");
             for (i, b) in branches.iter().enumerate() {
                 let name = branch_name(s, *b);
