@@ -812,6 +812,24 @@ impl Harness {
             PARTITION.to_string().as_bytes()
         );
         assert_eq!(header("x-source-offset"), OFFSET.to_string().as_bytes());
+        // Kafka Streams' names (KIP-1034) for the same facts.
+        assert_eq!(
+            header("__streams.errors.exception"),
+            rejection.reason.code().as_bytes()
+        );
+        assert_eq!(
+            header("__streams.errors.message"),
+            rejection.detail.as_bytes()
+        );
+        assert_eq!(header("__streams.errors.topic"), s.topic.as_bytes());
+        assert_eq!(
+            header("__streams.errors.partition"),
+            PARTITION.to_string().as_bytes()
+        );
+        assert_eq!(
+            header("__streams.errors.offset"),
+            OFFSET.to_string().as_bytes()
+        );
         self.check_no_quote(s, raw.value.unwrap_or_default(), &rejection.detail, pass);
     }
 

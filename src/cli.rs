@@ -311,7 +311,8 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub registry: RegistryArgs,
-    /// Serve /metrics, /healthz and /readyz on this address ("off" for none).
+    /// Serve /metrics, /livez, /healthz and /readyz on this address ("off"
+    /// for none).
     #[arg(
         long,
         default_value = "0.0.0.0:9464",
@@ -333,6 +334,11 @@ pub struct RunArgs {
     /// Seconds a shutdown may take to finish the open transaction.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Seconds to wait for an unreachable Kafka cluster at start-up before
+    /// exiting with code 9; unset, the processor waits as long as it takes
+    /// (retrying with back-off, /readyz saying why).
+    #[arg(long, env = "PRIVACY_ROUTER_STARTUP_TIMEOUT_SECS")]
+    pub startup_timeout_secs: Option<u64>,
     /// Stream threads of this instance (1 to 32), each with its own
     /// partitions, state and transactional producer; overrides the
     /// topology's processing.stream_threads.
@@ -456,8 +462,13 @@ pub struct SampleArgs {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and never under NO_COLOR
+    // (https://no-color.org: set and not empty).
+    let colour =
+        io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -611,7 +622,7 @@ async fn wait_for_catalogue(
                 }) =>
             {
                 tracing::warn!(
-                    registry = %config.urls.join(","),
+                    registry = %loggable_urls(&config.urls),
                     error = %format!("{e:#}"),
                     retry_in_ms = backoff.as_millis() as u64,
                     "The schema registry is unavailable at start-up; the topology is checked against it before processing, so waiting."
@@ -736,6 +747,22 @@ pub fn registry_choice(
         let reg = load_file_registry(&common.schemas_dir(topology), topology, engine)?;
         return Ok(RegistryChoice::Shared(SharedRegistry::new(reg.registry)));
     }
+    for (n, u) in urls.iter().enumerate() {
+        // The URL itself is not repeated: it may hold a password.
+        match reqwest::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            Ok(_) => bail!(
+                "--registry-url (URL {} of {}): not an http:// or https:// URL with a host",
+                n + 1,
+                urls.len()
+            ),
+            Err(e) => bail!(
+                "--registry-url (URL {} of {}) does not parse: {e}",
+                n + 1,
+                urls.len()
+            ),
+        }
+    }
     Ok(RegistryChoice::Confluent(ConfluentConfig {
         urls,
         username: args.registry_user.clone(),
@@ -747,12 +774,55 @@ pub fn registry_choice(
     }))
 }
 
+/// Registry URLs as they may be logged: without user names and passwords.
+fn loggable_urls(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| crate::registry::confluent::split_credentials(u).0)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The one line that says what `run` will do: the effective settings,
+/// never a secret.
+fn log_start(args: &RunArgs, topology: &Topology, registry: &RegistryChoice, instance: &str) {
+    use sha2::Digest;
+    let sha256 = std::fs::read(&args.common.topology)
+        .map(|b| hex::encode(sha2::Sha256::digest(b)))
+        .unwrap_or_else(|_| "<unreadable>".to_owned());
+    let registry = match registry {
+        RegistryChoice::Confluent(c) => loggable_urls(&c.urls),
+        RegistryChoice::Shared(_) => format!(
+            "file registry over {}",
+            args.common.schemas_dir(topology).display()
+        ),
+    };
+    let p = &topology.spec.processing;
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        brokers = %args.kafka.brokers,
+        registry = %registry,
+        topology = %args.common.topology.display(),
+        topology_sha256 = %sha256,
+        application_id = %topology.spec.application_id,
+        instance_id = %instance,
+        guarantee = %match p.guarantee {
+            config::Guarantee::ExactlyOnce => "exactly_once",
+            config::Guarantee::AtLeastOnce => "at_least_once",
+        },
+        commit_interval_ms = p.commit_interval_ms,
+        stream_threads = args.stream_threads.unwrap_or(p.stream_threads),
+        "Starting privacy-router."
+    );
+}
+
 async fn run_kafka(args: RunArgs) -> Result<()> {
     let mut shutdown = shutdown_signal();
     let topology = load_topology(&args.common.topology)?;
     let hasher = hasher(&args.secrets)?;
     let engine = Engine::new(topology.engine.clone(), hasher.clone());
     let registry = registry_choice(&args.registry, &args.common, &topology, &engine)?;
+    let instance = instance_id(args.instance_id.clone());
+    log_start(&args, &topology, &registry, &instance);
     let metrics = Metrics::default();
     if let RegistryChoice::Confluent(c) = &registry {
         let Some(catalogue) = wait_for_catalogue(c, &topology, &metrics, &mut shutdown).await?
@@ -776,7 +846,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
             brokers: args.kafka.brokers.clone(),
             overrides: kafka_overrides(&args.kafka.kafka_config)?,
         },
-        instance_id: instance_id(args.instance_id),
+        instance_id: instance,
         registry,
         hasher,
         metrics_addr,
@@ -785,6 +855,7 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         changelog_replication: args.changelog_replication,
         grace: Duration::from_secs(args.shutdown_grace_secs),
         stream_threads,
+        startup_timeout: args.startup_timeout_secs.map(Duration::from_secs),
     };
     runtime::run(config, shutdown).await
 }

@@ -113,6 +113,8 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
         changelog_replication: None,
         grace: Duration::from_secs(30),
         stream_threads: config.topology.spec.processing.stream_threads,
+        // The embedded cluster is up already.
+        startup_timeout: Some(Duration::from_secs(60)),
     };
     let progress = watch.progress.clone();
     let deadline = config.timeout;

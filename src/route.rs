@@ -37,6 +37,18 @@ pub const H_SOURCE_TOPIC: &str = "x-source-topic";
 pub const H_SOURCE_PARTITION: &str = "x-source-partition";
 /// Dead-letter header: the input offset.
 pub const H_SOURCE_OFFSET: &str = "x-source-offset";
+/// Dead-letter header of Kafka Streams (KIP-1034): the input topic.
+pub const H_STREAMS_TOPIC: &str = "__streams.errors.topic";
+/// Dead-letter header of Kafka Streams (KIP-1034): the input partition.
+pub const H_STREAMS_PARTITION: &str = "__streams.errors.partition";
+/// Dead-letter header of Kafka Streams (KIP-1034): the input offset.
+pub const H_STREAMS_OFFSET: &str = "__streams.errors.offset";
+/// Dead-letter header of Kafka Streams (KIP-1034), where it names the Java
+/// exception class: here the reason code, the same as `x-error-reason`.
+pub const H_STREAMS_EXCEPTION: &str = "__streams.errors.exception";
+/// Dead-letter header of Kafka Streams (KIP-1034): the exception's message,
+/// here the detail (never a payload value), the same as `x-error-detail`.
+pub const H_STREAMS_MESSAGE: &str = "__streams.errors.message";
 
 /// How a tier record's value is written.
 #[derive(Debug, Clone, Copy)]
@@ -176,27 +188,32 @@ pub fn tier_record(
 }
 
 /// The dead-letter record of a rejected input: key, value and headers
-/// unchanged, plus the `x-error-*` and `x-source-*` headers.
+/// unchanged, plus the `x-error-*` and `x-source-*` headers and the same
+/// facts under Kafka Streams' `__streams.errors.*` names (KIP-1034), so
+/// tools written for its dead-letter queues read ours.
 pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>) -> OutRecord {
     let mut headers: Vec<_> = raw
         .headers
         .iter()
         .map(|(k, v)| (k.clone().into(), HeaderValue::from(v.as_slice())))
         .collect();
-    headers.push((
-        H_ERROR_REASON.into(),
-        rejection.reason.code().as_bytes().into(),
-    ));
-    headers.push((H_ERROR_DETAIL.into(), rejection.detail.as_bytes().into()));
-    headers.push((H_SOURCE_TOPIC.into(), raw.source.topic.as_bytes().into()));
-    headers.push((
-        H_SOURCE_PARTITION.into(),
-        raw.source.partition.to_string().as_bytes().into(),
-    ));
-    headers.push((
-        H_SOURCE_OFFSET.into(),
-        raw.source.offset.to_string().as_bytes().into(),
-    ));
+    let reason = HeaderValue::from(rejection.reason.code().as_bytes());
+    let detail = HeaderValue::from(rejection.detail.as_bytes());
+    let source_topic = HeaderValue::from(raw.source.topic.as_bytes());
+    let partition = HeaderValue::from(raw.source.partition.to_string().as_bytes());
+    let offset = HeaderValue::from(raw.source.offset.to_string().as_bytes());
+    headers.extend([
+        (H_ERROR_REASON.into(), reason.clone()),
+        (H_ERROR_DETAIL.into(), detail.clone()),
+        (H_SOURCE_TOPIC.into(), source_topic.clone()),
+        (H_SOURCE_PARTITION.into(), partition.clone()),
+        (H_SOURCE_OFFSET.into(), offset.clone()),
+        (H_STREAMS_TOPIC.into(), source_topic),
+        (H_STREAMS_PARTITION.into(), partition),
+        (H_STREAMS_OFFSET.into(), offset),
+        (H_STREAMS_EXCEPTION.into(), reason),
+        (H_STREAMS_MESSAGE.into(), detail),
+    ]);
     OutRecord {
         topic: topic.clone(),
         destination: Destination::DeadLetter,

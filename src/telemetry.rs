@@ -5,8 +5,10 @@
 //! value ever reaches a label or a log line: the functions take only names
 //! from the schema and the topology, codes, counts and durations.
 //!
-//! [`serve`] exposes `/metrics`, `/healthz` (the process lives) and
-//! `/readyz` (joined the group, every assigned partition's state restored).
+//! [`serve`] exposes `/metrics` (ours, `privacy_router_build_info` and the
+//! standard `process_*` metrics), `/livez` and `/healthz` (the process
+//! lives) and `/readyz` (joined the group, every assigned partition's state
+//! restored).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -63,6 +65,9 @@ pub mod names {
     /// invalid), by tier: the events that need them are dead-lettered as
     /// `derived_schema_rejected` until the subject accepts them.
     pub const DERIVED_REFUSED: &str = "privacy_router_derived_schemas_refused_total";
+    /// Always 1, labelled with the build: `version` (the crate's) and
+    /// `librdkafka` (the bundled client library's).
+    pub const BUILD_INFO: &str = "privacy_router_build_info";
 }
 
 /// Every metric of the processor, registered in one injected registry.
@@ -191,6 +196,29 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(commit_seconds.clone()))
             .expect("registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                names::BUILD_INFO,
+                "Always 1; the labels name the build (version, librdkafka).",
+            ),
+            &["version", "librdkafka"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("registered once");
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &rdkafka::util::get_rdkafka_version().1,
+            ])
+            .set(1);
+        // The standard process_* metrics: CPU seconds, resident and virtual
+        // memory, open and maximum file descriptors, threads, start time.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
         let consumer_lag = IntGaugeVec::new(
             Opts::new(names::CONSUMER_LAG, "Consumer lag per input partition."),
             &["topic", "partition"],
@@ -777,6 +805,9 @@ pub fn forget_lag(metrics: &Metrics, topic: &str, partition: i32) {
 pub struct Health {
     /// Per stream thread: ready, and why (not).
     threads: Mutex<Vec<(bool, &'static str)>>,
+    /// What the whole instance waits for before its threads start (the
+    /// cluster, at start-up); it comes first.
+    waiting: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -798,21 +829,34 @@ impl Health {
         }
     }
 
-    /// Whether `/readyz` answers 200, and why: the first thread that is
-    /// not ready says why.
-    pub fn ready(&self) -> (bool, &'static str) {
+    /// The instance waits for something before its threads start
+    /// (`Some(why)`), or no longer (`None`).
+    pub fn wait(&self, why: Option<String>) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = why;
+        }
+    }
+
+    /// Whether `/readyz` answers 200, and why: what the instance waits for,
+    /// else the first thread that is not ready says why.
+    pub fn ready(&self) -> (bool, String) {
+        if let Some(why) = self.waiting.lock().ok().and_then(|w| w.clone()) {
+            return (false, why);
+        }
         let Ok(t) = self.threads.lock() else {
-            return (false, "unknown");
+            return (false, "unknown".to_owned());
         };
-        match t.iter().find(|(ready, _)| !ready) {
-            Some((_, why)) => (false, why),
+        let (ready, why) = match t.iter().find(|(ready, _)| !ready) {
+            Some((_, why)) => (false, *why),
             None if t.is_empty() => (false, "starting"),
             None => (true, "processing"),
-        }
+        };
+        (ready, why.to_owned())
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until
+/// Serves `/metrics`, `/livez` and `/healthz` (the same: the process
+/// answers) and `/readyz` on `listener` until
 /// `shutdown` completes.
 ///
 /// # Errors
@@ -840,6 +884,7 @@ pub async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/livez", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
@@ -874,18 +919,57 @@ mod tests {
     use crate::record::{LogIds, OutRecord};
 
     #[test]
+    fn metrics_name_the_build_and_the_process() {
+        let text = Metrics::new(Registry::new()).encode();
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("privacy_router_build_info{"))
+            .expect("build info");
+        assert!(build.ends_with("} 1"), "{build}");
+        assert!(
+            build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+            "{build}"
+        );
+        assert!(
+            build.contains(&format!(
+                "librdkafka=\"{}\"",
+                rdkafka::util::get_rdkafka_version().1
+            )),
+            "{build}"
+        );
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name}missing:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn the_instance_is_ready_only_when_every_stream_thread_is() {
         let h = Health::default();
-        assert_eq!(h.ready(), (false, "starting"));
+        assert_eq!(h.ready(), (false, "starting".to_owned()));
         h.threads(2, "checking topics");
         h.set_ready(0, true, "processing");
-        assert_eq!(h.ready(), (false, "checking topics"));
+        assert_eq!(h.ready(), (false, "checking topics".to_owned()));
         h.set_ready(1, false, "restoring state");
-        assert_eq!(h.ready(), (false, "restoring state"));
+        assert_eq!(h.ready(), (false, "restoring state".to_owned()));
         h.set_ready(1, true, "processing");
-        assert_eq!(h.ready(), (true, "processing"));
+        assert_eq!(h.ready(), (true, "processing".to_owned()));
         h.set_ready(0, false, "rebalancing");
-        assert_eq!(h.ready(), (false, "rebalancing"));
+        assert_eq!(h.ready(), (false, "rebalancing".to_owned()));
+        h.wait(Some("waiting for Kafka at b:9092: timed out".to_owned()));
+        assert_eq!(
+            h.ready(),
+            (false, "waiting for Kafka at b:9092: timed out".to_owned())
+        );
+        h.wait(None);
+        assert_eq!(h.ready(), (false, "rebalancing".to_owned()));
     }
 
     #[test]

@@ -319,3 +319,170 @@ fn json_logs_are_one_object_per_line() {
         "dead letters carry their reason as a field"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1: status and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+/// `run` against a cluster that is not there yet does not crash: it says
+/// what it will do in one line (no secret), waits with back-off (the log
+/// names the brokers and librdkafka's reason, `/readyz` answers 503 with
+/// it, `/livez` 200), and gives up with exit code 9 at the start-up
+/// deadline.
+#[test]
+fn run_waits_for_an_absent_cluster_and_gives_up_at_the_startup_deadline() {
+    use sha2::Digest;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let (kafka, metrics) = (free_port(), free_port());
+    let brokers = format!("127.0.0.1:{kafka}");
+    let started = Instant::now();
+    let child = bin()
+        .args(["run", "--brokers", &brokers, "--metrics-addr"])
+        .arg(format!("127.0.0.1:{metrics}"))
+        .args([
+            "--startup-timeout-secs",
+            "17",
+            "--instance-id",
+            "startup-test",
+        ])
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = format!("not ready: waiting for Kafka at {brokers}: ");
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(40) {
+        if let Some((code, body)) = http_get(metrics, "/readyz") {
+            if body.starts_with(&waiting) {
+                seen = Some((code, body));
+                assert_eq!(http_get(metrics, "/livez"), Some((200, "ok\n".to_owned())));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, body) = seen.unwrap_or_else(|| panic!("/readyz never said it waits:\n{stderr}"));
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(started.elapsed() >= Duration::from_secs(17));
+    assert!(
+        stderr.contains("could not be reached within the start-up deadline"),
+        "{stderr}"
+    );
+    let waits: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Kafka cannot be reached yet"))
+        .collect();
+    assert!(
+        !waits.is_empty()
+            && waits
+                .iter()
+                .all(|l| l.contains(&brokers) && l.contains("error=")),
+        "{stderr}"
+    );
+    // The start-up line, first, with the effective settings.
+    let start = stderr
+        .lines()
+        .find(|l| l.contains("Starting privacy-router."))
+        .unwrap_or_else(|| panic!("no start-up line:\n{stderr}"));
+    let sha = hex::encode(sha2::Sha256::digest(
+        std::fs::read("topology/default.yaml").unwrap(),
+    ));
+    for field in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        format!("brokers={brokers}"),
+        "registry=file registry over avro".to_owned(),
+        "topology=topology/default.yaml".to_owned(),
+        format!("topology_sha256={sha}"),
+        "application_id=privacy-router".to_owned(),
+        "instance_id=startup-test".to_owned(),
+        "guarantee=exactly_once".to_owned(),
+        "commit_interval_ms=100".to_owned(),
+        "stream_threads=1".to_owned(),
+    ] {
+        assert!(start.contains(&field), "{field} missing: {start}");
+    }
+    assert!(!stderr.contains(DEMO_KEY), "the hash key is a secret");
+    // Logs on stderr, nothing on stdout; no colour when not a terminal.
+    assert!(out.stdout.is_empty());
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a pipe");
+}
+
+/// A registry URL that does not parse is refused at start-up, without
+/// repeating it (it may hold a password); one with a password is logged
+/// without it.
+#[test]
+fn registry_urls_are_checked_and_logged_without_credentials() {
+    let run = bin()
+        .args(["run", "--brokers", "127.0.0.1:1", "--metrics-addr", "off"])
+        .args(["--registry-url", "http//user:s3cret@registry:8081"])
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--registry-url (URL 1 of 1) does not parse"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+
+    // A parsable URL with credentials: the start-up line shows it without
+    // them, then the processor waits for the (absent) registry.
+    let registry = free_port();
+    let mut child = bin()
+        .args(["run", "--brokers", "127.0.0.1:1", "--metrics-addr", "off"])
+        .arg("--registry-url")
+        .arg(format!("http://user:s3cret@127.0.0.1:{registry}"))
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut text = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 {
+        text.push_str(&line);
+        line.clear();
+        if text.contains("The schema registry is unavailable at start-up") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains(&format!("registry=http://127.0.0.1:{registry} ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("The schema registry is unavailable at start-up"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+}

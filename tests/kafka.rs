@@ -92,6 +92,7 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
     assert!(wait_until(TIMEOUT, || {
         http_get(port, "/healthz").is_some_and(|(c, _)| c == 200)
     }));
+    assert_eq!(http_get(port, "/livez"), Some((200, "ok\n".to_owned())));
     let (code, body) = http_get(port, "/readyz").unwrap();
     assert!(
         (code == 503 && body.starts_with("not ready: ")) || code == 200,
@@ -106,6 +107,31 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
     wait_for_outputs(&s, &want, &mut p);
 
     let (_, m) = http_get(port, "/metrics").unwrap();
+    // The build and the standard process metrics are there.
+    let build = m
+        .lines()
+        .find(|l| l.starts_with("privacy_router_build_info{"))
+        .unwrap_or_else(|| panic!("no build info:\n{m}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("librdkafka=\"2.")
+            && build.ends_with("} 1"),
+        "{build}"
+    );
+    assert!(metric(&m, "process_resident_memory_bytes") > 1e6, "{m}");
+    assert!(metric(&m, "process_open_fds") > 3.0, "{m}");
+    let started = metric(&m, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started > now - 3600.0 && started <= now, "{started} {now}");
+    // The prometheus crate counts CPU in whole seconds: present, maybe 0.
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("process_cpu_seconds_total ")),
+        "{m}"
+    );
     let series = |name: &str, label: &str, value: &str| format!("{name}{{{label}=\"{value}\"}}");
     assert_eq!(
         metric(
@@ -1176,6 +1202,15 @@ fn a_refused_derived_schema_on_apicurio() {
                 .unwrap_or_default()
         };
         assert_eq!(h("x-error-reason"), "derived_schema_rejected");
+        // Kafka Streams' dead-letter headers (KIP-1034) carry the same facts.
+        assert_eq!(h("__streams.errors.exception"), "derived_schema_rejected");
+        assert_eq!(h("__streams.errors.message"), h("x-error-detail"));
+        assert_eq!(h("__streams.errors.topic"), h("x-source-topic"));
+        assert!(!h("x-source-topic").is_empty());
+        assert_eq!(h("__streams.errors.partition"), h("x-source-partition"));
+        assert!(h("x-source-partition").parse::<i32>().is_ok());
+        assert_eq!(h("__streams.errors.offset"), h("x-source-offset"));
+        assert!(h("x-source-offset").parse::<i64>().is_ok());
         assert!(h("x-error-detail").contains(&format!(
             "{public}-com.privacyrouter.events.user.UserCreated"
         )));

@@ -448,6 +448,24 @@ fn invalid_records_are_dead_lettered_unchanged_with_reason_and_source() {
             rec.header("x-source-offset"),
             Some(i.to_string().as_bytes())
         );
+        // The same facts under Kafka Streams' dead-letter headers (KIP-1034).
+        assert_eq!(
+            rec.header("__streams.errors.exception"),
+            Some(reason.code().as_bytes())
+        );
+        assert_eq!(
+            rec.header("__streams.errors.message"),
+            rec.header("x-error-detail")
+        );
+        assert_eq!(
+            rec.header("__streams.errors.topic"),
+            Some(&b"events.raw"[..])
+        );
+        assert_eq!(rec.header("__streams.errors.partition"), Some(&b"3"[..]));
+        assert_eq!(
+            rec.header("__streams.errors.offset"),
+            Some(i.to_string().as_bytes())
+        );
         let detail_header = rec.header("x-error-detail").unwrap();
         for pii in PII.iter().chain(&[
             "User.Created",

@@ -266,7 +266,7 @@ pub fn graph(t: &Topology) -> Graph {
         NodeKind::Sink,
         vec![cfg.topics.dead_letter.to_string()],
         vec![],
-        "rejected records unchanged, with x-error-reason, x-error-detail, x-source-topic, x-source-partition, x-source-offset; holds raw PII: restricted".to_owned(),
+        "rejected records unchanged, with x-error-reason, x-error-detail, x-source-topic, x-source-partition, x-source-offset and Kafka Streams' __streams.errors.* (KIP-1034); holds raw PII: restricted".to_owned(),
     ));
     nodes.push(node(
         "sink-changelog",

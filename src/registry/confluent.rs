@@ -141,6 +141,31 @@ fn client_builder(config: &ConfluentConfig) -> Result<reqwest::ClientBuilder, Co
     Ok(client)
 }
 
+/// A registry URL without the user name and password it may carry, and
+/// those (percent-decoded), so requests, logs and errors only ever show the
+/// bare URL and the credentials travel as basic auth.
+pub fn split_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return (url.trim_end_matches('/').to_owned(), None);
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return (url.trim_end_matches('/').to_owned(), None);
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(parsed.username());
+    let password = parsed.password().map(decode);
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    (
+        parsed.as_str().trim_end_matches('/').to_owned(),
+        Some((user, password)),
+    )
+}
+
 impl ConfluentRegistry {
     /// A client for `config`, whose calls run on `rt`.
     ///
@@ -151,13 +176,28 @@ impl ConfluentRegistry {
         rt: tokio::runtime::Handle,
         metrics: Metrics,
     ) -> Result<Self, ConfigError> {
-        let (first, rest) = config.urls.split_first().ok_or(ConfigError::NoUrl)?;
-        let mut builder = SrSettings::new_builder(first.trim_end_matches('/').to_owned());
+        // Credentials written into a URL become basic auth (the flags win).
+        let mut in_url = None;
+        let urls: Vec<String> = config
+            .urls
+            .iter()
+            .map(|u| {
+                let (bare, creds) = split_credentials(u);
+                in_url = in_url.take().or(creds);
+                bare
+            })
+            .collect();
+        let auth = match &config.username {
+            Some(u) => Some((u.clone(), config.password.clone())),
+            None => in_url,
+        };
+        let (first, rest) = urls.split_first().ok_or(ConfigError::NoUrl)?;
+        let mut builder = SrSettings::new_builder(first.clone());
         for u in rest {
-            builder.add_url(u.trim_end_matches('/').to_owned());
+            builder.add_url(u.clone());
         }
-        if let Some(user) = &config.username {
-            builder.set_basic_authorization(user, config.password.as_deref());
+        if let Some((user, password)) = &auth {
+            builder.set_basic_authorization(user, password.as_deref());
         }
         builder.set_timeout(config.timeout);
         let http = client_builder(config)?
@@ -171,15 +211,8 @@ impl ConfluentRegistry {
         Ok(ConfluentRegistry {
             settings,
             http,
-            urls: config
-                .urls
-                .iter()
-                .map(|u| u.trim_end_matches('/').to_owned())
-                .collect(),
-            auth: config
-                .username
-                .clone()
-                .map(|u| (u, config.password.clone())),
+            urls,
+            auth,
             rt,
             metrics,
         })

@@ -64,6 +64,9 @@ pub enum FatalKind {
     /// A transaction the broker never ended holds an output partition: an
     /// operator aborts it (the log names partition and offset).
     HangingTransaction,
+    /// The cluster could not be reached before the start-up deadline
+    /// (`--startup-timeout-secs`; without one the processor waits).
+    KafkaUnreachable,
 }
 
 impl FatalKind {
@@ -76,6 +79,7 @@ impl FatalKind {
             FatalKind::RestoreFailed => 6,
             FatalKind::TooManyAborts => 7,
             FatalKind::HangingTransaction => 8,
+            FatalKind::KafkaUnreachable => 9,
         }
     }
 }
@@ -148,7 +152,7 @@ pub struct RunConfig {
     pub registry: RegistryChoice,
     /// The pseudonym key.
     pub hasher: Option<Hasher>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` for
+    /// Where `/metrics`, `/livez`, `/healthz` and `/readyz` are served; `None` for
     /// nowhere.
     pub metrics_addr: Option<SocketAddr>,
     /// The metrics (registry injected by the caller).
@@ -163,6 +167,10 @@ pub struct RunConfig {
     /// Stream threads (1 to 32): `processing.stream_threads` unless the
     /// command line says otherwise.
     pub stream_threads: u16,
+    /// How long to wait for an unreachable cluster at start-up before
+    /// giving up with [`FatalKind::KafkaUnreachable`]; `None` waits as long
+    /// as it takes.
+    pub startup_timeout: Option<Duration>,
 }
 
 /// Committed input positions per (topic, partition), for callers that wait
@@ -221,7 +229,7 @@ pub async fn run_watched(
             let listener = telemetry::bind(addr)
                 .await
                 .with_context(|| format!("binding the metrics address {addr}"))?;
-            info!(addr = %listener.local_addr().unwrap_or(addr), "Serving /metrics, /healthz and /readyz.");
+            info!(addr = %listener.local_addr().unwrap_or(addr), "Serving /metrics, /livez, /healthz and /readyz.");
             Some(tokio::spawn(telemetry::serve(
                 listener,
                 config.metrics.clone(),
@@ -237,8 +245,11 @@ pub async fn run_watched(
     watch
         .health
         .threads(usize::from(threads), "checking topics");
-    let result = match check_topics_once(&config, threads, &rt).await {
-        Ok(()) => run_threads(&config, threads, &watch, &rt, &stop, shutdown).await,
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = match check_topics_once(&config, threads, &rt, &watch.health, &mut shutdown).await
+    {
+        Ok(true) => run_threads(&config, threads, &watch, &rt, &stop, shutdown).await,
+        Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
     let _ = server_stop_tx.send(());
@@ -252,27 +263,81 @@ pub async fn run_watched(
 /// once for every stream thread, on a thread of its own (the checks block).
 /// With more than one stream thread the inputs must have equal partition
 /// counts: each thread owns partition `p` of every input with its state.
+///
+/// A cluster that cannot be reached is asked again with back-off (1 s
+/// doubling to 30 s), logging the brokers and librdkafka's reason and
+/// saying it on `/readyz`, until it answers, `shutdown` completes (`false`)
+/// or the start-up deadline passes ([`FatalKind::KafkaUnreachable`]).
 async fn check_topics_once(
     config: &RunConfig,
     threads: u16,
     rt: &tokio::runtime::Handle,
-) -> Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (rt, conn) = (rt.clone(), config.connection.clone());
-    let inputs = config.topology.spec.input.topics.clone();
+    health: &Health,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<bool> {
     let changelog = config.topology.changelog_topic();
-    let (replication, create) = (config.changelog_replication, config.create_topics);
-    let checked = changelog.clone();
-    std::thread::Builder::new()
-        .name("topic-check".to_owned())
-        .spawn(move || {
-            let r = check_topics(&rt, &conn, &inputs, &checked, replication, create);
-            let _ = tx.send(r);
-        })
-        .context("starting the topic check")?;
-    let counts = rx
-        .await
-        .map_err(|_| anyhow!("the topic check ended without a result"))??;
+    let brokers = &config.connection.brokers;
+    let deadline = config
+        .startup_timeout
+        .map(|t| tokio::time::Instant::now() + t);
+    let mut backoff = Duration::from_secs(1);
+    let counts = loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (rt, conn) = (rt.clone(), config.connection.clone());
+        let inputs = config.topology.spec.input.topics.clone();
+        let (replication, create) = (config.changelog_replication, config.create_topics);
+        let checked = changelog.clone();
+        std::thread::Builder::new()
+            .name("topic-check".to_owned())
+            .spawn(move || {
+                let r = check_topics(&rt, &conn, &inputs, &checked, replication, create);
+                let _ = tx.send(r);
+            })
+            .context("starting the topic check")?;
+        let checked = tokio::select! {
+            r = rx => r.map_err(|_| anyhow!("the topic check ended without a result"))?,
+            () = &mut *shutdown => {
+                health.wait(None);
+                return Ok(false);
+            }
+        };
+        match checked {
+            Ok(counts) => break counts,
+            Err(kafka::TopicError::Metadata(why)) => {
+                if deadline.is_some_and(|d| tokio::time::Instant::now() + backoff > d) {
+                    health.wait(None);
+                    return Err(Fatal::new(
+                        FatalKind::KafkaUnreachable,
+                        format!(
+                            "Kafka at {brokers} could not be reached within the start-up \
+                             deadline (--startup-timeout-secs): {why}"
+                        ),
+                    )
+                    .into());
+                }
+                warn!(
+                    brokers = %brokers,
+                    error = %why,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "Kafka cannot be reached yet; waiting for it."
+                );
+                health.wait(Some(format!("waiting for Kafka at {brokers}: {why}")));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut *shutdown => {
+                        health.wait(None);
+                        return Ok(false);
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                health.wait(None);
+                return Err(e.into());
+            }
+        }
+    };
+    health.wait(None);
     info!(inputs = ?counts, changelog = %changelog, "Topics checked.");
     let mut sizes = counts.values();
     let first = sizes.next();
@@ -283,7 +348,7 @@ async fn check_topics_once(
              them equal counts or run one stream thread"
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Runs `threads` stream threads until `shutdown` completes or one of them

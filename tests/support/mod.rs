@@ -926,7 +926,9 @@ fn normalise(raw: &RawRec, dead_letter: bool, schema_of: &mut dyn FnMut(u32) -> 
     // The registry's own words for a refusal differ from registry to
     // registry: what is compared is the reason and the subject.
     for (k, v) in headers.iter_mut() {
-        if k == "x-error-detail" && v.starts_with(b"the registry refused") {
+        if (k == "x-error-detail" || k == "__streams.errors.message")
+            && v.starts_with(b"the registry refused")
+        {
             if let Some(at) = v.windows(2).position(|w| w == b": ") {
                 v.truncate(at);
             }
