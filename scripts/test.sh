@@ -10,7 +10,8 @@
 #   clusters of their own with the same script);
 # * Apicurio Registry 3.3.3 (Confluent-compatible API, from Maven Central,
 #   see scripts/registry.sh) — a real schema registry beside the stand-in;
-# * Debian's docker-compose, to check docker-compose.yml without an engine.
+# * Debian's docker-compose, to check docker-compose.yml without an engine;
+# * Debian's prometheus, for `promtool check rules deploy/alerts.yml`.
 # Then: formatting, the release build, the README's main command (the
 # embedded demo), and every test target: unit, property and broker-free
 # pipeline tests, the CLI, README and inspection tests, the compose file
@@ -29,12 +30,23 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
-echo "== tools: docker-compose (checks docker-compose.yml without an engine)"
-if ! command -v docker-compose > /dev/null; then
+echo "== tools: docker-compose (checks docker-compose.yml without an engine), promtool (checks deploy/alerts.yml)"
+missing=()
+command -v docker-compose > /dev/null || missing+=(docker-compose)
+command -v promtool > /dev/null || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose > /dev/null
+  # policy-rc.d: the prometheus package must not try to start its service.
+  created_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+  [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 docker-compose version --short
+promtool --version | head -1
 
 echo "== servers: Apache Kafka and Apicurio Registry (started in the background)"
 # A fresh broker and registry every run: no state from an earlier one.

@@ -72,8 +72,12 @@ pub enum Command {
     #[command(after_help = "Examples:
   PRIVACY_ROUTER_HASH_KEY=... privacy-router run --topology topology/default.yaml \\
       --brokers kafka:9092 --registry-url http://schema-registry:8081
-  privacy-router run --brokers broker:9093 -X security.protocol=SASL_SSL \\
-      -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username=router -X sasl.password=...
+  privacy-router run --brokers broker:9093 --kafka-config client.properties
+      (client.properties: librdkafka settings, one KEY=VALUE a line, like kcat -F:
+       security.protocol=SASL_SSL, sasl.mechanisms=SCRAM-SHA-512, sasl.username=...,
+       sasl.password=...; secrets stay out of the process list)
+  PRIVACY_ROUTER_REGISTRY_PASSWORD_FILE=/run/secrets/registry-password privacy-router run \\
+      --registry-url https://registry:8081 --registry-user router
 
 Without --registry-url, schemas come from the file registry over --schemas (default: the
 topology's schemas.folder, avro/).")]
@@ -356,12 +360,15 @@ pub struct KafkaArgs {
     /// Bootstrap servers.
     #[arg(long, default_value = "localhost:9092", env = "PRIVACY_ROUTER_BROKERS")]
     pub brokers: String,
-    /// Any librdkafka setting, e.g. -X security.protocol=SSL; repeat it.
-    /// The environment variable takes a comma-separated list.
+    /// Any librdkafka setting (-X security.protocol=SSL), or a librdkafka
+    /// properties FILE of such settings, one KEY=VALUE a line, `#` comments
+    /// (like kcat -F; keeps secrets out of the process list); repeat it,
+    /// later settings win. The environment variable takes a comma-separated
+    /// list.
     #[arg(
         short = 'X',
         long = "kafka-config",
-        value_name = "KEY=VALUE",
+        value_name = "KEY=VALUE|FILE",
         env = "PRIVACY_ROUTER_KAFKA_CONFIG",
         value_delimiter = ',',
         hide_env_values = true
@@ -379,9 +386,18 @@ pub struct RegistryArgs {
     /// Basic-auth user of the registry.
     #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_USER")]
     pub registry_user: Option<String>,
-    /// Basic-auth password of the registry.
+    /// Basic-auth password of the registry. Prefer the environment variable
+    /// or --registry-password-file: flags show up in process listings.
     #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_PASSWORD", hide_env_values = true)]
     pub registry_password: Option<String>,
+    /// File holding the registry's basic-auth password (a trailing newline
+    /// is dropped), e.g. a mounted Kubernetes Secret.
+    #[arg(
+        long,
+        env = "PRIVACY_ROUTER_REGISTRY_PASSWORD_FILE",
+        conflicts_with = "registry_password"
+    )]
+    pub registry_password_file: Option<PathBuf>,
     /// PEM file of CA certificates for the registry's TLS.
     #[arg(long, env = "PRIVACY_ROUTER_REGISTRY_CA_FILE")]
     pub registry_ca_file: Option<PathBuf>,
@@ -699,19 +715,67 @@ pub fn shutdown_signal() -> Pin<Box<dyn Future<Output = ()> + Send>> {
     }
 }
 
-/// `-X key=value` settings.
+/// `-X key=value` settings and properties files, in order.
 ///
 /// # Errors
-/// A setting without `=`.
+/// A setting without `=` that is no readable file, or a file line that is
+/// not `KEY=VALUE` (named by file and line; the line is not repeated, it
+/// may hold a secret).
 pub fn kafka_overrides(settings: &[String]) -> Result<Vec<(String, String)>> {
-    settings
-        .iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-            _ => bail!("-X {s:?}: expected KEY=VALUE (a librdkafka setting)"),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for s in settings.iter().filter(|s| !s.trim().is_empty()) {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => out.push((k.trim().to_owned(), v.to_owned())),
+            Some(_) => bail!("-X {s:?}: expected KEY=VALUE (a librdkafka setting)"),
+            None => out.extend(kafka_properties(Path::new(s.trim()))?),
+        }
+    }
+    Ok(out)
+}
+
+/// A librdkafka properties file: `KEY=VALUE` lines, blank lines and `#`
+/// or `!` comments.
+fn kafka_properties(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "--kafka-config {}: neither KEY=VALUE nor a readable librdkafka properties file",
+            path.display()
+        )
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            _ => bail!(
+                "{}:{}: expected KEY=VALUE (a librdkafka setting)",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The registry password: the flag or its variable, else the file's first
+/// line.
+///
+/// # Errors
+/// The password file cannot be read.
+fn registry_password(args: &RegistryArgs) -> Result<Option<String>> {
+    match &args.registry_password_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("--registry-password-file {}", f.display()))?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+        }
+        None => Ok(args.registry_password.clone()),
+    }
 }
 
 fn instance_id(flag: Option<String>) -> String {
@@ -766,7 +830,7 @@ pub fn registry_choice(
     Ok(RegistryChoice::Confluent(ConfluentConfig {
         urls,
         username: args.registry_user.clone(),
-        password: args.registry_password.clone(),
+        password: registry_password(args)?,
         ca_file: args.registry_ca_file.clone(),
         cert_file: args.registry_cert_file.clone(),
         key_file: args.registry_key_file.clone(),
@@ -912,13 +976,18 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         args.format,
         &args.out,
         &progress,
-    )?;
-    eprintln!(
+    )
+    .with_context(|| format!("replaying {}", args.input.display()))?;
+    if summary.consumed == 0 {
+        tracing::warn!(input = %args.input.display(), "The input holds no records: nothing was replayed.");
+    }
+    // The summary is the command's output: stdout (logs go to stderr).
+    println!(
         "privacy-router replay of {}:\n{}",
         args.input.display(),
         summary.table()
     );
-    eprintln!(
+    println!(
         "Wrote {0}/public.jsonl, {0}/internal.jsonl, {0}/restricted.jsonl and {0}/dead-letter.jsonl.",
         args.out.display()
     );
@@ -944,9 +1013,10 @@ fn run_sample(args: SampleArgs) -> Result<()> {
         },
     );
     let mut out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
+        Some(p) => Box::new(BufWriter::new({
+            create_parent(p)?;
+            File::create(p).with_context(|| format!("creating {}", p.display()))?
+        })),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
     for _ in 0..args.count {
@@ -968,22 +1038,25 @@ fn run_sample(args: SampleArgs) -> Result<()> {
 
 /// The registry settings of `check`, `describe` and `privacy-report`, when
 /// a URL is given.
-fn confluent_config(args: &RegistryArgs) -> Option<ConfluentConfig> {
+fn confluent_config(args: &RegistryArgs) -> Result<Option<ConfluentConfig>> {
     let urls: Vec<String> = args
         .registry_url
         .iter()
         .map(|u| u.trim().to_owned())
         .filter(|u| !u.is_empty())
         .collect();
-    (!urls.is_empty()).then(|| ConfluentConfig {
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ConfluentConfig {
         urls,
         username: args.registry_user.clone(),
-        password: args.registry_password.clone(),
+        password: registry_password(args)?,
         ca_file: args.registry_ca_file.clone(),
         cert_file: args.registry_cert_file.clone(),
         key_file: args.registry_key_file.clone(),
         timeout: Duration::from_millis(args.registry_timeout_ms),
-    })
+    }))
 }
 
 /// A registry client with the runtime its calls wait on (kept alive as long
@@ -1012,7 +1085,7 @@ impl RegistryClient {
 /// The schemas `describe` and `privacy-report` read: the registry's input
 /// subjects with --registry-url, the schema folder otherwise.
 fn read_schemas(common: &Common, registry: &RegistryArgs, topology: &Topology) -> Result<Schemas> {
-    match confluent_config(registry) {
+    match confluent_config(registry)? {
         Some(config) => {
             let mut client = RegistryClient::new(&config)?;
             Schemas::from_registry(topology, &client.url, &mut client.registry).map_err(|e| {
@@ -1047,7 +1120,7 @@ fn run_check(args: CheckArgs) -> Result<()> {
         allow_fail_closed: args.allow_fail_closed,
     };
     let topology = &args.common.topology;
-    let report = match (confluent_config(&args.registry), &args.schema) {
+    let report = match (confluent_config(&args.registry)?, &args.schema) {
         (None, Some(_)) => bail!(
             "check --schema needs --registry-url (or PRIVACY_ROUTER_REGISTRY_URL): it asks the registry whether it would accept the schema and its derived tier schemas"
         ),
@@ -1178,8 +1251,21 @@ fn run_privacy_report(args: ReportArgs) -> Result<()> {
         ReportFormat::Html => report.html(),
     };
     match &args.output {
-        Some(p) => std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?,
+        Some(p) => {
+            create_parent(p)?;
+            std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?;
+        }
         None => io::stdout().lock().write_all(out.as_bytes())?,
     }
     Ok(())
+}
+
+/// Creates the folder an output file goes to, when it is missing.
+fn create_parent(path: &Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+        }
+        None => Ok(()),
+    }
 }

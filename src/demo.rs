@@ -147,12 +147,13 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
         read_back(&brokers, &config, &mut registry, produced.0, &metrics)
     })?;
     drop(cluster);
-    eprintln!(
+    // The summary is the command's output: stdout (logs go to stderr).
+    println!(
         "privacy-router demo ({:.1} s, embedded mock cluster):\n{}",
         started.elapsed().as_secs_f64(),
         report.table
     );
-    eprintln!(
+    println!(
         "Wrote {0}/public.jsonl, {0}/internal.jsonl, {0}/restricted.jsonl and {0}/dead-letter.jsonl.",
         config.out.display()
     );
@@ -281,8 +282,8 @@ fn read_back(
 }
 
 fn table(report: &DemoReport, metrics: &Metrics, engine: &EngineConfig) -> String {
-    let mut s = String::new();
-    let mut row = |k: &str, v: u64| s.push_str(&format!("  {k:<34} {v:>9}\n"));
+    let mut rows = Vec::new();
+    let mut row = |k: &str, v: u64| rows.push((k.to_owned(), v));
     row("records produced to the input", report.produced);
     for t in Tier::ALL {
         let topic = &engine.topics.tiers[t.index()];
@@ -315,7 +316,7 @@ fn table(report: &DemoReport, metrics: &Metrics, engine: &EngineConfig) -> Strin
         "transactions committed",
         get(names::TRANSACTIONS, &[("outcome", "committed")]),
     );
-    s
+    crate::replay::aligned(&rows)
 }
 
 /// Every committed record of a topic, from the beginning to the end of

@@ -50,8 +50,8 @@ pub struct Summary {
 impl Summary {
     /// The summary as a plain-text table.
     pub fn table(&self) -> String {
-        let mut s = String::new();
-        let mut row = |k: &str, v: u64| s.push_str(&format!("  {k:<28} {v:>9}\n"));
+        let mut rows = Vec::new();
+        let mut row = |k: &str, v: u64| rows.push((k.to_owned(), v));
         row("records read", self.consumed);
         for tier in Tier::ALL {
             row(
@@ -68,8 +68,26 @@ impl Summary {
             row(&format!("dead letter: {k}"), *v);
         }
         row("entities tracked", self.entities as u64);
-        s
+        aligned(&rows)
     }
+}
+
+/// Summary rows as a table: names padded to the longest, counts
+/// right-aligned, so the columns line up whatever the reason codes.
+pub(crate) fn aligned(rows: &[(String, u64)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let digits = rows
+        .iter()
+        .map(|(_, v)| v.to_string().len())
+        .max()
+        .unwrap_or(1);
+    rows.iter()
+        .map(|(k, v)| format!("  {k:<width$}  {v:>digits$}\n"))
+        .collect()
 }
 
 struct Sinks {
@@ -193,14 +211,19 @@ pub fn replay(
                     Err(e) => return Err(e.into()),
                 }
                 let len = u32::from_be_bytes(len) as usize;
-                input.take(len as u64).read_to_end(&mut buf)?;
+                input
+                    .take(len as u64)
+                    .read_to_end(&mut buf)
+                    .with_context(|| format!("record {offset}"))?;
                 if buf.len() != len {
                     bail!("the framed input ends inside record {offset}");
                 }
                 len + 4
             }
             _ => {
-                let n = input.read_until(b'\n', &mut buf)?;
+                let n = input
+                    .read_until(b'\n', &mut buf)
+                    .with_context(|| format!("line {}", offset + 1))?;
                 if n == 0 {
                     break;
                 }
@@ -223,9 +246,13 @@ pub fn replay(
             headers: &[],
         };
         summary.consumed += 1;
-        let outcome = engine
-            .process(&raw, &mut store, registry)
-            .map_err(|e| anyhow::anyhow!("record {offset}: {e}"))?;
+        let outcome = engine.process(&raw, &mut store, registry).map_err(|e| {
+            // JSON Lines are numbered by line, framed inputs by record.
+            match format {
+                InputFormat::Framed => anyhow::anyhow!("record {offset}: {e}"),
+                _ => anyhow::anyhow!("line {}: {e}", offset + 1),
+            }
+        })?;
         for refusal in engine.take_refusals() {
             events.derived_schema_refused(&metrics, &refusal);
         }

@@ -68,6 +68,35 @@ pub mod names {
     /// Always 1, labelled with the build: `version` (the crate's) and
     /// `librdkafka` (the bundled client library's).
     pub const BUILD_INFO: &str = "privacy_router_build_info";
+    /// 1 when `/readyz` would answer 200, else 0 (set at each scrape), so
+    /// an alert can watch readiness.
+    pub const READY: &str = "privacy_router_ready";
+
+    /// Every metric of ours, for the checks of `deploy/` (alert rules and
+    /// dashboard): labelled ones have no series until a label value is
+    /// seen, so a fresh registry does not list them all.
+    pub const ALL: &[&str] = &[
+        CONSUMED,
+        COMMITTED,
+        PRODUCED,
+        DEAD_LETTERS,
+        ORDERING,
+        REDACTED,
+        TIER_MISMATCHES,
+        REPLAYED,
+        PROCESS_SECONDS,
+        TRANSACTIONS,
+        COMMIT_SECONDS,
+        CONSUMER_LAG,
+        ENTITIES,
+        RESTORED,
+        REGISTRY_LOOKUPS,
+        REGISTRY_ERRORS,
+        ASSIGNED,
+        DERIVED_REFUSED,
+        BUILD_INFO,
+        READY,
+    ];
 }
 
 /// Every metric of the processor, registered in one injected registry.
@@ -92,6 +121,7 @@ pub struct Metrics {
     registry_errors: IntCounterVec,
     assigned: IntGauge,
     derived_refused: [IntCounter; 3],
+    ready: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -271,8 +301,18 @@ impl Metrics {
                 "Derived tier schemas the registry refused, by tier.",
                 &["tier"],
             )),
+            ready: gauge(
+                r,
+                names::READY,
+                "1 when /readyz answers 200 (every stream thread joined and restored), else 0.",
+            ),
             registry,
         }
+    }
+
+    /// Records whether the instance is ready (see [`Health::ready`]).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// The registry the metrics live in.
@@ -870,11 +910,13 @@ pub async fn serve(
     use axum::http::{header, StatusCode};
     use axum::routing::get;
 
+    let readiness = health.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
+                m.set_ready(readiness.ready().0);
                 async move {
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -917,6 +959,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 mod tests {
     use super::*;
     use crate::record::{LogIds, OutRecord};
+
+    #[test]
+    fn names_all_is_every_registered_metric() {
+        let m = Metrics::new(Registry::new());
+        // Give the labelled metrics without preset series one each.
+        m.consumed.with_label_values(&["t"]).inc();
+        m.consumer_lag.with_label_values(&["t", "0"]).set(1);
+        m.commit_seconds
+            .with_label_values(&["committed"])
+            .observe(0.1);
+        let registered: HashSet<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .filter(|n| n.starts_with("privacy_router_"))
+            .collect();
+        let all: HashSet<String> = names::ALL.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(registered, all);
+    }
 
     #[test]
     fn metrics_name_the_build_and_the_process() {

@@ -35,7 +35,9 @@ fn readme_replay_shows_every_behaviour_and_logs_no_payload_value() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stderr}");
+    // The summary is the command's output (stdout), logs go to stderr.
     for line in [
         "records read",
         "-> public",
@@ -52,8 +54,20 @@ fn readme_replay_shows_every_behaviour_and_logs_no_payload_value() {
         "dead letter: unknown_event_type",
         "dead letter: negative_cents",
     ] {
-        assert!(stderr.contains(line), "summary lacks {line:?}:\n{stderr}");
+        assert!(stdout.contains(line), "summary lacks {line:?}:\n{stdout}");
+        assert!(
+            !stderr.contains(line),
+            "the summary is not a log:\n{stderr}"
+        );
     }
+    // Its columns line up: every count ends in the same column.
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  ")).collect();
+    assert!(rows.len() > 10, "{stdout}");
+    assert!(
+        rows.iter()
+            .all(|r| r.chars().count() == rows[0].chars().count()),
+        "{stdout}"
+    );
 
     assert!(
         stderr.contains("Dead-lettered.") && stderr.contains("declared privacy tier"),
@@ -75,10 +89,23 @@ fn readme_replay_shows_every_behaviour_and_logs_no_payload_value() {
     }
     let values: Vec<&String> = values.iter().filter(|s| s.len() >= 6).collect();
     assert!(values.len() > 500);
+    // The contract's one exception (README, "No payload value"): debug
+    // lines carry trace ids the envelope classifies internal.
+    let traced = std::fs::read_to_string("samples/events.jsonl")
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["trace_id"].as_str().map(str::to_owned))
+        .filter(|t| {
+            stderr.contains(&format!("trace_id=\"{t}\""))
+                || stderr.contains(&format!("trace_id={t}"))
+        })
+        .count();
+    assert!(traced > 10, "debug lines carry trace ids:\n{stderr}");
     for v in values {
         assert!(
-            !stderr.contains(v.as_str()),
-            "a payload value reached the log: {v}"
+            !stderr.contains(v.as_str()) && !stdout.contains(v.as_str()),
+            "a payload value reached the log or the summary: {v}"
         );
     }
 
@@ -172,11 +199,10 @@ fn framed_samples_replay_like_json_ones() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("order: accepted                    500"),
-        "{stderr}"
-    );
+    let squeezed = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(squeezed.contains("order: accepted 500"), "{stdout}");
 }
 
 #[test]
@@ -218,8 +244,9 @@ fn each_producer_sample_replays_with_its_topology_and_logs_no_payload_value() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);
+        let stdout = String::from_utf8_lossy(&run.stdout);
         assert!(run.status.success(), "{producer}: {stderr}");
-        let squeezed = stderr
+        let squeezed = stdout
             .split(' ')
             .filter(|w| !w.is_empty())
             .collect::<Vec<_>>()
@@ -227,7 +254,7 @@ fn each_producer_sample_replays_with_its_topology_and_logs_no_payload_value() {
         for line in summary {
             assert!(
                 squeezed.contains(line),
-                "{producer}: no {line:?}:\n{stderr}"
+                "{producer}: no {line:?}:\n{stdout}"
             );
         }
 
@@ -246,8 +273,8 @@ fn each_producer_sample_replays_with_its_topology_and_logs_no_payload_value() {
             .filter(|s| s.len() >= 6 && !s.contains('-') || s.contains('@'))
         {
             assert!(
-                !stderr.contains(v.as_str()),
-                "{producer}: a payload value reached the log: {v}"
+                !stderr.contains(v.as_str()) && !stdout.contains(v.as_str()),
+                "{producer}: a payload value reached the log or the summary: {v}"
             );
         }
 
@@ -380,6 +407,8 @@ fn run_waits_for_an_absent_cluster_and_gives_up_at_the_startup_deadline() {
             if body.starts_with(&waiting) {
                 seen = Some((code, body));
                 assert_eq!(http_get(metrics, "/livez"), Some((200, "ok\n".to_owned())));
+                let (_, m) = http_get(metrics, "/metrics").unwrap();
+                assert!(m.lines().any(|l| l == "privacy_router_ready 0"), "{m}");
                 break;
             }
         }
@@ -485,4 +514,196 @@ fn registry_urls_are_checked_and_logged_without_credentials() {
         "{text}"
     );
     assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// `-X KEY=VALUE` and `--kafka-config FILE` (librdkafka properties, like
+/// kcat -F) apply in order; a bad line is named by file and line and not
+/// repeated (it may hold a secret).
+#[test]
+fn kafka_settings_come_from_flags_and_properties_files_in_order() {
+    use privacy_router::cli::kafka_overrides;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("client.properties");
+    std::fs::write(
+        &f,
+        "# the processor's client\n! also a comment\n\nsecurity.protocol = SASL_SSL\nsasl.password=p=w\n",
+    )
+    .unwrap();
+    let file = f.display().to_string();
+    let got = kafka_overrides(&[
+        "acks=all".to_owned(),
+        file.clone(),
+        "security.protocol=SSL".to_owned(),
+    ])
+    .unwrap();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        got,
+        pairs(&[
+            ("acks", "all"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.password", "p=w"),
+            ("security.protocol", "SSL"),
+        ])
+    );
+    std::fs::write(&f, "acks=all\nsasl.password s3cret\n").unwrap();
+    let err = format!(
+        "{:#}",
+        kafka_overrides(std::slice::from_ref(&file)).unwrap_err()
+    );
+    assert!(
+        err.contains(&format!("{file}:2: expected KEY=VALUE")),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+    let err = format!(
+        "{:#}",
+        kafka_overrides(&["no-such-file".to_owned()]).unwrap_err()
+    );
+    assert!(
+        err.contains("neither KEY=VALUE nor a readable librdkafka properties file"),
+        "{err}"
+    );
+}
+
+/// The registry password comes from a flag, the environment or a file, not
+/// two of them; an unreadable file is named.
+#[test]
+fn the_registry_password_file_is_read_or_named() {
+    let run = bin()
+        .args(["describe", "--registry-url", "http://127.0.0.1:1"])
+        .args(["--registry-password", "x", "--registry-password-file", "y"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "a usage error");
+    let run = bin()
+        .args(["privacy-report", "--registry-url", "http://127.0.0.1:1"])
+        .args(["--registry-password-file", "target/no-such-password-file"])
+        .env_remove("PRIVACY_ROUTER_REGISTRY_PASSWORD")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--registry-password-file target/no-such-password-file"),
+        "{stderr}"
+    );
+}
+
+/// Output files go where they are asked, folders created; replay's errors
+/// name the file and the line; an empty input is said, not silent.
+#[test]
+fn commands_create_their_output_folders_and_name_what_they_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("a/b/report.html");
+    let run = bin()
+        .args(["privacy-report", "--format", "html", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(std::fs::read_to_string(&report).unwrap().contains("<html"));
+
+    let sample = dir.path().join("c/d/sample.bin");
+    let run = bin()
+        .args(["sample", "--format", "framed", "--count", "3", "-o"])
+        .arg(&sample)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut bytes = std::fs::read(&sample).unwrap();
+    assert!(bytes.len() > 12);
+
+    // A framed input cut inside its last record: the file and the record.
+    bytes.truncate(bytes.len() - 3);
+    let cut = dir.path().join("cut.bin");
+    std::fs::write(&cut, &bytes).unwrap();
+    let run = bin()
+        .args(["replay", "--format", "framed"])
+        .arg(&cut)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "replaying {}: the framed input ends inside record 2",
+            cut.display()
+        )),
+        "{stderr}"
+    );
+
+    // An empty input: a warning, and a summary of zeros.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let run = bin()
+        .arg("replay")
+        .arg(&empty)
+        .arg("--out")
+        .arg(dir.path().join("out2"))
+        .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("holds no records"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("records read"));
+}
+
+/// Colour only for a person at a terminal: under a pseudo-terminal
+/// (util-linux `script`) the log lines are coloured, unless NO_COLOR is set.
+#[test]
+fn logs_are_coloured_only_at_a_terminal_and_never_under_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let at_terminal = |no_color: Option<&str>| {
+        let command = format!(
+            "{} replay samples/events.jsonl --out {}",
+            env!("CARGO_BIN_EXE_privacy-router"),
+            dir.path().display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env("PRIVACY_ROUTER_HASH_KEY", DEMO_KEY)
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().expect("util-linux script");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = at_terminal(None);
+    assert!(coloured.contains("records read"), "{coloured}");
+    assert!(
+        coloured.contains("\u{1b}["),
+        "a terminal gets colour:\n{coloured}"
+    );
+    let plain = at_terminal(Some("1"));
+    assert!(plain.contains("records read"), "{plain}");
+    assert!(!plain.contains("\u{1b}["), "NO_COLOR:\n{plain}");
+    // NO_COLOR set but empty does not count (no-color.org).
+    assert!(at_terminal(Some("")).contains("\u{1b}["));
 }

@@ -72,8 +72,12 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
     assert!(want.values().all(|v| !v.is_empty()));
 
     let counts = expected_counts(&s, &inputs);
-    // The registry wants basic auth: the processor sends it.
+    // The registry wants basic auth: the processor sends it, the password
+    // read from a file (as a mounted secret would hold it).
     *s.registry.inner.credentials.lock().unwrap() = Some("router:s3cret-pass".to_owned());
+    let password = s.dir.path().join("registry-password");
+    std::fs::write(&password, "s3cret-pass\n").unwrap();
+    let password = password.display().to_string();
     let port = free_port();
     let mut p = s.processor_on(
         "a",
@@ -81,8 +85,8 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
         &[
             "--registry-user",
             "router",
-            "--registry-password",
-            "s3cret-pass",
+            "--registry-password-file",
+            &password,
             "--stream-threads",
             "2",
         ],
@@ -171,6 +175,11 @@ fn end_to_end_with_metrics_equal_to_the_topics() {
     }
     assert!(metric(&m, "privacy_router_entities") > 0.0);
     assert_eq!(metric(&m, "privacy_router_assigned_partitions"), 3.0);
+    assert_eq!(
+        metric(&m, "privacy_router_ready"),
+        1.0,
+        "ready, as /readyz says"
+    );
     assert!(m.contains("privacy_router_commit_seconds_bucket"));
     assert!(m.contains("privacy_router_process_seconds_bucket"));
     assert_no_payload_in(&m, &payload_strings(&s.files, &inputs));
@@ -842,7 +851,8 @@ fn a_rebalance_storm_with_the_kip_848_protocol_loses_and_duplicates_nothing() {
 
 /// The broker listens with TLS and SASL/SCRAM too: the processor reaches it
 /// through librdkafka settings alone, end to end; a wrong password fails
-/// start-up with a clear error and no secret in the log.
+/// start-up with a clear error and no secret in the log. The good settings
+/// come from a properties file (`--kafka-config FILE`).
 #[test]
 fn tls_and_sasl_scram_through_librdkafka_settings() {
     let _serial = serial();
@@ -876,7 +886,16 @@ fn tls_and_sasl_scram_through_librdkafka_settings() {
     );
     assert!(!log.contains("not-the-password-42"), "{log}");
 
-    s.kafka_settings = secure("router-secret");
+    // The right one from a librdkafka properties file (`--kafka-config
+    // FILE`, like kcat -F), so the password is on no command line.
+    let properties = s.dir.path().join("client.properties");
+    let mut text = "# librdkafka settings of the processor\n\n".to_owned();
+    for line in secure("router-secret") {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&properties, text).unwrap();
+    s.kafka_settings = vec![properties.display().to_string()];
     let mut p = s.processor_with_brokers("secure", &sasl_ssl, &[]);
     wait_for_outputs(&s, &want, &mut p);
     stop(&mut p);

@@ -2,7 +2,8 @@
 //! here as written (from the repository root); `run` needs Kafka and is
 //! exercised by `tests/kafka.rs` (here: every flag of the README's table
 //! exists); the test command is `.ci/run`'s; `docker compose up` needs an
-//! engine and is checked by `tests/compose.rs`.
+//! engine and is checked by `tests/compose.rs`; `cargo install --path .`
+//! builds the binary the tests run.
 
 use std::process::Command;
 
@@ -57,6 +58,20 @@ fn every_readme_command_is_run_or_covered() {
                     ".ci/run runs the README's test command"
                 );
             }
+            Some("cargo") if words[1] == "install" => {
+                // `cargo install --path .` builds the package's binary in
+                // release mode: the binary these tests run (building it
+                // again into another root would only repeat the build).
+                let words: Vec<&str> = words
+                    .iter()
+                    .map(String::as_str)
+                    .take_while(|w| !w.starts_with('#'))
+                    .collect();
+                assert_eq!(words, ["cargo", "install", "--path", "."], "{line}");
+                let manifest = std::fs::read_to_string("Cargo.toml").unwrap();
+                assert!(manifest.contains("name = \"privacy-router\""));
+                assert!(std::path::Path::new(bin).is_file());
+            }
             Some("cargo") => {
                 // `cargo run --release -- <args>`: the same binary.
                 let at = words
@@ -83,9 +98,10 @@ fn every_readme_command_is_run_or_covered() {
                         "order: accepted",
                         "transactions committed",
                     ] {
+                        let stdout = String::from_utf8_lossy(&run.stdout);
                         assert!(
-                            stderr.contains(row),
-                            "the demo summary lacks {row:?}:\n{stderr}"
+                            stdout.contains(row),
+                            "the demo summary (stdout) lacks {row:?}:\n{stdout}"
                         );
                     }
                     for f in ["public", "internal", "restricted", "dead-letter"] {

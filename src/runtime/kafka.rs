@@ -137,12 +137,20 @@ impl rdkafka::consumer::ConsumerContext for QuietContext {}
 #[derive(Debug, Default)]
 pub struct RecordingContext {
     last: std::sync::Mutex<Option<String>>,
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 impl RecordingContext {
     /// The last error librdkafka reported, if any.
     pub fn last_error(&self) -> Option<String> {
         self.last.lock().ok()?.clone()
+    }
+
+    /// The last authentication or TLS failure librdkafka reported, if any:
+    /// the cluster is there and refuses this client, which waiting does
+    /// not fix.
+    pub fn refusal(&self) -> Option<String> {
+        self.refused.lock().ok()?.clone()
     }
 }
 
@@ -155,8 +163,21 @@ impl ClientContext for RecordingContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         forward_error(&error, reason);
+        let text = format!("{error}: {reason}");
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SSL
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+            )
+        ) {
+            if let Ok(mut refused) = self.refused.lock() {
+                *refused = Some(text.clone());
+            }
+        }
         if let Ok(mut last) = self.last.lock() {
-            *last = Some(format!("{error}: {reason}"));
+            *last = Some(text);
         }
     }
 }
@@ -258,6 +279,10 @@ pub enum TopicError {
     /// The cluster could not be asked.
     #[error("cannot read the cluster's metadata: {0}")]
     Metadata(String),
+    /// The cluster refused this client: authentication or TLS failed
+    /// (credentials, certificates or settings to fix; not retried).
+    #[error("the cluster refused this client (authentication or TLS): {0}")]
+    Refused(String),
     /// An input topic does not exist.
     #[error("the input topic {0} does not exist")]
     MissingInput(String),
@@ -342,9 +367,13 @@ pub fn check_topics(
         for _ in 0..5 {
             let _ = probe.poll(Duration::from_millis(100));
         }
-        match (e, probe.context().last_error()) {
-            (TopicError::Metadata(m), Some(why)) => TopicError::Metadata(format!("{m} ({why})")),
-            (e, _) => e,
+        let context = probe.context();
+        match (e, context.refusal(), context.last_error()) {
+            (TopicError::Metadata(m), Some(why), _) => TopicError::Refused(format!("{m} ({why})")),
+            (TopicError::Metadata(m), None, Some(why)) => {
+                TopicError::Metadata(format!("{m} ({why})"))
+            }
+            (e, _, _) => e,
         }
     })?;
     let mut inputs_n = HashMap::new();
