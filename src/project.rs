@@ -277,15 +277,7 @@ pub fn encode_projections(
     pseudonyms: &mut Pseudonyms<'_>,
     outs: &mut [Vec<u8>; 3],
 ) -> Result<(), NoHashKey> {
-    assert!(tiers.len() <= 3, "at most three tiers");
-    let mask = (1u8 << tiers.len()) - 1;
-    let mut p = Projector {
-        s,
-        tiers,
-        pseudonyms,
-        outs,
-        scratch: Vec::new(),
-    };
+    let (mut p, mask) = Projector::new(s, tiers, pseudonyms, outs);
     p.node(s.root(), datum, mask)
 }
 
@@ -297,7 +289,27 @@ struct Projector<'p, 'e> {
     scratch: Vec<u8>,
 }
 
-impl Projector<'_, '_> {
+impl<'p, 'e> Projector<'p, 'e> {
+    /// A projector for `tiers` (at most three), and the mask of all its
+    /// outputs.
+    fn new(
+        s: &'p CompiledSchema,
+        tiers: &'p [Tier],
+        pseudonyms: &'p mut Pseudonyms<'e>,
+        outs: &'p mut [Vec<u8>; 3],
+    ) -> (Self, u8) {
+        assert!(tiers.len() <= 3, "at most three tiers");
+        let mask = (1u8 << tiers.len()) - 1;
+        let p = Projector {
+            s,
+            tiers,
+            pseudonyms,
+            outs,
+            scratch: Vec::new(),
+        };
+        (p, mask)
+    }
+
     /// Writes the same bytes to every output in `mask`.
     fn put(&mut self, mask: u8, bytes: &[u8]) {
         for (i, out) in self.outs.iter_mut().enumerate() {
@@ -404,15 +416,7 @@ pub fn write_json_projections(
     pseudonyms: &mut Pseudonyms<'_>,
     outs: &mut [Vec<u8>; 3],
 ) -> Result<(), NoHashKey> {
-    assert!(tiers.len() <= 3, "at most three tiers");
-    let mask = (1u8 << tiers.len()) - 1;
-    let mut p = Projector {
-        s,
-        tiers,
-        pseudonyms,
-        outs,
-        scratch: Vec::new(),
-    };
+    let (mut p, mask) = Projector::new(s, tiers, pseudonyms, outs);
     p.json(s.root(), datum, mask)
 }
 

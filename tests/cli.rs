@@ -7,6 +7,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod support;
+use support::{free_port, http_get};
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_privacy-router"))
 }
@@ -345,32 +348,6 @@ fn json_logs_are_one_object_per_line() {
         stderr.contains("\"reason\":\"malformed_json\""),
         "dead letters carry their reason as a field"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on 127.0.0.1: status and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((code, body))
 }
 
 /// `run` against a cluster that is not there yet does not crash: it says

@@ -48,6 +48,20 @@ fn metrics_in(expr: &str) -> Vec<String> {
         .collect()
 }
 
+/// The metrics `expr` (of the rule or panel `what`) uses: at least one, and
+/// every one exported.
+fn exported_metrics_in(what: &str, expr: &str, exported: &BTreeSet<String>) -> Vec<String> {
+    let used = metrics_in(expr);
+    assert!(!used.is_empty(), "{what}: {expr}");
+    for m in &used {
+        assert!(
+            exported.contains(m),
+            "{what} uses {m}, which is not exported"
+        );
+    }
+    used
+}
+
 fn promtool(args: &[&str]) -> std::process::Output {
     Command::new("promtool").args(args).output().expect(
         "promtool is not installed: run the tests with `bash scripts/test.sh`, which installs Debian's prometheus",
@@ -82,14 +96,7 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
         for rule in group["rules"].as_array().unwrap() {
             let name = rule["alert"].as_str().unwrap();
             let expr = rule["expr"].as_str().unwrap();
-            let used = metrics_in(expr);
-            assert!(!used.is_empty(), "{name}: {expr}");
-            for m in used {
-                assert!(
-                    exported.contains(&m),
-                    "{name} uses {m}, which is not exported"
-                );
-            }
+            exported_metrics_in(name, expr, &exported);
             assert!(rule["annotations"]["summary"].is_string(), "{name}");
             alerts.insert(name.to_owned());
         }
@@ -122,15 +129,7 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
         assert!(!targets.is_empty(), "{title}");
         for t in targets {
             let expr = t["expr"].as_str().unwrap();
-            let used = metrics_in(expr);
-            assert!(!used.is_empty(), "{title}: {expr}");
-            for m in used {
-                assert!(
-                    exported.contains(&m),
-                    "{title} uses {m}, which is not exported"
-                );
-                seen.insert(m);
-            }
+            seen.extend(exported_metrics_in(title, expr, &exported));
         }
     }
     // Every metric of ours is on the dashboard somewhere.
