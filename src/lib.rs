@@ -38,6 +38,7 @@ pub mod pipeline;
 pub mod project;
 pub mod record;
 pub mod registry;
+pub mod reorder;
 pub mod replay;
 pub mod route;
 pub mod runtime;

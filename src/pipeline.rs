@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::config::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat};
+use crate::config::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, StalePolicy};
 use crate::order::{entity_key, sequence_key, sequence_verdict, verdict, Verdict, VersionStore};
 use crate::project::{
     derived_schema, encode_projections, redacted_fields, write_json_projections, Hasher, NoHashKey,
@@ -64,6 +64,12 @@ enum Halt {
     Reject(Rejection),
     /// A duplicate or stale version: counted, not emitted.
     Skip(Verdict),
+    /// Ahead of the entity's next version under `on_gap: hold`.
+    Hold {
+        key: Vec<u8>,
+        version: i64,
+        last: i64,
+    },
     /// The record was not processed: retry it (transient) or stop (fatal).
     Fail(EngineError),
 }
@@ -234,14 +240,33 @@ impl Engine {
         store: &mut dyn VersionStore,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Outcome, EngineError> {
+        self.process_as(raw, store, registry, Gaps::AsConfigured)
+    }
+
+    /// Processes one raw record, handling a version gap as `gaps` says:
+    /// [`Gaps::Emit`] is how a held event whose window expired is emitted
+    /// ([`crate::reorder`]) whatever the topology's `on_gap`.
+    ///
+    /// # Errors
+    /// As [`Engine::process`].
+    pub fn process_as(
+        &mut self,
+        raw: &RawRecord<'_>,
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Outcome, EngineError> {
         let mut docs = Docs::default();
         let routed = match self.decode(raw, &mut docs, registry) {
-            Ok((writer, datum, order_by)) => self.route(&writer, &datum, order_by, store, registry),
+            Ok((writer, datum, order_by)) => {
+                self.route(&writer, &datum, order_by, store, registry, gaps)
+            }
             Err(halt) => Err(halt),
         };
         match routed {
             Ok(routed) => Ok(Outcome::Routed(routed)),
             Err(Halt::Skip(verdict)) => Ok(Outcome::Skipped(verdict)),
+            Err(Halt::Hold { key, version, last }) => Ok(Outcome::Held { key, version, last }),
             Err(Halt::Reject(rejection)) => Ok(Outcome::DeadLettered {
                 record: dead_letter(raw, &rejection, &self.config.topics.dead_letter),
                 rejection,
@@ -374,10 +399,11 @@ impl Engine {
         order_by: OrderBy,
         store: &mut dyn VersionStore,
         registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
     ) -> Result<Routed, Halt> {
         let event = Event::validate(&writer.schema, datum)?;
         let tiers = self.check_tier(&event)?;
-        let ordered = self.order(&event, order_by, &*store)?;
+        let ordered = self.order(&event, order_by, &*store, gaps)?;
         let hasher = self.hasher.clone();
         let mut pseudonyms = Pseudonyms::new(hasher.as_deref(), event.entity_id());
         let projected = self.project(writer, &event, tiers.reached, &mut pseudonyms, registry)?;
@@ -439,13 +465,15 @@ impl Engine {
 
     /// Order: the event's version (or sequence number) against the last one
     /// the store holds for its entity, and the store write that accepting it
-    /// makes. A duplicate or stale version stops here (skipped), and so
-    /// does a gap where the topology dead-letters gaps.
+    /// makes. A duplicate or stale version stops here (skipped, or a stale
+    /// one dead-lettered where the topology asks), and so does a gap where
+    /// the topology dead-letters or holds gaps.
     fn order(
         &self,
         event: &Event<'_, '_>,
         order_by: OrderBy,
         store: &dyn VersionStore,
+        gaps: Gaps,
     ) -> Result<Ordered, Halt> {
         let (env, values) = (event.env, event.values);
         let entity_type = event
@@ -479,9 +507,28 @@ impl Engine {
             }
             OrderBy::Off => (Verdict::Unordered, None),
         };
+        let on_gap = match gaps {
+            Gaps::AsConfigured => self.config.on_gap,
+            Gaps::Emit => GapPolicy::Emit,
+        };
         match v {
+            Verdict::Stale if self.config.on_stale == StalePolicy::DeadLetter => {
+                Err(Rejection::new(
+                    Reason::StaleVersion,
+                    "entity_version is older than the last version emitted for the entity",
+                )
+                .into())
+            }
             Verdict::Duplicate | Verdict::Stale => Err(Halt::Skip(v)),
-            Verdict::Gap { missing } if self.config.on_gap == GapPolicy::DeadLetter => {
+            Verdict::Gap { missing } if on_gap == GapPolicy::Hold => {
+                let state = state.expect("a gap is a verdict on a stored version");
+                Err(Halt::Hold {
+                    last: state.version.saturating_sub(missing).saturating_sub(1),
+                    key: state.key,
+                    version: state.version,
+                })
+            }
+            Verdict::Gap { missing } if on_gap == GapPolicy::DeadLetter => {
                 Err(Rejection::new(
                     Reason::VersionGap,
                     format!(
@@ -912,6 +959,16 @@ struct TierCheck {
     reached: Vec<Tier>,
     /// The schema path of a value above the declared tier, if any.
     mismatch: Option<String>,
+}
+
+/// How [`Engine::process_as`] treats a version gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gaps {
+    /// As the topology's `ordering.on_gap` says.
+    AsConfigured,
+    /// Emitted with the `x-version-gap` header: a held event whose reorder
+    /// window expired.
+    Emit,
 }
 
 /// What the order step decided.

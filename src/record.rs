@@ -315,6 +315,9 @@ pub enum Reason {
     /// `entity_version` skips versions (dead-lettered only when the topology
     /// asks for it).
     VersionGap,
+    /// `entity_version` is older than the entity's last emitted version
+    /// (dead-lettered only when the topology asks for it).
+    StaleVersion,
     /// The schema asks for hashing (or the key must be pseudonymised) but no
     /// hash key is configured.
     RedactionUnavailable,
@@ -326,7 +329,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::EmptyValue,
         Reason::UnknownMagicByte,
         Reason::TruncatedFrame,
@@ -348,6 +351,7 @@ impl Reason {
         Reason::InvalidTimestamp,
         Reason::TierMismatch,
         Reason::VersionGap,
+        Reason::StaleVersion,
         Reason::RedactionUnavailable,
         Reason::DerivedSchemaRejected,
     ];
@@ -376,6 +380,7 @@ impl Reason {
             Reason::InvalidTimestamp => "invalid_timestamp",
             Reason::TierMismatch => "tier_mismatch",
             Reason::VersionGap => "version_gap",
+            Reason::StaleVersion => "stale_version",
             Reason::RedactionUnavailable => "redaction_unavailable",
             Reason::DerivedSchemaRejected => "derived_schema_rejected",
         }
@@ -461,6 +466,16 @@ pub enum Outcome {
     Routed(Routed),
     /// A duplicate or stale version: counted, not emitted.
     Skipped(Verdict),
+    /// Ahead of its entity's next version, under `on_gap: hold`: to be held
+    /// for the reorder window ([`crate::reorder`]); nothing is emitted yet.
+    Held {
+        /// The entity's state key.
+        key: Vec<u8>,
+        /// Its version.
+        version: i64,
+        /// The last version emitted for the entity.
+        last: i64,
+    },
     /// Produce this record to the dead-letter topic.
     DeadLettered {
         /// The dead-letter record (the original, plus error headers).

@@ -12,9 +12,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use crate::order::hold::Holdback;
 use crate::order::{MemoryStore, VersionStore};
 use crate::pipeline::Engine;
 use crate::record::{OutRecord, Outcome, RawRecord, Source, Tier};
+use crate::reorder::{HeldChange, Reorder, Step};
 use crate::schema::{binary, json as sjson, CompiledSchema, SchemaLookup};
 use crate::telemetry::{At, Metrics, RecordEvents};
 
@@ -43,6 +45,10 @@ pub struct Summary {
     pub dead_letters: BTreeMap<&'static str, u64>,
     /// Events holding data above their declared tier.
     pub tier_mismatches: u64,
+    /// Events held for the reorder window (`on_gap: hold`).
+    pub held: u64,
+    /// Held events released, by why (`in_order`, `bound`, `end_of_input`).
+    pub released: BTreeMap<&'static str, u64>,
     /// Entities in the version store at the end.
     pub entities: usize,
 }
@@ -62,6 +68,12 @@ impl Summary {
         row("-> dead letter", self.dead_letters.values().sum());
         for (k, v) in &self.verdicts {
             row(&format!("order: {k}"), *v);
+        }
+        if self.held > 0 {
+            row("held for reordering", self.held);
+            for (k, v) in &self.released {
+                row(&format!("released: {k}"), *v);
+            }
         }
         row("declared-tier mismatches", self.tier_mismatches);
         for (k, v) in &self.dead_letters {
@@ -191,15 +203,17 @@ pub fn replay(
     };
     let mut store = MemoryStore::default();
     let mut summary = Summary::default();
-    let mut events = RecordEvents::default();
-    // Replay counts in its summary; the metrics only take what the events
-    // count at once (refused derived schemas).
-    let metrics = Metrics::default();
     let source_topic: Arc<str> = Arc::from(source_topic);
     let mut buf = Vec::new();
     let mut offset = 0i64;
-    let mut outputs: Vec<(Tier, OutRecord)> = Vec::new();
-    let mut renderer = Renderer::default();
+    let mut held = Holdback::default();
+    let mut steps = Vec::new();
+    let mut out = Out {
+        sinks,
+        events: RecordEvents::default(),
+        renderer: Renderer::default(),
+        metrics: Metrics::default(),
+    };
     loop {
         buf.clear();
         let n = match format {
@@ -246,63 +260,46 @@ pub fn replay(
             headers: &[],
         };
         summary.consumed += 1;
-        let outcome = engine.process(&raw, &mut store, registry).map_err(|e| {
+        let line_of = |e: &dyn std::fmt::Display| {
             // JSON Lines are numbered by line, framed inputs by record.
             match format {
                 InputFormat::Framed => anyhow::anyhow!("record {offset}: {e}"),
                 _ => anyhow::anyhow!("line {}: {e}", offset + 1),
             }
-        })?;
-        for refusal in engine.take_refusals() {
-            events.derived_schema_refused(&metrics, &refusal);
-        }
-        let at = At {
-            topic: &source_topic,
-            partition: 0,
-            offset,
         };
-        match outcome {
-            Outcome::Routed(r) => {
-                events.routed(at, &r);
-                for rec in r.records {
-                    let tier = rec
-                        .destination
-                        .tier()
-                        .context("a routed record without a tier")?;
-                    outputs.push((tier, rec));
-                }
-            }
-            Outcome::Skipped(v) => events.skipped(at, v),
-            Outcome::DeadLettered { record, rejection } => {
-                events.dead_lettered(at, &rejection);
-                let line = json!({
-                    "offset": offset,
-                    "topic": &*record.topic,
-                    "key": bytes_json(record.key.as_deref()),
-                    "headers": headers_json(&record),
-                    "value": bytes_json(record.value.as_deref()),
-                });
-                serde_json::to_writer(&mut sinks.dead, &line)?;
-                sinks.dead.write_all(b"\n")?;
-            }
+        Reorder {
+            engine: &mut *engine,
+            store: &mut store,
+            held: &mut held,
+            registry: &mut *registry,
+        }
+        .process(&raw, None, None, &mut steps)
+        .map_err(|e| line_of(&e))?;
+        for refusal in engine.take_refusals() {
+            out.events.derived_schema_refused(&out.metrics, &refusal);
+        }
+        for step in steps.drain(..) {
+            write_step(step, &mut out, registry)?;
         }
         offset += 1;
-        if !outputs.is_empty() {
-            for (tier, rec) in outputs.drain(..) {
-                let value = renderer.value(registry, rec.value.as_deref().unwrap_or_default())?;
-                let line = json!({
-                    "offset": offset - 1,
-                    "topic": &*rec.topic,
-                    "key": bytes_json(rec.key.as_deref()),
-                    "headers": headers_json(&rec),
-                    "value": value,
-                });
-                let w = &mut sinks.tiers[tier.index()];
-                serde_json::to_writer(&mut *w, &line)?;
-                w.write_all(b"\n")?;
-            }
-        }
     }
+    // The end of the input ends every reorder window: what is still held
+    // is emitted as gaps, oldest first.
+    Reorder {
+        engine: &mut *engine,
+        store: &mut store,
+        held: &mut held,
+        registry: &mut *registry,
+    }
+    .release_all(&mut steps)
+    .map_err(|e| anyhow::anyhow!("releasing held events at the end of the input: {e}"))?;
+    for refusal in engine.take_refusals() {
+        out.events.derived_schema_refused(&out.metrics, &refusal);
+    }
+    for step in steps.drain(..) {
+        write_step(step, &mut out, registry)?;
+    }
+    let Out { sinks, events, .. } = &mut out;
     for w in &mut sinks.tiers {
         w.flush()?;
     }
@@ -320,7 +317,73 @@ pub fn replay(
         *summary.dead_letters.entry(reason.code()).or_default() += 1;
     }
     summary.tier_mismatches = counts.tier_mismatches();
+    summary.held = counts.held();
+    summary.released = counts.released().collect();
     summary.entities = store.len();
     progress.finish_and_clear();
     Ok(summary)
+}
+
+/// Where replay's steps go: the output files and the counts. Replay counts
+/// in its summary; the metrics only take what the events count at once
+/// (refused derived schemas).
+struct Out {
+    sinks: Sinks,
+    events: RecordEvents,
+    renderer: Renderer,
+    metrics: Metrics,
+}
+
+/// Writes one step: its tier records or dead letter as JSON lines
+/// (`offset` is the input record's, a released event's own), and counts
+/// it.
+fn write_step(step: Step, out: &mut Out, registry: &mut dyn SchemaLookup) -> Result<()> {
+    let offset = step.source.offset;
+    let at = At {
+        topic: &step.source.topic,
+        partition: step.source.partition,
+        offset,
+    };
+    if let HeldChange::Released { how, .. } = step.held {
+        out.events.released(at, how);
+    }
+    match step.outcome {
+        Outcome::Routed(r) => {
+            out.events.routed(at, &r);
+            for rec in r.records {
+                let tier = rec
+                    .destination
+                    .tier()
+                    .context("a routed record without a tier")?;
+                let value = out
+                    .renderer
+                    .value(registry, rec.value.as_deref().unwrap_or_default())?;
+                let line = json!({
+                    "offset": offset,
+                    "topic": &*rec.topic,
+                    "key": bytes_json(rec.key.as_deref()),
+                    "headers": headers_json(&rec),
+                    "value": value,
+                });
+                let w = &mut out.sinks.tiers[tier.index()];
+                serde_json::to_writer(&mut *w, &line)?;
+                w.write_all(b"\n")?;
+            }
+        }
+        Outcome::Skipped(v) => out.events.skipped(at, v),
+        Outcome::Held { .. } => out.events.held(at),
+        Outcome::DeadLettered { record, rejection } => {
+            out.events.dead_lettered(at, &rejection);
+            let line = json!({
+                "offset": offset,
+                "topic": &*record.topic,
+                "key": bytes_json(record.key.as_deref()),
+                "headers": headers_json(&record),
+                "value": bytes_json(record.value.as_deref()),
+            });
+            serde_json::to_writer(&mut out.sinks.dead, &line)?;
+            out.sinks.dead.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }

@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
+use crate::order::hold::Release;
 use crate::order::Verdict;
 use crate::record::{Reason, Refusal, Rejection, Routed, Tier};
 
@@ -71,6 +72,14 @@ pub mod names {
     /// 1 when `/readyz` would answer 200, else 0 (set at each scrape), so
     /// an alert can watch readiness.
     pub const READY: &str = "privacy_router_ready";
+    /// Events held for the reorder window (`on_gap: hold`), in total.
+    pub const HELD: &str = "privacy_router_held_events_total";
+    /// Held events released, by why (`in_order`, `timeout`, `bound`).
+    pub const RELEASED: &str = "privacy_router_held_events_released_total";
+    /// Events held now.
+    pub const HELD_NOW: &str = "privacy_router_held_events";
+    /// Age of the oldest held event, per stream thread.
+    pub const HELD_OLDEST: &str = "privacy_router_held_oldest_age_seconds";
 
     /// Every metric of ours, for the checks of `deploy/` (alert rules and
     /// dashboard): labelled ones have no series until a label value is
@@ -96,6 +105,10 @@ pub mod names {
         DERIVED_REFUSED,
         BUILD_INFO,
         READY,
+        HELD,
+        RELEASED,
+        HELD_NOW,
+        HELD_OLDEST,
     ];
 }
 
@@ -122,6 +135,10 @@ pub struct Metrics {
     assigned: IntGauge,
     derived_refused: [IntCounter; 3],
     ready: IntGauge,
+    held: IntCounter,
+    released: [IntCounter; 3],
+    held_now: IntGauge,
+    held_oldest: GaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -306,6 +323,33 @@ impl Metrics {
                 names::READY,
                 "1 when /readyz answers 200 (every stream thread joined and restored), else 0.",
             ),
+            held: counter(
+                r,
+                names::HELD,
+                "Events held for the reorder window (ordering.on_gap: hold).",
+            ),
+            released: {
+                let v = counter_vec(
+                    r,
+                    names::RELEASED,
+                    "Held events released: in_order (the missing versions arrived), timeout (emitted as a gap when the window expired), bound (emitted as a gap, the partition held too many).",
+                    &["how"],
+                );
+                RELEASED_LABELS.map(|l| v.with_label_values(&[l]))
+            },
+            held_now: gauge(r, names::HELD_NOW, "Events held for the reorder window now."),
+            held_oldest: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        names::HELD_OLDEST,
+                        "Age of the oldest held event on the wall clock, per stream thread (0 when none is held).",
+                    ),
+                    &["thread"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             registry,
         }
     }
@@ -377,6 +421,17 @@ impl TopicCounters {
 /// The `verdict` label values, in the order of [`Pending`]'s counts.
 const VERDICT_LABELS: [&str; 5] = ["accepted", "duplicate", "stale", "gap", "unordered"];
 
+/// How held events are released, as the runtime counts them.
+const RELEASED_LABELS: [&str; 3] = ["in_order", "timeout", "bound"];
+
+/// Every [`Release`] label, in [`Pending`]'s order.
+const RELEASE_ALL: [Release; 4] = [
+    Release::InOrder,
+    Release::Timeout,
+    Release::Bound,
+    Release::EndOfInput,
+];
+
 /// Counts of one transaction's outcomes, added to the counters only when it
 /// commits, so the counters say what downstream readers can see.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -388,6 +443,8 @@ pub struct Pending {
     tier_mismatches: u64,
     replayed: u64,
     inputs: u64,
+    held: u64,
+    released: [u64; 4],
 }
 
 impl Pending {
@@ -422,6 +479,20 @@ impl Pending {
     /// A record a predecessor already processed was skipped.
     pub fn replayed(&mut self) {
         self.replayed += 1;
+    }
+
+    /// Events held for the reorder window.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Held events released, by how (those seen).
+    pub fn released(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RELEASE_ALL
+            .iter()
+            .zip(self.released)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.label(), n))
     }
 
     /// Input records the transaction covers.
@@ -603,6 +674,41 @@ impl RecordEvents {
         );
     }
 
+    /// The event is ahead of its entity's next version and held for the
+    /// reorder window. Debug.
+    pub fn held(&mut self, at: At<'_>) {
+        self.pending.held += 1;
+        let At {
+            topic,
+            partition,
+            offset,
+        } = at;
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            "Ahead of the entity's next version; held for the reorder window."
+        );
+    }
+
+    /// A held event is released (its outcome is reported apart). Debug.
+    pub fn released(&mut self, at: At<'_>, how: Release) {
+        let i = RELEASE_ALL.iter().position(|r| *r == how).unwrap_or(0);
+        self.pending.released[i] += 1;
+        let At {
+            topic,
+            partition,
+            offset,
+        } = at;
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            how = how.label(),
+            "Held event released."
+        );
+    }
+
     /// The event's version was already emitted (duplicate) or is older
     /// than one emitted (stale): nothing is sent. Debug.
     pub fn skipped(&mut self, at: At<'_>, v: Verdict) {
@@ -740,6 +846,10 @@ fn committed(metrics: &Metrics, pending: &mut Pending, took: Duration) {
     }
     metrics.tier_mismatches.inc_by(p.tier_mismatches);
     metrics.replayed.inc_by(p.replayed);
+    metrics.held.inc_by(p.held);
+    for (c, n) in metrics.released.iter().zip(p.released) {
+        c.inc_by(n);
+    }
     metrics.committed_inputs.inc_by(p.inputs);
     metrics.transactions.with_label_values(&["committed"]).inc();
     metrics
@@ -822,6 +932,18 @@ pub fn state_size(metrics: &Metrics, last: &mut (i64, i64), entities: usize, ass
     metrics.entities.add(now.0 - last.0);
     metrics.assigned.add(now.1 - last.1);
     *last = now;
+}
+
+/// Events held now by one stream thread (`last`: what it reported before;
+/// the instance's gauge is the sum), and the wall-clock age of its oldest.
+pub fn held_now(metrics: &Metrics, last: &mut i64, thread: u16, held: usize, oldest: Duration) {
+    let now = held as i64;
+    metrics.held_now.add(now - *last);
+    *last = now;
+    metrics
+        .held_oldest
+        .with_label_values(&[&thread.to_string()])
+        .set(oldest.as_secs_f64());
 }
 
 /// Consumer lag of one input partition (from librdkafka statistics).

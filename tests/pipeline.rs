@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use privacy_router::config::Topology;
 use privacy_router::order::{MemoryStore, VersionStore};
+use privacy_router::order::hold::{Holdback, Release};
 use privacy_router::pipeline::Engine;
+use privacy_router::reorder::{HeldChange, Reorder, Step};
 use privacy_router::project::Hasher;
 use privacy_router::record::{OutRecord, Outcome, RawRecord, Reason, Routed, Source};
 use privacy_router::registry::{file, MemoryRegistry};
@@ -970,4 +972,127 @@ fn an_override_raises_a_tier_in_every_version_and_never_lowers_one() {
         "{:?}",
         found.errors
     );
+}
+
+/// Runs values through [`Reorder`] with no wall clock (as `replay` does),
+/// collecting every step.
+fn reorder(d: &mut Driver, held: &mut Holdback, value: &Value, ts: i64) -> Vec<Step> {
+    let source = Source {
+        topic: Arc::from("events.raw"),
+        partition: 3,
+        offset: d.offset,
+    };
+    d.offset += 1;
+    let bytes = serde_json::to_vec(value).unwrap();
+    let raw = RawRecord {
+        source: &source,
+        key: Some(b"k"),
+        value: Some(&bytes),
+        headers: &[],
+    };
+    let mut out = Vec::new();
+    Reorder {
+        engine: &mut d.engine,
+        store: &mut d.store,
+        held,
+        registry: &mut d.registry,
+    }
+    .process(&raw, Some(ts), None, &mut out)
+    .unwrap();
+    out
+}
+
+/// (input offset, verdict or "held", x-version-gap header) of each step.
+fn summary(steps: &[Step]) -> Vec<(i64, String, Option<String>)> {
+    steps
+        .iter()
+        .map(|s| match &s.outcome {
+            Outcome::Routed(r) => (
+                s.source.offset,
+                r.verdict.label().to_owned(),
+                r.records[0]
+                    .header("x-version-gap")
+                    .map(|h| String::from_utf8_lossy(h).into_owned()),
+            ),
+            Outcome::Held { .. } => (s.source.offset, "held".to_owned(), None),
+            Outcome::Skipped(v) => (s.source.offset, v.label().to_owned(), None),
+            Outcome::DeadLettered { rejection, .. } => {
+                (s.source.offset, rejection.reason.code().to_owned(), None)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn held_events_follow_the_missing_versions_in_order() {
+    let mut d = Driver::with("ordering: {on_gap: hold, reorder_window_ms: 1000}");
+    let mut held = Holdback::default();
+    let s = |x: &[(i64, &str, Option<&str>)]| {
+        x.iter()
+            .map(|(o, v, g)| (*o, (*v).to_owned(), g.map(str::to_owned)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(1), 0)), s(&[(0, "accepted", None)]));
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(4), 10)), s(&[(1, "held", None)]));
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(3), 20)), s(&[(2, "held", None)]));
+    // The same version again while it is held: a duplicate.
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(3), 30)), s(&[(3, "duplicate", None)]));
+    let steps = reorder(&mut d, &mut held, &user_created(2), 40);
+    assert_eq!(
+        summary(&steps),
+        s(&[(4, "accepted", None), (2, "accepted", None), (1, "accepted", None)])
+    );
+    assert!(matches!(steps[1].held, HeldChange::Released { how: Release::InOrder, .. }));
+    assert!(held.is_empty());
+    // Released records keep their own input coordinates and timestamp.
+    assert_eq!(steps[2].timestamp, Some(10));
+    // Past the window in stream time: emitted as a gap with its header.
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(7), 50)), s(&[(5, "held", None)]));
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(8), 60)), s(&[(6, "held", None)]));
+    let other = with_entity(user_created(1), "65a1b2c3d4e5f60718293aff");
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &other, 1_050)),
+        s(&[(7, "accepted", None), (5, "gap", Some("2")), (6, "accepted", None)])
+    );
+    assert_eq!(d.store.last_version(b"user/65a1b2c3d4e5f60718293a4b"), Some(8));
+    // Stale stays stale, and is never held.
+    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(5), 1_060)), s(&[(8, "stale", None)]));
+}
+
+#[test]
+fn the_bound_emits_the_oldest_held_events_as_gaps() {
+    let mut d = Driver::with("ordering: {on_gap: hold, max_held_per_partition: 2}");
+    let mut held = Holdback::default();
+    let a = |v| user_created(v);
+    let b = |v| with_entity(user_created(v), "65a1b2c3d4e5f60718293aff");
+    reorder(&mut d, &mut held, &a(1), 0);
+    reorder(&mut d, &mut held, &b(1), 0);
+    reorder(&mut d, &mut held, &a(3), 0);
+    reorder(&mut d, &mut held, &b(5), 0);
+    let steps = reorder(&mut d, &mut held, &b(3), 0);
+    // Three held: the oldest (a's 3) goes out as a gap.
+    let got = summary(&steps);
+    assert_eq!(got[0], (4, "held".to_owned(), None));
+    assert_eq!(got[1], (2, "gap".to_owned(), Some("1".to_owned())));
+    assert!(matches!(steps[1].held, HeldChange::Released { how: Release::Bound, .. }));
+    assert_eq!(held.len(), 2);
+}
+
+#[test]
+fn stale_events_can_be_dead_lettered() {
+    let mut d = Driver::with("ordering: {on_stale: dead_letter}");
+    routed(d.pipe_json(&user_created(1)));
+    routed(d.pipe_json(&user_created(2)));
+    assert!(matches!(d.pipe_json(&user_created(2)), Outcome::Skipped(v) if v.label() == "duplicate"));
+    let (record, reason, detail) = rejected(d.pipe_json(&user_created(1)));
+    assert_eq!(reason, Reason::StaleVersion);
+    assert_eq!(record.header("x-error-reason"), Some(&b"stale_version"[..]));
+    for p in PII {
+        assert!(!detail.contains(p));
+    }
+}
+
+fn with_entity(mut v: Value, id: &str) -> Value {
+    v["entity_id"] = Value::from(id);
+    v
 }

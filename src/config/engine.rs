@@ -21,6 +21,42 @@ pub enum GapPolicy {
     Emit,
     /// Dead-letter it with reason `version_gap`; the entity's state stays.
     DeadLetter,
+    /// Hold it for the reorder window ([`HoldConfig`]): released in version
+    /// order when the missing versions arrive, emitted as a gap when the
+    /// window expires.
+    Hold,
+}
+
+/// What happens to an event older than its entity's last emitted version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StalePolicy {
+    /// Count it and emit nothing (default).
+    #[default]
+    Skip,
+    /// Dead-letter it with reason `stale_version`.
+    DeadLetter,
+}
+
+/// The reorder window of `on_gap: hold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldConfig {
+    /// How long an event is held, in stream time (the input partition's
+    /// highest record timestamp) and, as a backstop for a partition that
+    /// falls idle, in wall-clock time since it was held.
+    pub window_ms: i64,
+    /// At most this many events are held per partition; beyond it the
+    /// oldest are emitted as gaps.
+    pub max_held: usize,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig {
+            window_ms: 5_000,
+            max_held: 10_000,
+        }
+    }
 }
 
 /// What happens to an event holding data above its declared tier.
@@ -78,6 +114,10 @@ pub struct EngineConfig {
     pub format: OutputFormat,
     /// Gap handling.
     pub on_gap: GapPolicy,
+    /// The reorder window, for `on_gap: hold`.
+    pub hold: HoldConfig,
+    /// Stale-version handling.
+    pub on_stale: StalePolicy,
     /// Declared-tier mismatch handling.
     pub on_tier_mismatch: MismatchPolicy,
     /// Classification rules: the Confluent tag map and compliance's

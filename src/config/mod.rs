@@ -13,7 +13,9 @@ mod engine;
 pub mod schemas;
 pub mod yaml;
 
-pub use engine::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, Topics};
+pub use engine::{
+    EngineConfig, GapPolicy, HoldConfig, MismatchPolicy, OutputFormat, StalePolicy, Topics,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -186,12 +188,45 @@ impl Default for ProcessingConfig {
 }
 
 /// Ordering settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderingConfig {
-    /// `emit` (default, with an `x-version-gap` header) or `dead_letter`.
+    /// `emit` (default, with an `x-version-gap` header), `dead_letter` or
+    /// `hold` (for the reorder window).
     #[serde(default)]
     pub on_gap: GapPolicy,
+    /// `hold`: how long an event ahead of its entity's next version waits
+    /// for the missing ones, in stream time (and wall-clock time as a
+    /// backstop), in milliseconds.
+    #[serde(default = "default_reorder_window_ms")]
+    pub reorder_window_ms: u64,
+    /// `hold`: at most this many events held per partition; beyond it the
+    /// oldest are emitted as gaps.
+    #[serde(default = "default_max_held")]
+    pub max_held_per_partition: u64,
+    /// `skip` (default) or `dead_letter`: what happens to an event older
+    /// than its entity's last emitted version.
+    #[serde(default)]
+    pub on_stale: StalePolicy,
+}
+
+fn default_reorder_window_ms() -> u64 {
+    HoldConfig::default().window_ms as u64
+}
+
+fn default_max_held() -> u64 {
+    HoldConfig::default().max_held as u64
+}
+
+impl Default for OrderingConfig {
+    fn default() -> Self {
+        OrderingConfig {
+            on_gap: GapPolicy::default(),
+            reorder_window_ms: default_reorder_window_ms(),
+            max_held_per_partition: default_max_held(),
+            on_stale: StalePolicy::default(),
+        }
+    }
 }
 
 /// Classification settings.
@@ -516,6 +551,18 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
             "must be between 1 and 60000".to_owned(),
         );
     }
+    if !(1..=3_600_000).contains(&spec.ordering.reorder_window_ms) {
+        problem(
+            "ordering.reorder_window_ms",
+            "must be between 1 and 3600000 (an hour)".to_owned(),
+        );
+    }
+    if !(1..=1_000_000).contains(&spec.ordering.max_held_per_partition) {
+        problem(
+            "ordering.max_held_per_partition",
+            "must be between 1 and 1000000".to_owned(),
+        );
+    }
     if !(1..=MAX_STREAM_THREADS).contains(&spec.processing.stream_threads) {
         problem(
             "processing.stream_threads",
@@ -700,6 +747,11 @@ fn engine_config(spec: &TopologyFile, adapters: Vec<(String, Arc<Adapter>)>) -> 
         },
         format: o.format,
         on_gap: spec.ordering.on_gap,
+        hold: HoldConfig {
+            window_ms: spec.ordering.reorder_window_ms as i64,
+            max_held: spec.ordering.max_held_per_partition as usize,
+        },
+        on_stale: spec.ordering.on_stale,
         on_tier_mismatch: spec.classification.on_tier_mismatch,
         rules: Rules {
             tags: spec.classification.tags.clone(),

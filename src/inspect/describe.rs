@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::OverrideEffect;
 use crate::adapt::AdapterOrdering;
-use crate::config::{GapPolicy, MismatchPolicy, OutputFormat, Topology};
+use crate::config::{GapPolicy, MismatchPolicy, OutputFormat, StalePolicy, Topology};
 use crate::record::Tier;
 
 /// The name of the version store (Kafka Streams' naming: its changelog is
@@ -220,10 +220,24 @@ pub fn graph(t: &Topology) -> Graph {
             NodeKind::Processor,
             vec![],
             vec![STORE_NAME.to_owned()],
-            format!(
-                "per (entity_type, entity_id): first sight or last + 1 accepted, duplicate and stale skipped; on_gap: {}",
-                name_of(&cfg.on_gap)
-            ),
+            {
+                let stale = match cfg.on_stale {
+                    StalePolicy::Skip => "duplicate and stale skipped",
+                    StalePolicy::DeadLetter => "duplicate skipped, stale dead-lettered",
+                };
+                let mut d = format!(
+                    "per (entity_type, entity_id): first sight or last + 1 accepted, {stale}; on_gap: {}",
+                    name_of(&cfg.on_gap)
+                );
+                if cfg.on_gap == GapPolicy::Hold {
+                    let _ = write!(
+                        d,
+                        " (held up to {} ms of stream time, at most {} per partition, then emitted as gaps; held events in the changelog)",
+                        cfg.hold.window_ms, cfg.hold.max_held
+                    );
+                }
+                d
+            },
         ),
     ]);
     for tier in Tier::ALL {
@@ -310,6 +324,7 @@ pub fn graph(t: &Topology) -> Graph {
     let forward = match cfg.on_gap {
         GapPolicy::Emit => "accepted, gap",
         GapPolicy::DeadLetter => "accepted",
+        GapPolicy::Hold => "accepted, released in order, gap after the window",
     };
     for tier in Tier::ALL {
         edge(
@@ -320,6 +335,16 @@ pub fn graph(t: &Topology) -> Graph {
     }
     if cfg.on_gap == GapPolicy::DeadLetter {
         edge("order", DLQ, Some("version_gap".to_owned()));
+    }
+    if cfg.on_stale == StalePolicy::DeadLetter {
+        edge("order", DLQ, Some("stale_version".to_owned()));
+    }
+    if cfg.on_gap == GapPolicy::Hold {
+        edge(
+            "order",
+            "sink-changelog",
+            Some("held events until released".to_owned()),
+        );
     }
     edge(
         "order",
@@ -358,6 +383,15 @@ pub fn graph(t: &Topology) -> Graph {
         ),
         ("outputs.format".to_owned(), name_of(&cfg.format)),
         ("ordering.on_gap".to_owned(), name_of(&cfg.on_gap)),
+        (
+            "ordering.reorder_window_ms".to_owned(),
+            cfg.hold.window_ms.to_string(),
+        ),
+        (
+            "ordering.max_held_per_partition".to_owned(),
+            cfg.hold.max_held.to_string(),
+        ),
+        ("ordering.on_stale".to_owned(), name_of(&cfg.on_stale)),
         (
             "classification.on_tier_mismatch".to_owned(),
             name_of(&cfg.on_tier_mismatch),

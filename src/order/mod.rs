@@ -8,6 +8,7 @@
 //! ([`sequence_verdict`], its own keyspace [`sequence_key`]) or nothing
 //! ([`Verdict::Unordered`]).
 
+pub mod hold;
 pub mod store;
 
 pub use store::{MemoryStore, VersionStore};

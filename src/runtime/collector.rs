@@ -131,6 +131,12 @@ impl RecordCollector {
         self.produce(record);
     }
 
+    /// Sends a changelog tombstone (a released held event) to partition `p`.
+    pub(super) fn send_tombstone(&mut self, topic: &str, p: i32, key: &[u8]) {
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key).partition(p);
+        self.produce(record);
+    }
+
     fn produce(&mut self, record: BaseRecord<'_, [u8], [u8]>) {
         if self.broken.is_some() {
             return;

@@ -9,7 +9,12 @@
 //! * **entity versions**: key `entity_type/entity_id`, value the last
 //!   accepted version (8 bytes, big-endian);
 //! * **resume markers**: key `0x00 "resume" 0x00 <input topic>`, value the
-//!   next input offset to process in that topic's partition `p`.
+//!   next input offset to process in that topic's partition `p`;
+//! * **held events** (`ordering.on_gap: hold`): key `0x00 "held" 0x00
+//!   <version> <entity key>`, value the held input record
+//!   ([`crate::order::hold::HeldRecord`]); a tombstone once it is released.
+//!   They hold the raw input, PII included: with `hold`, the changelog is
+//!   restricted like the dead-letter topic.
 //!
 //! A broker that aborts a crashed producer's transaction hides both with
 //! its outputs. librdkafka's mock cluster (the embedded demo's broker)
@@ -28,10 +33,13 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::kafka::QuietContext;
+use crate::order::hold::{Holdback, HELD_PREFIX};
 use crate::order::{MemoryStore, VersionStore};
 use crate::telemetry::{self, Metrics};
 
 /// Prefix of resume-marker keys; entity keys never start with a NUL byte.
+/// Held events (`on_gap: hold`) have keys of their own
+/// ([`crate::order::hold::held_key`]).
 const RESUME_PREFIX: &[u8] = b"\0resume\0";
 
 /// The changelog key of the resume marker of an input topic.
@@ -47,13 +55,25 @@ pub fn encode_value(v: i64) -> [u8; 8] {
 }
 
 /// The state of one partition number across the input topics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PartitionState {
     /// Last accepted versions of the entities whose events arrive here.
     pub store: MemoryStore,
     /// Per input topic: inputs below this offset were processed by a
     /// transaction the changelog shows.
     pub resume: HashMap<Arc<str>, i64>,
+    /// Events held for the reorder window, journaled per transaction.
+    pub held: Holdback,
+}
+
+impl Default for PartitionState {
+    fn default() -> Self {
+        PartitionState {
+            store: MemoryStore::default(),
+            resume: HashMap::new(),
+            held: Holdback::journaled(),
+        }
+    }
 }
 
 impl PartitionState {
@@ -61,6 +81,9 @@ impl PartitionState {
     /// version does not understand (it is skipped, and counted by the
     /// caller).
     pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> bool {
+        if let Some(rest) = key.strip_prefix(HELD_PREFIX) {
+            return self.held.apply(rest, value);
+        }
         let Some(v) = value.and_then(|v| <[u8; 8]>::try_from(v).ok()) else {
             if value.is_none() && !key.starts_with(RESUME_PREFIX) {
                 self.store.forget(key);
@@ -335,10 +358,40 @@ impl StateStores {
             .is_some_and(|r| offset < *r)
     }
 
-    /// Partition `p`'s version store, journaled; `None` if not restored.
-    pub(super) fn store(&mut self, p: i32) -> Option<Journaled<'_>> {
+    /// Partition `p`'s version store, journaled, and its held events;
+    /// `None` if not restored.
+    pub(super) fn part(&mut self, p: i32) -> Option<(Journaled<'_>, &mut Holdback)> {
         let part = self.parts.get_mut(&p)?;
-        Some(self.journal.store(p, &mut part.store))
+        Some((self.journal.store(p, &mut part.store), &mut part.held))
+    }
+
+    /// Whether any partition holds events.
+    pub(super) fn holding_any(&self) -> bool {
+        self.parts.values().any(|s| !s.held.is_empty())
+    }
+
+    /// The partitions that hold events.
+    pub(super) fn holding(&self) -> Vec<i32> {
+        let mut ps: Vec<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, s)| !s.held.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        ps.sort_unstable();
+        ps
+    }
+
+    /// Events held across the partitions, and the wall-clock time (ms
+    /// since the epoch) the oldest was held.
+    pub(super) fn held(&self) -> (usize, Option<i64>) {
+        let n = self.parts.values().map(|p| p.held.len()).sum();
+        let oldest = self
+            .parts
+            .values()
+            .filter_map(|p| p.held.oldest().map(|(_, _, r)| r.held_wall))
+            .min();
+        (n, oldest)
     }
 
     /// Entities tracked across the partitions.
@@ -354,11 +407,17 @@ impl StateStores {
     /// The open transaction committed: its changes stay.
     pub(super) fn committed(&mut self) {
         self.journal.clear();
+        for part in self.parts.values_mut() {
+            part.held.commit();
+        }
     }
 
     /// The open transaction was aborted: its changes are put back.
     pub(super) fn roll_back(&mut self) {
         self.journal.roll_back(&mut self.parts);
+        for part in self.parts.values_mut() {
+            part.held.roll_back();
+        }
     }
 
     /// Drops the partitions not in `kept`.
@@ -383,6 +442,13 @@ impl StateStores {
                     partition = p,
                     records = r.unknown,
                     "Changelog records not understood; skipped."
+                );
+            }
+            if !r.state.held.is_empty() {
+                tracing::info!(
+                    partition = p,
+                    held = r.state.held.len(),
+                    "Held events restored; each is released in order or when its window expires."
                 );
             }
             telemetry::restored(

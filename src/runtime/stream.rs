@@ -44,6 +44,7 @@ use super::{Fatal, FatalKind, Progress};
 use crate::config::Guarantee;
 use crate::pipeline::{Engine, EngineError};
 use crate::record::{Outcome, RawRecord, Source};
+use crate::reorder::{HeldChange, Reorder, Step};
 use crate::schema::SchemaLookup;
 use crate::telemetry::{self, At, Health, Metrics, RateLimit, RecordEvents, TopicCounters};
 
@@ -145,6 +146,14 @@ impl ClientContext for StreamCtx {
     }
 }
 
+/// The wall clock in milliseconds since the epoch (the reorder window's
+/// backstop; 0 if the clock is before the epoch).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Whether the group membership of a consumer that got no rebalance
 /// callback has settled. The consumer group protocol of KIP-848 calls none
 /// for an empty assignment, so a thread without partitions (more threads
@@ -238,6 +247,10 @@ struct Task {
     /// Set in a callback that cannot return an error; the poll loop
     /// returns it.
     fatal: Option<anyhow::Error>,
+    /// What the record being handled caused (kept for its capacity).
+    steps: Vec<Step>,
+    /// Held events as this thread last reported them.
+    reported_held: i64,
     /// The thread is ending after a fatal error: leaving the group must not
     /// commit what the failed state holds.
     failed: bool,
@@ -296,6 +309,8 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         awaiting_assignment: true,
         reported: (0, 0),
         fatal: None,
+        steps: Vec::new(),
+        reported_held: 0,
         failed: false,
     };
     let ctx = StreamCtx {
@@ -352,6 +367,13 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
     let task = consumer.context().lock().take();
     if let Some(mut t) = task {
         telemetry::state_size(&s.metrics, &mut t.reported, 0, 0);
+        telemetry::held_now(
+            &s.metrics,
+            &mut t.reported_held,
+            s.config.thread,
+            0,
+            Duration::ZERO,
+        );
         drop(t);
     }
     drop(consumer);
@@ -455,10 +477,16 @@ impl Task {
             .handled
             .is_multiple_of(TIME_EVERY)
             .then(Instant::now);
-        let mut store = self.stores.store(p).context("a partition not restored")?;
-        let result = self
-            .engine
-            .process(&raw, &mut store, self.registry.as_mut());
+        let ts = m.timestamp().to_millis();
+        let mut steps = std::mem::take(&mut self.steps);
+        let (mut store, held) = self.stores.part(p).context("a partition not restored")?;
+        let result = Reorder {
+            engine: &mut self.engine,
+            store: &mut store,
+            held,
+            registry: self.registry.as_mut(),
+        }
+        .process(&raw, ts, Some(wall_ms()), &mut steps);
         if let Some(t) = started {
             telemetry::processed(&self.settings.metrics, t.elapsed());
         }
@@ -466,12 +494,11 @@ impl Task {
             self.events
                 .derived_schema_refused(&self.settings.metrics, &refusal);
         }
-        let outcome = match result {
-            Ok(o) => {
-                self.registry_wait.backoff = MIN_BACKOFF;
-                o
-            }
-            Err(EngineError::Transient(why)) => {
+        let processed = !steps.is_empty();
+        match result {
+            Ok(()) => self.registry_wait.backoff = MIN_BACKOFF,
+            Err(EngineError::Transient(why)) if !processed => {
+                self.steps = steps;
                 warn!(
                     topic = %topic,
                     partition = p,
@@ -485,6 +512,17 @@ impl Task {
                 self.wait_for_registry(consumer, &topic, p, offset);
                 return Ok(());
             }
+            Err(EngineError::Transient(why)) => {
+                // The record was processed; a held event it would have
+                // released stays held until its window expires.
+                warn!(
+                    topic = %topic,
+                    partition = p,
+                    offset,
+                    error = %why,
+                    "Schema registry unavailable while releasing a held event; it stays held."
+                );
+            }
             Err(EngineError::Fatal(why)) => {
                 return Err(Fatal::new(
                     FatalKind::RegistryRejected,
@@ -492,12 +530,14 @@ impl Task {
                 )
                 .into());
             }
-        };
+        }
         // Output records keep the input record's timestamp, as in Kafka
         // Streams: event time flows through, and end-to-end latency is
         // measurable downstream.
-        let ts = m.timestamp().to_millis();
-        self.emit(outcome, at, ts);
+        for step in steps.drain(..) {
+            self.emit(step);
+        }
+        self.steps = steps;
         self.positions.advance(&topic, p, offset);
         if let Some(why) = self.txn.collector().take_broken() {
             self.abort(consumer, &why, false)?;
@@ -505,11 +545,71 @@ impl Task {
         Ok(())
     }
 
+    /// Emits, as gaps, the held events whose reorder window has expired
+    /// (on a partition that falls idle, stream time stands still and the
+    /// wall clock decides).
+    fn expire_held(&mut self) -> Result<()> {
+        let wall = wall_ms();
+        let mut steps = std::mem::take(&mut self.steps);
+        for p in self.stores.holding() {
+            let Some((mut store, held)) = self.stores.part(p) else {
+                continue;
+            };
+            let result = Reorder {
+                engine: &mut self.engine,
+                store: &mut store,
+                held,
+                registry: self.registry.as_mut(),
+            }
+            .expire(Some(wall), &mut steps);
+            for step in steps.drain(..) {
+                self.emit(step);
+            }
+            match result {
+                Ok(()) => {}
+                Err(EngineError::Transient(why)) => {
+                    warn!(partition = p, error = %why, "Schema registry unavailable while releasing held events; they stay held.");
+                }
+                Err(EngineError::Fatal(why)) => {
+                    self.steps = steps;
+                    return Err(Fatal::new(
+                        FatalKind::RegistryRejected,
+                        format!("releasing held events of partition {p}: {why}"),
+                    )
+                    .into());
+                }
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Sends what the engine decided, with the state that goes with it,
     /// and reports it.
-    fn emit(&mut self, outcome: Outcome, at: At<'_>, ts: Option<i64>) {
+    fn emit(&mut self, step: Step) {
+        let Step {
+            source,
+            timestamp: ts,
+            outcome,
+            held,
+        } = step;
+        let at = At {
+            topic: &source.topic,
+            partition: source.partition,
+            offset: source.offset,
+        };
         let changelog = &self.settings.config.changelog;
         let collector = self.txn.collector();
+        match &held {
+            HeldChange::None => {}
+            HeldChange::Held { key, value } => {
+                collector.send_state(changelog, at.partition, key, value);
+            }
+            HeldChange::Released { key, how } => {
+                collector.send_tombstone(changelog, at.partition, key);
+                self.events.released(at, *how);
+            }
+        }
         match outcome {
             Outcome::Routed(r) => {
                 for rec in &r.records {
@@ -535,16 +635,22 @@ impl Task {
                 self.events.routed(at, &r);
             }
             Outcome::Skipped(v) => self.events.skipped(at, v),
+            // Its changelog record (above) keeps a replay from holding it
+            // twice.
+            Outcome::Held { .. } => self.events.held(at),
             Outcome::DeadLettered { record, rejection } => {
                 collector.send(&record, ts);
                 // Dead letters are not versioned: the resume marker keeps a
-                // replay from sending one twice.
-                collector.send_state(
-                    changelog,
-                    at.partition,
-                    &resume_key(at.topic),
-                    &encode_value(at.offset + 1),
-                );
+                // replay from sending one twice. A released event's marker
+                // would be behind the input's: it is not written.
+                if !matches!(held, HeldChange::Released { .. }) {
+                    collector.send_state(
+                        changelog,
+                        at.partition,
+                        &resume_key(at.topic),
+                        &encode_value(at.offset + 1),
+                    );
+                }
                 self.events.dead_lettered(at, &rejection);
             }
         }
@@ -599,7 +705,10 @@ impl Task {
             return Ok(());
         }
         t.since_tick = 0;
-        if t.last_commit.elapsed() >= self.settings.config.commit_interval {
+        if self.stores.holding_any() {
+            self.expire_held()?;
+        }
+        if self.timers.last_commit.elapsed() >= self.settings.config.commit_interval {
             self.commit(consumer)?;
         }
         if self
@@ -637,6 +746,15 @@ impl Task {
         );
         let stats = self.engine.take_cache_stats();
         telemetry::registry_lookups(self.metrics(), stats.hits, stats.misses);
+        let (held, oldest) = self.stores.held();
+        let age = oldest.map_or(0, |t| (wall_ms() - t).max(0));
+        telemetry::held_now(
+            &self.settings.metrics,
+            &mut self.reported_held,
+            self.settings.config.thread,
+            held,
+            Duration::from_millis(age as u64),
+        );
     }
 
     /// Commits the open transaction (see [`Transaction::commit`]); the
