@@ -77,6 +77,10 @@ struct Args {
     /// Processing guarantee of both contenders.
     #[arg(long, default_value = "exactly_once")]
     guarantee: String,
+    /// privacy-router's `ordering.on_gap`: `emit` or `hold` (the reorder
+    /// window, with its default 5,000 ms).
+    #[arg(long, default_value = "emit")]
+    on_gap: String,
     /// Extra librdkafka settings for both contenders (KEY=VALUE).
     #[arg(short = 'X', long = "kafka-config")]
     kafka_config: Vec<String>,
@@ -148,7 +152,7 @@ struct Setup {
     tiers: [String; 3],
 }
 
-fn setup(broker: &Broker, phase: &str, partitions: i32, guarantee: &str) -> Setup {
+fn setup(broker: &Broker, phase: &str, partitions: i32, guarantee: &str, on_gap: &str) -> Setup {
     let app = format!("bench-{phase}-{:06x}", fastrand::u32(..1 << 24));
     let input = format!("{app}.raw");
     let tiers = [
@@ -171,6 +175,7 @@ fn setup(broker: &Broker, phase: &str, partitions: i32, guarantee: &str) -> Setu
 input: {{topics: [{input}]}}
 outputs: {{public: {}, internal: {}, restricted: {}, dead_letter: {app}.dlq}}
 processing: {{guarantee: {guarantee}, commit_interval_ms: 100}}
+ordering: {{on_gap: {on_gap}}}
 event_types:
   user.login_succeeded: {{tiers: [restricted]}}
   user.login_failed: {{tiers: [restricted]}}
@@ -201,6 +206,7 @@ fn run(a: &Args) -> serde_json::Value {
         "broker": a.broker,
         "partitions": a.partitions,
         "guarantee": a.guarantee,
+        "on_gap": a.on_gap,
         "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
     });
     let sample = Options {
@@ -213,7 +219,7 @@ fn run(a: &Args) -> serde_json::Value {
         // A fresh broker per phase: one phase's data does not slow the next.
         let broker = start_broker(&a.broker);
         let brokers = broker.bootstrap();
-        let s = setup(&broker, "tp", a.partitions, &a.guarantee);
+        let s = setup(&broker, "tp", a.partitions, &a.guarantee, &a.on_gap);
         eprintln!("== throughput: loading {} events", a.events);
         let (load_rate, size) = load(&brokers, &s.input, &s.topology, a.events, sample, None);
         eprintln!("   loaded at {load_rate:.0} events/s, mean {size:.0} bytes");
@@ -311,7 +317,7 @@ fn run(a: &Args) -> serde_json::Value {
         // A fresh broker per phase: one phase's data does not slow the next.
         let broker = start_broker(&a.latency_broker);
         let brokers = broker.bootstrap();
-        let s = setup(&broker, "lat", a.partitions, &a.guarantee);
+        let s = setup(&broker, "lat", a.partitions, &a.guarantee, &a.on_gap);
         eprintln!("== latency: {} events/s for {} s", a.rate, a.latency_secs);
         let p = Processor::start(&brokers, &s.topology, &s.log(), &a.kafka_config);
         let until = Instant::now() + Duration::from_secs(120);
@@ -385,7 +391,7 @@ fn run(a: &Args) -> serde_json::Value {
         // A fresh broker per phase: one phase's data does not slow the next.
         let broker = start_broker(&a.broker);
         let brokers = broker.bootstrap();
-        let s = setup(&broker, "mem", a.partitions, &a.guarantee);
+        let s = setup(&broker, "mem", a.partitions, &a.guarantee, &a.on_gap);
         eprintln!(
             "== memory: loading {} events of distinct entities",
             a.memory_events

@@ -5,7 +5,10 @@
 //! dead-letter topic and the changelog), produces the sample events into
 //! the input, runs the real runtime ([`crate::runtime::run_watched`], the
 //! code path of `run`) with the file registry over `avro/` until every
-//! input record is committed, then reads back what each tier topic and the
+//! input record is committed and, under `ordering.on_gap: hold`, every held
+//! event is released (a real gap after its reorder window, on the wall
+//! clock: the sample is produced in well under a window, so stream time
+//! does not end it), then reads back what each tier topic and the
 //! dead-letter topic received (`read_committed`) and writes it as JSON
 //! lines with a summary.
 //!
@@ -28,7 +31,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::config::{EngineConfig, Topology};
+use crate::config::{EngineConfig, GapPolicy, Topology};
 use crate::project::Hasher;
 use crate::record::{Destination, OutRecord, Tier};
 use crate::registry::SharedRegistry;
@@ -117,10 +120,18 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
         startup_timeout: Some(Duration::from_secs(60)),
     };
     let progress = watch.progress.clone();
-    let deadline = config.timeout;
+    // Held events wait up to a reorder window more.
+    let deadline = match engine.on_gap {
+        GapPolicy::Hold => config.timeout + Duration::from_millis(engine.hold.window_ms as u64),
+        _ => config.timeout,
+    };
     let wanted = expected.clone();
+    let watched = metrics.clone();
     let caught_up = async move {
         let until = Instant::now() + deadline;
+        // Twice in a row: a commit publishes its offsets a moment before
+        // its counts.
+        let mut settled = 0;
         loop {
             let committed = progress.committed();
             let done = wanted.iter().all(|((t, p), end)| {
@@ -128,7 +139,12 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
                     .get(&(t.clone(), *p))
                     .is_some_and(|next| next >= end)
             });
-            if done || Instant::now() > until {
+            settled = if done && still_held(&watched) == 0 {
+                settled + 1
+            } else {
+                0
+            };
+            if settled >= 2 || Instant::now() > until {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,6 +156,10 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
         if committed.get(&(t.clone(), *p)).is_none_or(|n| n < end) {
             bail!("the runtime did not process {t}[{p}] to offset {end} within {deadline:?}");
         }
+    }
+    let held = still_held(&metrics);
+    if held > 0 {
+        bail!("the runtime still held {held} event(s) for the reorder window after {deadline:?}");
     }
 
     let mut registry = config.registry.clone();
@@ -161,6 +181,22 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
 }
 
 type Ends = BTreeMap<(String, i32), i64>;
+
+/// The `how` labels of [`names::RELEASED`].
+const RELEASED: [&str; 3] = ["in_order", "timeout", "bound"];
+
+/// Events held for the reorder window and not yet released: the larger of
+/// those held in committed transactions less those released in committed
+/// ones, and the held-events gauge (what is held now, committed or not).
+fn still_held(metrics: &Metrics) -> u64 {
+    let get = |name: &str, labels: &[(&str, &str)]| metrics.value(name, labels).unwrap_or(0.0);
+    let released: f64 = RELEASED
+        .iter()
+        .map(|how| get(names::RELEASED, &[("how", how)]))
+        .sum();
+    let committed = (get(names::HELD, &[]) - released).max(0.0);
+    committed.max(get(names::HELD_NOW, &[])) as u64
+}
 
 /// Produces every line of `events` into `topic`, keyed by `entity_id` where
 /// the line is a JSON event that has one. Returns the count and the end
@@ -307,6 +343,16 @@ fn table(report: &DemoReport, metrics: &Metrics, engine: &EngineConfig) -> Strin
             &format!("order: {v}"),
             get(names::ORDERING, &[("verdict", v)]),
         );
+    }
+    let held = get(names::HELD, &[]);
+    if held > 0 {
+        row("held for reordering", held);
+        for how in RELEASED {
+            let n = get(names::RELEASED, &[("how", how)]);
+            if n > 0 {
+                row(&format!("released: {how}"), n);
+            }
+        }
     }
     row("declared-tier mismatches", get(names::TIER_MISMATCHES, &[]));
     for (reason, n) in &report.dead_letters {

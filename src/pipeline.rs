@@ -528,15 +528,11 @@ impl Engine {
                     version: state.version,
                 })
             }
-            Verdict::Gap { missing } if on_gap == GapPolicy::DeadLetter => {
-                Err(Rejection::new(
-                    Reason::VersionGap,
-                    format!(
-                        "entity_version skips {missing} version(s) after the last accepted one"
-                    ),
-                )
-                .into())
-            }
+            Verdict::Gap { missing } if on_gap == GapPolicy::DeadLetter => Err(Rejection::new(
+                Reason::VersionGap,
+                format!("entity_version skips {missing} version(s) after the last accepted one"),
+            )
+            .into()),
             _ => Ok(Ordered { verdict: v, state }),
         }
     }

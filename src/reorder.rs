@@ -133,7 +133,11 @@ impl Reorder<'_> {
                         else {
                             break;
                         };
+                        let before = self.held.len();
                         self.release_up_to(&k, v, Release::Bound, out)?;
+                        if self.held.len() >= before {
+                            break;
+                        }
                     }
                 }
             }
@@ -157,7 +161,11 @@ impl Reorder<'_> {
     pub fn expire(&mut self, wall_ms: Option<i64>, out: &mut Vec<Step>) -> Result<(), EngineError> {
         let window = self.engine.config().hold.window_ms;
         while let Some((key, version)) = self.held.expired(window, wall_ms) {
+            let before = self.held.len();
             self.release_up_to(&key, version, Release::Timeout, out)?;
+            if self.held.len() >= before {
+                break;
+            }
         }
         Ok(())
     }
@@ -169,7 +177,11 @@ impl Reorder<'_> {
     pub fn release_all(&mut self, out: &mut Vec<Step>) -> Result<(), EngineError> {
         while let Some((key, _, _)) = self.held.oldest() {
             let key = key.to_vec();
+            let before = self.held.len();
             self.release_up_to(&key, i64::MAX, Release::EndOfInput, out)?;
+            if self.held.len() >= before {
+                break;
+            }
         }
         Ok(())
     }
@@ -185,7 +197,9 @@ impl Reorder<'_> {
         out: &mut Vec<Step>,
     ) -> Result<(), EngineError> {
         while let Some(v) = self.held.first_version(key).filter(|v| *v <= version) {
-            self.release(key, v, how, out)?;
+            if !self.release(key, v, how, out)? {
+                break;
+            }
         }
         match self.store.last_version(key) {
             Some(last) => self.release_following(key, last, out),
@@ -207,7 +221,9 @@ impl Reorder<'_> {
             .first_version(key)
             .filter(|v| *v <= last.saturating_add(1))
         {
-            self.release(key, v, Release::InOrder, out)?;
+            if !self.release(key, v, Release::InOrder, out)? {
+                break;
+            }
             // A release that was dead-lettered leaves the version where it
             // was: its successors wait for their window.
             last = self.store.last_version(key).unwrap_or(last);
@@ -215,15 +231,17 @@ impl Reorder<'_> {
         Ok(())
     }
 
+    /// Releases one held event; false if it was not held (the loops
+    /// above then stop rather than ask again).
     fn release(
         &mut self,
         key: &[u8],
         version: i64,
         how: Release,
         out: &mut Vec<Step>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let Some(record) = self.held.take(key, version) else {
-            return Ok(());
+            return Ok(false);
         };
         let source = Source {
             topic: Arc::clone(&record.topic),
@@ -255,6 +273,6 @@ impl Reorder<'_> {
                 how,
             },
         });
-        Ok(())
+        Ok(true)
     }
 }

@@ -4,9 +4,10 @@
 //! `*_cents` is a positive amount, a `*_at` an ISO 8601 UTC instant), entity
 //! versions advance per entity, and `privacy_tier` declares what the event
 //! really holds. With anomalies on, about one record in eight is a
-//! duplicate, a stale version, a gap, a declared-tier mismatch or an invalid
-//! record of some kind, so a replay shows every behaviour. Deterministic for
-//! a seed.
+//! duplicate, a stale version, a gap, two versions of an entity swapped in
+//! transit (v + 2 before v + 1: a gap that `on_gap: hold` puts back in
+//! order), a declared-tier mismatch or an invalid record of some kind, so a
+//! replay shows every behaviour. Deterministic for a seed.
 
 use std::borrow::Cow;
 
@@ -34,7 +35,8 @@ pub struct Options {
     pub seed: u64,
     /// Entities per entity type.
     pub entities: usize,
-    /// Mix in duplicates, stale versions, gaps, mismatches and invalid records.
+    /// Mix in duplicates, stale versions, gaps, swapped versions,
+    /// mismatches and invalid records.
     pub anomalies: bool,
     /// Output format.
     pub format: Format,
@@ -66,6 +68,8 @@ pub struct Generator {
     opts: Options,
     versions: Vec<Vec<i64>>,
     history: Vec<(usize, Vec<u8>)>,
+    /// The record a swap put off: the next one out.
+    swapped: Option<Vec<u8>>,
     clock: i64,
     n: u64,
 }
@@ -148,6 +152,7 @@ impl Generator {
             opts,
             versions,
             history: Vec::new(),
+            swapped: None,
             clock: 1_777_000_000,
             n: 0,
         }
@@ -165,14 +170,31 @@ impl Generator {
         uuid_from(&mut self.rng)
     }
 
-    /// The next valid event: its type's index and value.
-    fn valid(&mut self, gap: i64) -> (usize, Datum<'static>) {
-        let t = self.rng.usize(..self.types.len());
-        let domain = DOMAINS
+    /// The index in [`DOMAINS`] of an event type's domain.
+    fn domain_of(&self, t: usize) -> usize {
+        DOMAINS
             .iter()
             .position(|d| *d == self.types[t].0.domain)
-            .unwrap_or(0);
-        let entity = self.rng.usize(..self.versions[domain].len());
+            .unwrap_or(0)
+    }
+
+    /// An event type and an entity of its domain, at random.
+    fn pick(&mut self) -> (usize, usize) {
+        let t = self.rng.usize(..self.types.len());
+        let domain = self.domain_of(t);
+        (t, self.rng.usize(..self.versions[domain].len()))
+    }
+
+    /// The next valid event: its type's index and value.
+    fn valid(&mut self, gap: i64) -> (usize, Datum<'static>) {
+        let (t, entity) = self.pick();
+        (t, self.valid_for(t, entity, gap))
+    }
+
+    /// The next valid event of type `t` for entity `entity` of its domain,
+    /// `gap` versions past the next one.
+    fn valid_for(&mut self, t: usize, entity: usize, gap: i64) -> Datum<'static> {
+        let domain = self.domain_of(t);
         self.versions[domain][entity] += 1 + gap;
         let version = self.versions[domain][entity];
         self.clock += 1 + self.rng.i64(0..30);
@@ -219,7 +241,7 @@ impl Generator {
             unreachable!()
         };
         values[env.privacy_tier] = Datum::Enum(tier.index() as u32);
-        (t, datum)
+        datum
     }
 
     fn encode(&self, t: usize, datum: &Datum<'_>) -> Vec<u8> {
@@ -239,10 +261,13 @@ impl Generator {
     /// The next record's value.
     pub fn next_record(&mut self) -> Vec<u8> {
         self.n += 1;
+        if let Some(bytes) = self.swapped.take() {
+            return bytes;
+        }
         if !self.opts.anomalies || self.history.len() < 20 || self.rng.u8(..8) != 0 {
             return self.emit_valid(0);
         }
-        match self.rng.u8(..12) {
+        match self.rng.u8(..13) {
             // A replay of an earlier event: a duplicate if nothing newer
             // happened to that entity since, stale otherwise.
             0..=2 => {
@@ -264,6 +289,7 @@ impl Generator {
                 }
                 self.encode(t, &d)
             }
+            12 => self.swap(),
             k => self.invalid(k),
         }
     }
@@ -271,11 +297,36 @@ impl Generator {
     fn emit_valid(&mut self, gap: i64) -> Vec<u8> {
         let (t, d) = self.valid(gap);
         let bytes = self.encode(t, &d);
-        self.history.push((t, bytes.clone()));
+        self.remember(t, &bytes);
+        bytes
+    }
+
+    /// Two consecutive versions of one entity, swapped as a producer's
+    /// retry or a second producer instance may swap them: version v + 2
+    /// now, v + 1 as the next record. Arriving first, v + 2 is a gap; held
+    /// (`on_gap: hold`), it follows v + 1 in order.
+    fn swap(&mut self) -> Vec<u8> {
+        let (t, entity) = self.pick();
+        let d = self.valid_for(t, entity, 0);
+        let domain = self.domain_of(t);
+        let same_domain: Vec<usize> = (0..self.types.len())
+            .filter(|u| self.domain_of(*u) == domain)
+            .collect();
+        let t2 = same_domain[self.rng.usize(..same_domain.len())];
+        let d2 = self.valid_for(t2, entity, 0);
+        let (first, second) = (self.encode(t, &d), self.encode(t2, &d2));
+        self.remember(t2, &second);
+        self.remember(t, &first);
+        self.swapped = Some(first);
+        second
+    }
+
+    /// Keeps a valid record for later duplicates and stale versions.
+    fn remember(&mut self, t: usize, bytes: &[u8]) {
+        self.history.push((t, bytes.to_vec()));
         if self.history.len() > 256 {
             self.history.drain(..128);
         }
-        bytes
     }
 
     fn invalid(&mut self, k: u8) -> Vec<u8> {

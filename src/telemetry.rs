@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::order::hold::Release;
@@ -337,7 +337,11 @@ impl Metrics {
                 );
                 RELEASED_LABELS.map(|l| v.with_label_values(&[l]))
             },
-            held_now: gauge(r, names::HELD_NOW, "Events held for the reorder window now."),
+            held_now: gauge(
+                r,
+                names::HELD_NOW,
+                "Events held for the reorder window now.",
+            ),
             held_oldest: {
                 let g = GaugeVec::new(
                     Opts::new(
@@ -1091,6 +1095,7 @@ mod tests {
         m.commit_seconds
             .with_label_values(&["committed"])
             .observe(0.1);
+        m.held_oldest.with_label_values(&["0"]).set(1.0);
         let registered: HashSet<String> = m
             .registry
             .gather()

@@ -424,7 +424,13 @@ fn describe_shows_every_topic_and_stage_in_text_and_mermaid() {
         "user.locked -> restricted",
         "processing.guarantee: exactly_once",
         "processing.commit_interval_ms: 100",
-        "ordering.on_gap: emit",
+        "ordering.on_gap: hold",
+        "ordering.reorder_window_ms: 2000",
+        "ordering.max_held_per_partition: 10000",
+        "ordering.on_stale: skip",
+        "duplicate and stale skipped; on_gap: hold (held up to 2000 ms of stream time, or of wall-clock time on an idle partition, at most 10000 per partition, then emitted as gaps; held events in the changelog)",
+        "--> project-public (accepted, released in order, gap after the window)",
+        "sink-changelog (last accepted version, held events)",
         "classification.on_tier_mismatch: emit",
         "classification.tags: INTERNAL -> internal, PII -> restricted, PUBLIC -> public",
         "--> sink-public (all but user.locked, user.login_failed, user.login_succeeded)",
@@ -433,6 +439,7 @@ fn describe_shows_every_topic_and_stage_in_text_and_mermaid() {
     }
     for needle in [
         "in_0 --> decode",
+        "order[\"order<br/>on_gap: hold\"]",
         "store[(\"entity-versions<br/>state store\")]",
         "store -.->|\"changelog\"| sink_changelog",
         "privacy-router: exactly_once, commit every 100 ms",

@@ -15,9 +15,12 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use privacy_router::order::hold::HELD_PREFIX;
+use privacy_router::record::Outcome;
 use support::*;
 
 const QUIET: Duration = Duration::from_secs(2);
@@ -429,6 +432,669 @@ fn random_sigkills_lose_and_duplicate_nothing() {
     verify(&s, &want, &format!("after {kills} random SIGKILLs"));
     let payload = payload_strings(&s.files, &inputs[..5000]);
     for log in logs.iter().chain(std::iter::once(&last.log_text())) {
+        assert_no_payload_in(log, &payload);
+    }
+}
+
+/// The topology of the reorder-window scenarios: gaps held for `window_ms`.
+fn hold_topology(window_ms: u64) -> String {
+    format!("ordering: {{on_gap: hold, reorder_window_ms: {window_ms}}}")
+}
+
+/// The state key (`entity_type/entity_id`) and `entity_version` of a
+/// sample value.
+fn entity_and_version(s: &Scenario, value: &[u8]) -> (String, i64) {
+    let e = envelope_of(&s.files, value).expect("a sample value");
+    let key = format!(
+        "{}/{}",
+        e["entity_type"].as_str().unwrap(),
+        e["entity_id"].as_str().unwrap()
+    );
+    (key, e["entity_version"].as_i64().unwrap())
+}
+
+/// Sample values (each entity's versions in order, no anomalies) split into
+/// what is produced first — every value but the version 2 of every other
+/// entity that has one, so that entity's later versions arrive ahead of
+/// their next one and are held — and the versions 2 withheld: indexes into
+/// `values`, each list in produce order.
+fn withhold_versions_2(s: &Scenario, values: &[Vec<u8>]) -> (Vec<usize>, Vec<usize>) {
+    let (mut first, mut withheld) = (Vec::new(), Vec::new());
+    let mut toggle = false;
+    for (i, v) in values.iter().enumerate() {
+        if entity_and_version(s, v).1 == 2 {
+            toggle = !toggle;
+            if toggle {
+                withheld.push(i);
+                continue;
+            }
+        }
+        first.push(i);
+    }
+    (first, withheld)
+}
+
+/// `values[i]` for each index.
+fn pick(values: &[Vec<u8>], at: &[usize]) -> Vec<Vec<u8>> {
+    at.iter().map(|i| values[*i].clone()).collect()
+}
+
+/// A series of the processor's metrics on `port` (0 when absent).
+fn series(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics").map_or(0.0, |(_, m)| metric(&m, name))
+}
+
+const HELD_NOW: &str = "privacy_router_held_events";
+const HELD_TOTAL: &str = "privacy_router_held_events_total";
+
+fn released(how: &str) -> String {
+    format!("privacy_router_held_events_released_total{{how=\"{how}\"}}")
+}
+
+/// Waits until the processor on `port` committed `inputs` input records
+/// and holds `held` events (its gauges are set at every commit).
+fn wait_for_held(p: &mut Processor, port: u16, inputs: usize, held: usize) {
+    let done = wait_until(TIMEOUT, || {
+        assert!(p.running(), "the processor exited:\n{}", p.log_text());
+        committed_inputs(port).is_some_and(|n| n == inputs as f64)
+            && series(port, HELD_NOW) == held as f64
+    });
+    assert!(
+        done,
+        "{:?} of {inputs} inputs committed, {} of {held} held:\n{}",
+        committed_inputs(port),
+        series(port, HELD_NOW),
+        tail(&p.log_text(), 40)
+    );
+}
+
+/// Per record key of a tier topic (read_committed), in topic order: each
+/// record's `entity_version` and `x-version-gap` headers. (After
+/// [`verify`]: the topic is complete, a short quiet period will do.)
+fn versions_by_key(
+    bootstrap: &str,
+    topic: &str,
+    at_least: usize,
+) -> BTreeMap<Vec<u8>, Vec<(i64, Option<String>)>> {
+    let mut out: BTreeMap<Vec<u8>, Vec<(i64, Option<String>)>> = BTreeMap::new();
+    let quiet = Duration::from_millis(700);
+    for (key, _, headers) in read_topic(bootstrap, topic, true, at_least, quiet, TIMEOUT).raw {
+        let h = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let version = h("entity_version")
+            .unwrap_or_else(|| panic!("{topic}: a record without entity_version"))
+            .parse()
+            .unwrap();
+        out.entry(key.expect("tier records are keyed"))
+            .or_default()
+            .push((version, h("x-version-gap")));
+    }
+    out
+}
+
+/// The `entity_version` header of a normalised record.
+fn version_of(r: &Rec) -> i64 {
+    let (_, v) = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "entity_version")
+        .expect("tier records carry entity_version");
+    String::from_utf8_lossy(v).parse().unwrap()
+}
+
+/// Each tier topic holds, per record key, the versions `want` has for it,
+/// once each and in increasing order; with `every_version_of`, the
+/// restricted one (which every event of these samples reaches) has every
+/// version produced of every entity. Returns, per tier, the records with
+/// an `x-version-gap` header: (version, header).
+fn assert_versions_in_order(
+    s: &Scenario,
+    want: &PerTopic,
+    every_version_of: Option<&[Input]>,
+) -> BTreeMap<String, Vec<(i64, String)>> {
+    let bootstrap = s.broker.bootstrap();
+    let mut gaps = BTreeMap::new();
+    for (i, tier) in s.topology.engine.topics.tiers.iter().enumerate() {
+        let mut wanted: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
+        for r in &want[&**tier] {
+            let key = r.key.clone().expect("tier records are keyed");
+            wanted.entry(key).or_default().push(version_of(r));
+        }
+        for v in wanted.values_mut() {
+            v.sort_unstable();
+        }
+        if i == 2 {
+            if let Some(inputs) = every_version_of {
+                let mut produced: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
+                for input in inputs {
+                    let (key, version) = entity_and_version(s, &input.value);
+                    let id = key.split_once('/').unwrap().1.as_bytes().to_vec();
+                    produced.entry(id).or_default().push(version);
+                }
+                for (key, v) in produced.iter_mut() {
+                    v.sort_unstable();
+                    assert_eq!(
+                        *v,
+                        (1..=v.len() as i64).collect::<Vec<_>>(),
+                        "{}",
+                        String::from_utf8_lossy(key)
+                    );
+                }
+                assert_eq!(wanted, produced, "{tier}: every version of every entity");
+            }
+        }
+        let by_key = versions_by_key(&bootstrap, tier, want[&**tier].len());
+        let mut g = Vec::new();
+        for (key, records) in &by_key {
+            let versions: Vec<i64> = records.iter().map(|(v, _)| *v).collect();
+            assert_eq!(
+                Some(&versions),
+                wanted.get(key),
+                "{tier}: the versions of {}, in topic order",
+                String::from_utf8_lossy(key)
+            );
+            g.extend(
+                records
+                    .iter()
+                    .filter_map(|(v, gap)| gap.clone().map(|gap| (*v, gap))),
+            );
+        }
+        assert_eq!(by_key.len(), wanted.len(), "{tier}: entities");
+        gaps.insert(tier.to_string(), g);
+    }
+    gaps
+}
+
+/// The held-event records of the changelog (read_committed or not), per
+/// held key in order: `true` for a held record, `false` for a tombstone.
+fn held_changelog(s: &Scenario, committed: bool) -> BTreeMap<Vec<u8>, Vec<bool>> {
+    let changelog = s.topology.changelog_topic();
+    let got = read_topic(
+        &s.broker.bootstrap(),
+        &changelog,
+        committed,
+        0,
+        Duration::from_millis(700),
+        TIMEOUT,
+    );
+    let mut out: BTreeMap<Vec<u8>, Vec<bool>> = BTreeMap::new();
+    for (key, value, _) in got.raw {
+        let key = key.unwrap_or_default();
+        if key.starts_with(HELD_PREFIX) {
+            out.entry(key).or_default().push(value.is_some());
+        }
+    }
+    out
+}
+
+/// Held records and tombstones in a [`held_changelog`].
+fn held_and_released(records: &BTreeMap<Vec<u8>, Vec<bool>>) -> (usize, usize) {
+    let all = records.values().flatten();
+    let held = all.clone().filter(|h| **h).count();
+    (held, all.count() - held)
+}
+
+/// Every event held once (committed) was released once: each held key of
+/// the committed changelog is one held record, then one tombstone.
+fn assert_held_then_released(s: &Scenario, held: usize) {
+    let records = held_changelog(s, true);
+    assert_eq!(records.len(), held, "held keys in the changelog");
+    for (key, r) in &records {
+        assert_eq!(
+            r,
+            &[true, false],
+            "changelog records of {}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+/// `ordering.on_gap: hold` with a window no test outlasts (600 s), so only
+/// the missing versions release what is held. Every other entity's version
+/// 2 is withheld: its later versions are held, committed (in the changelog,
+/// with the input offsets past them, nothing in a tier), and the processor
+/// is SIGKILLed. Restarted with the same instance id, it restores them; the
+/// versions 2 arrive and release them in version order. Every tier holds
+/// each entity's versions once, in order, with no `x-version-gap` header:
+/// the same records as had the versions come in order. The restarted
+/// instance counts the releases; each held changelog key ends with a
+/// tombstone.
+#[test]
+fn held_events_survive_a_sigkill_and_follow_the_missing_versions_once() {
+    let _serial = serial();
+    let s = Scenario::new(Broker::shared(), 3, &hold_topology(600_000));
+    let bootstrap = s.broker.bootstrap();
+    let values = s.samples(2400, 151, SampleFormat::Framed, false);
+    let (first, withheld) = withhold_versions_2(&s, &values[..1800]);
+    let early = produce(&bootstrap, &s.input, &s.files, &pick(&values, &first));
+    let mut model = Model::new(&s);
+    model.feed(&early);
+    let held = model.held();
+    assert!(held > 200, "only {held} held");
+    let want_early = model.expected(&s);
+
+    // Two stream threads: each holds the events of its partitions; the
+    // gauge is their sum.
+    let threads = ["--stream-threads", "2"];
+    let port = free_port();
+    let mut p = s.processor_on("holder", Some(port), &threads);
+    wait_for_outputs(&s, &want_early, &mut p);
+    wait_for_held(&mut p, port, early.len(), held);
+    assert_eq!(series(port, HELD_TOTAL), held as f64);
+    for thread in ["0", "1"] {
+        let age = format!("privacy_router_held_oldest_age_seconds{{thread=\"{thread}\"}}");
+        assert!(
+            wait_until(TIMEOUT, || series(port, &age) > 0.0),
+            "the oldest held event of thread {thread} has no age"
+        );
+    }
+    for how in ["in_order", "timeout", "bound"] {
+        assert_eq!(series(port, &released(how)), 0.0, "{how}");
+    }
+    p.kill();
+    let killed_log = p.log_text();
+
+    let port = free_port();
+    let mut p = s.processor_on("holder", Some(port), &threads);
+    // Restored before anything else arrives.
+    assert!(
+        wait_until(TIMEOUT, || series(port, HELD_NOW) == held as f64),
+        "{} of {held} held events restored:\n{}",
+        series(port, HELD_NOW),
+        tail(&p.log_text(), 40)
+    );
+    let late_values = [pick(&values, &withheld), values[1800..].to_vec()].concat();
+    let late = produce(&bootstrap, &s.input, &s.files, &late_values);
+    model.feed(&late);
+    assert_eq!(model.held(), 0);
+    let want = model.expected(&s);
+    // The same records as had every entity's versions come in order.
+    let mut in_order: Vec<(usize, Input)> = first.iter().copied().zip(early.clone()).collect();
+    in_order.extend(
+        withheld
+            .iter()
+            .copied()
+            .chain(1800..values.len())
+            .zip(late.clone()),
+    );
+    in_order.sort_by_key(|(i, _)| *i);
+    let in_order: Vec<Input> = in_order.into_iter().map(|(_, i)| i).collect();
+    assert_same(
+        &expected(&s, &in_order),
+        &want,
+        "the model against the in-order engine",
+    );
+
+    wait_for_outputs(&s, &want, &mut p);
+    wait_for_held(&mut p, port, late.len(), 0);
+    assert_eq!(series(port, &released("in_order")), held as f64);
+    assert_eq!(series(port, &released("timeout")), 0.0);
+    assert_eq!(series(port, &released("bound")), 0.0);
+    assert_eq!(series(port, HELD_TOTAL), 0.0, "nothing held again");
+    assert_eq!(
+        series(port, "privacy_router_ordering_total{verdict=\"gap\"}"),
+        0.0
+    );
+    stop(&mut p);
+    verify(&s, &want, "held events released after SIGKILL and restart");
+    let inputs = [early, late].concat();
+    let gaps = assert_versions_in_order(&s, &want, Some(&inputs));
+    assert!(gaps.values().all(Vec::is_empty), "{gaps:?}");
+    assert_held_then_released(&s, held);
+
+    let log = p.log_text();
+    assert!(log.contains("Held events restored"), "{}", tail(&log, 40));
+    let payload = payload_strings(&s.files, &inputs);
+    assert_no_payload_in(&killed_log, &payload);
+    assert_no_payload_in(&log, &payload);
+}
+
+/// A held event whose reorder window (15 s) ends while its processor is
+/// dead: the window counts on the wall clock from when it was held (the
+/// time is in its changelog record), so the restarted instance emits it
+/// once the window has passed — no sooner — as a gap (`x-version-gap: 1`),
+/// its successors after it in order, each once. The missing versions 2
+/// that come afterwards are stale; the entities go on from there.
+#[test]
+fn a_window_ending_across_a_sigkill_emits_the_held_events_once_as_gaps() {
+    let _serial = serial();
+    let window = Duration::from_secs(15);
+    let s = Scenario::new(
+        Broker::shared(),
+        3,
+        &hold_topology(window.as_millis() as u64),
+    );
+    let bootstrap = s.broker.bootstrap();
+    let restricted = s.topology.engine.topics.tiers[2].to_string();
+    let values = s.samples(1600, 161, SampleFormat::Framed, false);
+    let (first, withheld) = withhold_versions_2(&s, &values[..1200]);
+    let started = Instant::now();
+    let early = produce(&bootstrap, &s.input, &s.files, &pick(&values, &first));
+    let mut model = Model::new(&s);
+    model.feed(&early);
+    let held = model.held();
+    assert!(held > 50, "only {held} held");
+    let want_early = model.expected(&s);
+
+    let port = free_port();
+    let mut p = s.processor_on("expiring", Some(port), &[]);
+    wait_for_outputs(&s, &want_early, &mut p);
+    wait_for_held(&mut p, port, early.len(), held);
+    p.kill();
+    // Every event was held after `started`: no window had ended at the
+    // kill, and nothing held was sent, not even in an open transaction.
+    assert!(
+        started.elapsed() < window,
+        "the first life took {:?}, longer than the window",
+        started.elapsed()
+    );
+    assert_eq!(
+        count(&bootstrap, &restricted, false),
+        want_early[&restricted].len()
+    );
+    let killed_log = p.log_text();
+
+    let before = model.outcomes.len();
+    model.expire_all();
+    let gapped = model.outcomes[before..]
+        .iter()
+        .filter(|o| matches!(o, Outcome::Routed(r) if r.verdict.label() == "gap"))
+        .count();
+    assert!(gapped > 10, "{gapped} gaps");
+    let want_expired = model.expected(&s);
+
+    let port = free_port();
+    let mut p = s.processor_on("expiring", Some(port), &[]);
+    let mut counter = OutputCounter::new(&bootstrap, std::slice::from_ref(&restricted));
+    assert!(
+        wait_until(TIMEOUT, || {
+            assert!(p.running(), "{}", tail(&p.log_text(), 40));
+            counter.poll() > want_early[&restricted].len()
+        }),
+        "the held events were never emitted:\n{}",
+        tail(&p.log_text(), 40)
+    );
+    assert!(
+        started.elapsed() >= window,
+        "emitted {:?} after the first hold, within the window",
+        started.elapsed()
+    );
+    wait_for_outputs(&s, &want_expired, &mut p);
+    wait_for_held(&mut p, port, 0, 0);
+    assert_eq!(series(port, &released("timeout")), gapped as f64);
+    assert_eq!(series(port, &released("in_order")), (held - gapped) as f64);
+    assert_eq!(series(port, &released("bound")), 0.0);
+
+    // The missing versions, late: stale. Then more of every entity.
+    let late_values = [pick(&values, &withheld), values[1200..].to_vec()].concat();
+    let late = produce(&bootstrap, &s.input, &s.files, &late_values);
+    let before = model.outcomes.len();
+    model.feed(&late);
+    let stale = model.outcomes[before..]
+        .iter()
+        .filter(|o| matches!(o, Outcome::Skipped(v) if v.label() == "stale"))
+        .count();
+    assert_eq!(stale, gapped, "each gapped entity's version 2 is stale");
+    assert_eq!(model.held(), 0);
+    let want = model.expected(&s);
+    wait_for_outputs(&s, &want, &mut p);
+    wait_for_held(&mut p, port, late.len(), 0);
+    assert_eq!(
+        series(port, "privacy_router_ordering_total{verdict=\"stale\"}"),
+        stale as f64
+    );
+    stop(&mut p);
+    verify(&s, &want, "held events expired across a SIGKILL");
+    let inputs = [early, late].concat();
+    let gaps = assert_versions_in_order(&s, &want, None);
+    // In the restricted tier, every gap is an entity's version 3 after its
+    // version 1.
+    assert_eq!(gaps[&restricted].len(), gapped, "{gaps:?}");
+    assert!(
+        gaps[&restricted]
+            .iter()
+            .all(|(v, gap)| *v == 3 && gap == "1"),
+        "{gaps:?}"
+    );
+    assert_held_then_released(&s, held);
+    let payload = payload_strings(&s.files, &inputs);
+    assert_no_payload_in(&killed_log, &payload);
+    assert_no_payload_in(&p.log_text(), &payload);
+}
+
+/// Stream time is the window's clock, and where it stood at each hold
+/// survives a crash: with a window (600 s) the wall clock never reaches
+/// here, events are held and committed, then SIGKILL and a restart. Records
+/// of other entities stamped just short of the window after the first
+/// input release nothing; records stamped past it on every partition end
+/// the window of every held event at once: each is emitted once, as a gap,
+/// its successors after it in order.
+#[test]
+fn restored_stream_time_ends_the_window_after_a_sigkill() {
+    let _serial = serial();
+    let window_ms = 600_000;
+    let s = Scenario::new(Broker::shared(), 3, &hold_topology(window_ms));
+    let bootstrap = s.broker.bootstrap();
+    let values = s.samples(1600, 181, SampleFormat::Framed, false);
+    let (first, withheld) = withhold_versions_2(&s, &values[..1200]);
+    let epoch_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    // Every input is stamped after this, so every hold's stream time is too.
+    let t0 = epoch_ms();
+    let early = produce(&bootstrap, &s.input, &s.files, &pick(&values, &first));
+    let mut model = Model::new(&s);
+    model.feed(&early);
+    let held = model.held();
+    assert!(held > 50, "only {held} held");
+    let want_early = model.expected(&s);
+
+    let port = free_port();
+    let mut p = s.processor_on("streaming", Some(port), &[]);
+    wait_for_outputs(&s, &want_early, &mut p);
+    wait_for_held(&mut p, port, early.len(), held);
+    p.kill();
+    let killed_log = p.log_text();
+
+    let port = free_port();
+    let mut p = s.processor_on("streaming", Some(port), &[]);
+    assert!(
+        wait_until(TIMEOUT, || series(port, HELD_NOW) == held as f64),
+        "{} of {held} held events restored:\n{}",
+        series(port, HELD_NOW),
+        tail(&p.log_text(), 40)
+    );
+    // Later versions of entities that hold nothing, from the future.
+    let gapped: std::collections::BTreeSet<String> = withheld
+        .iter()
+        .map(|i| entity_and_version(&s, &values[*i]).0)
+        .collect();
+    let others: Vec<Vec<u8>> = values[1200..]
+        .iter()
+        .filter(|v| !gapped.contains(&entity_and_version(&s, v).0))
+        .take(80)
+        .cloned()
+        .collect();
+    let at = |values: &[Vec<u8>], timestamp: i64| {
+        let keys = values.iter().map(|v| entity_id_of(&s.files, v)).collect();
+        let inputs = produce_keyed_at(&bootstrap, &s.input, values, keys, Some(timestamp));
+        let reached: std::collections::BTreeSet<i32> = inputs.iter().map(|i| i.partition).collect();
+        assert_eq!(reached.len(), 3, "every partition is reached");
+        inputs
+    };
+    // Short of every window: nothing is released.
+    let almost = at(&others[..40], t0 + window_ms as i64 - 1000);
+    model.feed(&almost);
+    let want_almost = model.expected(&s);
+    wait_for_outputs(&s, &want_almost, &mut p);
+    wait_for_held(&mut p, port, almost.len(), held);
+    assert_eq!(series(port, &released("timeout")), 0.0);
+    // Past every window.
+    let future = at(&others[40..], epoch_ms() + window_ms as i64 + 1000);
+    let before = model.outcomes.len();
+    model.expire_all();
+    let expired = model.outcomes[before..]
+        .iter()
+        .filter(|o| matches!(o, Outcome::Routed(r) if r.verdict.label() == "gap"))
+        .count();
+    model.feed(&future);
+    assert_eq!(model.held(), 0);
+    let want = model.expected(&s);
+    wait_for_outputs(&s, &want, &mut p);
+    wait_for_held(&mut p, port, almost.len() + future.len(), 0);
+    assert_eq!(series(port, &released("timeout")), expired as f64);
+    assert_eq!(series(port, &released("in_order")), (held - expired) as f64);
+    assert_eq!(series(port, HELD_TOTAL), 0.0);
+    stop(&mut p);
+    verify(&s, &want, "held events expired by the restored stream time");
+    let gaps = assert_versions_in_order(&s, &want, None);
+    let restricted = &s.topology.engine.topics.tiers[2];
+    assert_eq!(gaps[&**restricted].len(), expired, "{gaps:?}");
+    assert!(
+        gaps[&**restricted]
+            .iter()
+            .all(|(v, gap)| *v == 3 && gap == "1"),
+        "{gaps:?}"
+    );
+    assert_held_then_released(&s, held);
+    let inputs = [early, almost, future].concat();
+    let payload = payload_strings(&s.files, &inputs);
+    assert_no_payload_in(&killed_log, &payload);
+    assert_no_payload_in(&p.log_text(), &payload);
+}
+
+/// Re-frames the values at `at` with the schema ids of `versions` and keeps
+/// the registry stand-in from answering for those ids until [`release`].
+fn hold_schema_fetches(s: &Scenario, values: &mut [Vec<u8>], versions: &BTreeMap<u32, u32>) {
+    reframe(values, &|id| versions.get(&id).copied());
+    let inner = &s.registry.inner;
+    inner
+        .hold_ids_to
+        .store(*versions.values().max().unwrap(), Ordering::SeqCst);
+    inner
+        .hold_ids_from
+        .store(*versions.values().min().unwrap(), Ordering::SeqCst);
+}
+
+/// Waits until the processor waits for the registry in the middle of a
+/// transaction: a schema fetch the stand-in holds, besides the `before`
+/// it held already (a killed processor's may stay counted).
+fn wait_for_a_held_fetch(s: &Scenario, p: &mut Processor, before: usize) {
+    assert!(
+        wait_until(TIMEOUT, || {
+            assert!(p.running(), "{}", tail(&p.log_text(), 40));
+            held(s) > before
+        }),
+        "the processor never reached the held schema:\n{}",
+        tail(&p.log_text(), 40)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// SIGKILL twice with transactions open (commits every 5 s; the registry
+/// stand-in keeps a schema fetch waiting, so the kill finds the
+/// transaction's records sent): first one that holds events (its held
+/// changelog records are there, uncommitted), then, restarted, one that
+/// releases them (its tombstones and released outputs are there,
+/// uncommitted). Each restart with the same instance id aborts the open
+/// transaction, restores the held events as committed and reads the inputs
+/// again: every version once in every tier, in order, no gap.
+#[test]
+fn sigkills_in_transactions_that_hold_and_release_lose_and_duplicate_nothing() {
+    let _serial = serial();
+    let mut s = Scenario::new(Broker::shared(), 3, &hold_topology(600_000));
+    s.registry_timeout_ms = 60_000;
+    let text = std::fs::read_to_string(&s.topology_path).unwrap();
+    let slow = text.replace("commit_interval_ms: 100\n", "commit_interval_ms: 5000\n");
+    assert_ne!(text, slow);
+    std::fs::write(&s.topology_path, slow).unwrap();
+    let bootstrap = s.broker.bootstrap();
+    let restricted = s.topology.engine.topics.tiers[2].to_string();
+    let versions_a = s.new_versions("second version");
+    let versions_b = s.new_versions("third version");
+    let values = s.samples(2400, 171, SampleFormat::Framed, false);
+    let (first, withheld) = withhold_versions_2(&s, &values[..2000]);
+    let mut early_values = pick(&values, &first);
+    // The last few of the first part (on every partition, likely) wait for
+    // their schema.
+    let n = early_values.len();
+    hold_schema_fetches(&s, &mut early_values[n - 12..], &versions_a);
+    let early = produce(&bootstrap, &s.input, &s.files, &early_values);
+    let mut model = Model::new(&s);
+    model.feed(&early);
+    let held_early = model.held();
+    assert!(held_early > 200, "only {held_early} held");
+    let want_early = model.expected(&s);
+
+    let mut p = s.processor("twice", &[]);
+    wait_for_a_held_fetch(&s, &mut p, 0);
+    let (open, _) = held_and_released(&held_changelog(&s, false));
+    let (committed, _) = held_and_released(&held_changelog(&s, true));
+    assert!(
+        committed < open,
+        "the open transaction holds events ({committed} held committed, {open} sent)"
+    );
+    p.kill();
+    release(&s);
+    let first_log = p.log_text();
+
+    let port = free_port();
+    let mut p = s.processor_on("twice", Some(port), &[]);
+    wait_for_outputs(&s, &want_early, &mut p);
+    assert!(
+        wait_until(TIMEOUT, || series(port, HELD_NOW) == held_early as f64),
+        "{} of {held_early} held:\n{}",
+        series(port, HELD_NOW),
+        tail(&p.log_text(), 40)
+    );
+    // The versions 2, then a few more events that wait for their schema.
+    let mut late_values = [pick(&values, &withheld), values[2000..2012].to_vec()].concat();
+    let n = late_values.len();
+    hold_schema_fetches(&s, &mut late_values[n - 12..], &versions_b);
+    let before = held(&s);
+    let late = produce(&bootstrap, &s.input, &s.files, &late_values);
+    wait_for_a_held_fetch(&s, &mut p, before);
+    let (_, open) = held_and_released(&held_changelog(&s, false));
+    let (_, committed) = held_and_released(&held_changelog(&s, true));
+    assert!(
+        committed < open,
+        "the open transaction releases held events ({committed} released committed, {open} sent)"
+    );
+    assert!(count(&bootstrap, &restricted, true) < count(&bootstrap, &restricted, false));
+    p.kill();
+    release(&s);
+    let second_log = p.log_text();
+
+    let rest = produce(&bootstrap, &s.input, &s.files, &values[2012..]);
+    model.feed(&late);
+    model.feed(&rest);
+    assert_eq!(model.held(), 0);
+    let want = model.expected(&s);
+    let port = free_port();
+    let mut p = s.processor_on("twice", Some(port), &[]);
+    wait_for_outputs(&s, &want, &mut p);
+    assert!(
+        wait_until(TIMEOUT, || series(port, HELD_NOW) == 0.0),
+        "{}",
+        tail(&p.log_text(), 40)
+    );
+    stop(&mut p);
+    verify(&s, &want, "after SIGKILLs while holding and releasing");
+    // The killed transactions' records are on the broker, aborted.
+    assert!(count(&bootstrap, &restricted, false) > want[&restricted].len());
+    let inputs = [early, late, rest].concat();
+    let gaps = assert_versions_in_order(&s, &want, Some(&inputs));
+    assert!(gaps.values().all(Vec::is_empty), "{gaps:?}");
+    assert_held_then_released(&s, held_early);
+    let payload = payload_strings(&s.files, &inputs);
+    for log in [&first_log, &second_log, &p.log_text()] {
         assert_no_payload_in(log, &payload);
     }
 }

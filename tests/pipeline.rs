@@ -13,13 +13,13 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use privacy_router::config::Topology;
-use privacy_router::order::{MemoryStore, VersionStore};
 use privacy_router::order::hold::{Holdback, Release};
+use privacy_router::order::{MemoryStore, VersionStore};
 use privacy_router::pipeline::Engine;
-use privacy_router::reorder::{HeldChange, Reorder, Step};
 use privacy_router::project::Hasher;
 use privacy_router::record::{OutRecord, Outcome, RawRecord, Reason, Routed, Source};
 use privacy_router::registry::{file, MemoryRegistry};
+use privacy_router::reorder::{HeldChange, Reorder, Step};
 use privacy_router::schema::{binary, json as sjson, CompiledSchema, LookupError, SchemaLookup};
 
 const KEY: &[u8] = b"pipeline-test-key-0123456789";
@@ -311,7 +311,8 @@ fn d_login_failed() -> Value {
 
 #[test]
 fn duplicates_and_stale_versions_are_skipped_and_gaps_flagged() {
-    let mut d = Driver::default_topology();
+    // The default topology holds gaps; emitting them is the other policy.
+    let mut d = Driver::with("ordering: {on_gap: emit}");
     routed(d.pipe_json(&user_created(1)));
     routed(d.pipe_json(&user_created(2)));
     assert!(
@@ -1032,31 +1033,69 @@ fn held_events_follow_the_missing_versions_in_order() {
             .map(|(o, v, g)| (*o, (*v).to_owned(), g.map(str::to_owned)))
             .collect::<Vec<_>>()
     };
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(1), 0)), s(&[(0, "accepted", None)]));
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(4), 10)), s(&[(1, "held", None)]));
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(3), 20)), s(&[(2, "held", None)]));
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(1), 0)),
+        s(&[(0, "accepted", None)])
+    );
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(4), 10)),
+        s(&[(1, "held", None)])
+    );
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(3), 20)),
+        s(&[(2, "held", None)])
+    );
     // The same version again while it is held: a duplicate.
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(3), 30)), s(&[(3, "duplicate", None)]));
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(3), 30)),
+        s(&[(3, "duplicate", None)])
+    );
     let steps = reorder(&mut d, &mut held, &user_created(2), 40);
     assert_eq!(
         summary(&steps),
-        s(&[(4, "accepted", None), (2, "accepted", None), (1, "accepted", None)])
+        s(&[
+            (4, "accepted", None),
+            (2, "accepted", None),
+            (1, "accepted", None)
+        ])
     );
-    assert!(matches!(steps[1].held, HeldChange::Released { how: Release::InOrder, .. }));
+    assert!(matches!(
+        steps[1].held,
+        HeldChange::Released {
+            how: Release::InOrder,
+            ..
+        }
+    ));
     assert!(held.is_empty());
     // Released records keep their own input coordinates and timestamp.
     assert_eq!(steps[2].timestamp, Some(10));
     // Past the window in stream time: emitted as a gap with its header.
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(7), 50)), s(&[(5, "held", None)]));
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(8), 60)), s(&[(6, "held", None)]));
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(7), 50)),
+        s(&[(5, "held", None)])
+    );
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(8), 60)),
+        s(&[(6, "held", None)])
+    );
     let other = with_entity(user_created(1), "65a1b2c3d4e5f60718293aff");
     assert_eq!(
         summary(&reorder(&mut d, &mut held, &other, 1_050)),
-        s(&[(7, "accepted", None), (5, "gap", Some("2")), (6, "accepted", None)])
+        s(&[
+            (7, "accepted", None),
+            (5, "gap", Some("2")),
+            (6, "accepted", None)
+        ])
     );
-    assert_eq!(d.store.last_version(b"user/65a1b2c3d4e5f60718293a4b"), Some(8));
+    assert_eq!(
+        d.store.last_version(b"user/65a1b2c3d4e5f60718293a4b"),
+        Some(8)
+    );
     // Stale stays stale, and is never held.
-    assert_eq!(summary(&reorder(&mut d, &mut held, &user_created(5), 1_060)), s(&[(8, "stale", None)]));
+    assert_eq!(
+        summary(&reorder(&mut d, &mut held, &user_created(5), 1_060)),
+        s(&[(8, "stale", None)])
+    );
 }
 
 #[test]
@@ -1074,7 +1113,13 @@ fn the_bound_emits_the_oldest_held_events_as_gaps() {
     let got = summary(&steps);
     assert_eq!(got[0], (4, "held".to_owned(), None));
     assert_eq!(got[1], (2, "gap".to_owned(), Some("1".to_owned())));
-    assert!(matches!(steps[1].held, HeldChange::Released { how: Release::Bound, .. }));
+    assert!(matches!(
+        steps[1].held,
+        HeldChange::Released {
+            how: Release::Bound,
+            ..
+        }
+    ));
     assert_eq!(held.len(), 2);
 }
 
@@ -1083,7 +1128,9 @@ fn stale_events_can_be_dead_lettered() {
     let mut d = Driver::with("ordering: {on_stale: dead_letter}");
     routed(d.pipe_json(&user_created(1)));
     routed(d.pipe_json(&user_created(2)));
-    assert!(matches!(d.pipe_json(&user_created(2)), Outcome::Skipped(v) if v.label() == "duplicate"));
+    assert!(
+        matches!(d.pipe_json(&user_created(2)), Outcome::Skipped(v) if v.label() == "duplicate")
+    );
     let (record, reason, detail) = rejected(d.pipe_json(&user_created(1)));
     assert_eq!(reason, Reason::StaleVersion);
     assert_eq!(record.header("x-error-reason"), Some(&b"stale_version"[..]));

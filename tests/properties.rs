@@ -528,6 +528,7 @@ proptest! {
         match run_one(&mut engine, &mut store, &mut reg, &value) {
             Outcome::DeadLettered { record, .. } => prop_assert_eq!(record.value.as_deref(), Some(value.as_slice())),
             Outcome::Routed(_) | Outcome::Skipped(_) => {}
+            Outcome::Held { .. } => prop_assert!(false, "held without on_gap: hold"),
         }
     }
 }
@@ -595,19 +596,7 @@ proptest! {
         let mut store = MemoryStore::default();
         let mut model: HashMap<usize, i64> = HashMap::new();
         for (entity, version) in steps {
-            let v = json!({
-                "event_id": "6f1c1f1e-8a33-4a55-9d0c-2b9a7f2e9a11", "event_type": "product.price_changed",
-                "entity_type": "product", "entity_id": format!("p{entity}"), "entity_version": version,
-                "occurred_at": "2026-05-01T12:00:00Z", "producer": "catalog", "actor": {"actor_type": "SYSTEM"},
-                "schema_version": 1, "privacy_tier": "internal",
-                "data": {"previous_price_cents": 100, "new_price_cents": 120, "currency": "EUR",
-                         "change_reason": "PROMOTION", "cost_cents": 50, "changed_by_user_id": "u1",
-                         "effective_at": "2026-05-01T12:00:00Z"}
-            });
-            let datum = sjson::resolve(&schema, &v).expect("the test event fits its schema");
-            let mut framed = vec![0];
-            framed.extend_from_slice(&product.id.to_be_bytes());
-            privacy_router::schema::binary::encode(&datum, &mut framed);
+            let framed = product_event(&schema, product.id, entity, version);
             let want = match model.get(&entity) {
                 None => "accepted",
                 Some(l) if version == l + 1 => "accepted",
@@ -623,10 +612,260 @@ proptest! {
                 }
                 Outcome::Skipped(v) => prop_assert_eq!(v.label(), want),
                 Outcome::DeadLettered { rejection, .. } => prop_assert!(false, "dead-lettered: {}", rejection),
+                Outcome::Held { .. } => prop_assert!(false, "held without on_gap: hold"),
             }
         }
         prop_assert_eq!(store.len(), model.len());
     }
+}
+
+// ------------------------------------------------- the reorder window
+
+/// The reorder window, written the obvious way: lists searched linearly,
+/// one rule per sentence of the contract (§4) and the topology's
+/// `ordering` settings.
+#[derive(Default)]
+struct WindowModel {
+    window: i64,
+    bound: usize,
+    last: Vec<(usize, i64)>,
+    /// (entity, version, stream time when held, input index), hold order.
+    held: Vec<(usize, i64, i64, usize)>,
+    stream: i64,
+    /// (input index, entity, version, label, gap header).
+    out: Vec<(usize, usize, i64, &'static str, Option<i64>)>,
+}
+
+impl WindowModel {
+    fn last(&self, e: usize) -> Option<i64> {
+        self.last.iter().find(|(x, _)| *x == e).map(|(_, v)| *v)
+    }
+
+    fn set_last(&mut self, e: usize, v: i64) {
+        self.last.retain(|(x, _)| *x != e);
+        self.last.push((e, v));
+    }
+
+    /// An event emitted (or skipped) now: its verdict against the last
+    /// emitted version; gaps are emitted (a release).
+    fn emit(&mut self, i: usize, e: usize, v: i64) {
+        let (label, gap) = match self.last(e) {
+            None => ("accepted", None),
+            Some(l) if v == l + 1 => ("accepted", None),
+            Some(l) if v == l => ("duplicate", None),
+            Some(l) if v < l => ("stale", None),
+            Some(l) => ("gap", Some(v - l - 1)),
+        };
+        if label == "accepted" || label == "gap" {
+            self.set_last(e, v);
+        }
+        self.out.push((i, e, v, label, gap));
+        if label == "accepted" || label == "gap" {
+            self.follow(e);
+        }
+    }
+
+    /// Held versions of `e` at most `upto`, lowest first.
+    fn release(&mut self, e: usize, upto: i64) {
+        loop {
+            let next = self
+                .held
+                .iter()
+                .filter(|h| h.0 == e && h.1 <= upto)
+                .min_by_key(|h| h.1)
+                .copied();
+            let Some(h) = next else { break };
+            self.held.retain(|x| !(x.0 == h.0 && x.1 == h.1));
+            self.emit(h.3, e, h.1);
+        }
+        self.follow(e);
+    }
+
+    /// Held versions that now follow the last emitted one.
+    fn follow(&mut self, e: usize) {
+        while let Some(l) = self.last(e) {
+            let next = self
+                .held
+                .iter()
+                .filter(|h| h.0 == e && h.1 <= l + 1)
+                .min_by_key(|h| h.1)
+                .copied();
+            let Some(h) = next else { break };
+            self.held.retain(|x| !(x.0 == h.0 && x.1 == h.1));
+            self.emit(h.3, e, h.1);
+        }
+    }
+
+    fn input(&mut self, i: usize, e: usize, v: i64, ts: i64) {
+        self.stream = self.stream.max(ts);
+        let ahead = matches!(self.last(e), Some(l) if v > l + 1);
+        if self.held.iter().any(|h| h.0 == e && h.1 == v) {
+            self.out.push((i, e, v, "duplicate", None));
+        } else if ahead {
+            self.held.push((e, v, self.stream, i));
+            self.out.push((i, e, v, "held", None));
+            while self.held.len() > self.bound {
+                let (oe, ov, _, _) = self.held[0];
+                self.release(oe, ov);
+            }
+        } else {
+            self.emit(i, e, v);
+        }
+        while let Some(&(oe, ov, at, _)) = self.held.first() {
+            if self.stream < at + self.window {
+                break;
+            }
+            self.release(oe, ov);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// `on_gap: hold` through the whole engine and the reorder driver, on
+    /// random interleavings of each entity's versions with swaps,
+    /// duplicates and drops and timestamps that sometimes go back: every
+    /// step matches the model of the window (what is held, what is released
+    /// in order or as a gap, with which header, what is a duplicate or
+    /// stale); each version reaches the tiers at most once and in rising
+    /// order per entity; and once the input ends nothing stays held.
+    #[test]
+    fn the_reorder_window_matches_the_model(
+        entities in proptest::collection::vec((1i64..9, proptest::collection::vec(0u8..10, 12)), 1..4),
+        order in proptest::collection::vec(any::<u8>(), 0..40),
+        steps in proptest::collection::vec(0i64..8, 40),
+        bound in 1usize..6,
+    ) {
+        use privacy_router::config::{GapPolicy, HoldConfig};
+        use privacy_router::order::hold::Holdback;
+        use privacy_router::reorder::{Reorder, Step};
+
+        // Each entity's stream: versions 1..=n, then perturbed: a swap of
+        // neighbours, a duplicate, a drop, per the entity's dice.
+        let mut streams: Vec<Vec<i64>> = Vec::new();
+        for (n, dice) in &entities {
+            let mut s: Vec<i64> = (1..=*n).collect();
+            for (k, d) in dice.iter().enumerate() {
+                let i = k % s.len().max(1);
+                match d {
+                    0 | 1 if i + 1 < s.len() => s.swap(i, i + 1),
+                    2 if !s.is_empty() => { let x = s[i]; s.insert(i, x) }
+                    3 if s.len() > 1 => { s.remove(i); }
+                    _ => {}
+                }
+            }
+            streams.push(s);
+        }
+        // Interleaved by `order`, then whatever is left in entity order.
+        let mut cursor = vec![0usize; streams.len()];
+        let mut inputs: Vec<(usize, i64)> = Vec::new();
+        for o in order {
+            let e = o as usize % streams.len();
+            if cursor[e] < streams[e].len() {
+                inputs.push((e, streams[e][cursor[e]]));
+                cursor[e] += 1;
+            }
+        }
+        for (e, s) in streams.iter().enumerate() {
+            inputs.extend(s[cursor[e]..].iter().map(|v| (e, *v)));
+        }
+
+        let window = 1_000;
+        let cfg = EngineConfig {
+            on_gap: GapPolicy::Hold,
+            hold: HoldConfig { window_ms: window, max_held: bound },
+            ..EngineConfig::default()
+        };
+        let (_, mut reg, events) = engine_and_registry();
+        let mut engine = Engine::new(Arc::new(cfg), Some(Hasher::new(b"fuzz-key-0123456789abcdef").unwrap()));
+        let product = events.iter().find(|e| e.event_type == "product.price_changed").unwrap();
+        let schema = CompiledSchema::compile(&product.text, &Rules::default()).unwrap();
+        let mut store = MemoryStore::default();
+        let mut held = Holdback::default();
+        let mut model = WindowModel { window, bound, ..WindowModel::default() };
+        let mut got: Vec<(usize, usize, i64, &'static str, Option<i64>)> = Vec::new();
+        let mut ts = 0i64;
+        let record = |s: &Step, got: &mut Vec<_>| {
+            let i = s.source.offset as usize;
+            let (e, v) = inputs[i];
+            let (label, gap) = match &s.outcome {
+                Outcome::Routed(r) => {
+                    assert_eq!(r.records.len(), 3);
+                    let gap = r.records[0].header("x-version-gap")
+                        .map(|h| std::str::from_utf8(h).unwrap().parse::<i64>().unwrap());
+                    (r.verdict.label(), gap)
+                }
+                Outcome::Skipped(v) => (v.label(), None),
+                Outcome::Held { .. } => ("held", None),
+                Outcome::DeadLettered { rejection, .. } => panic!("dead-lettered: {rejection}"),
+            };
+            got.push((i, e, v, label, gap));
+        };
+        let mut out = Vec::new();
+        for (i, (e, v)) in inputs.iter().enumerate() {
+            // Mostly forward, sometimes back (a late producer's clock), in
+            // 100 ms steps so that the window's edge is met exactly.
+            ts += steps[i % steps.len()] * 100 - 100;
+            let value = product_event(&schema, product.id, *e, *v);
+            let source = Source { topic: Arc::from("events.raw"), partition: 0, offset: i as i64 };
+            let raw = RawRecord { source: &source, key: None, value: Some(&value), headers: &[] };
+            Reorder { engine: &mut engine, store: &mut store, held: &mut held, registry: &mut reg }
+                .process(&raw, Some(ts), None, &mut out)
+                .expect("the memory registry never fails");
+            for s in out.drain(..) {
+                record(&s, &mut got);
+            }
+            model.input(i, *e, *v, ts);
+        }
+        Reorder { engine: &mut engine, store: &mut store, held: &mut held, registry: &mut reg }
+            .release_all(&mut out)
+            .unwrap();
+        for s in out.drain(..) {
+            record(&s, &mut got);
+        }
+        while let Some(&(oe, ov, _, _)) = model.held.first() {
+            model.release(oe, ov);
+        }
+        prop_assert_eq!(&got, &model.out);
+        prop_assert!(held.is_empty());
+        // Whatever the model: at most once, rising per entity.
+        let mut emitted: HashMap<usize, i64> = HashMap::new();
+        for (_, e, v, label, _) in &got {
+            if *label == "accepted" || *label == "gap" {
+                prop_assert!(emitted.get(e).is_none_or(|l| v > l), "entity {} version {} after {:?}", e, v, emitted.get(e));
+                emitted.insert(*e, *v);
+            }
+        }
+        // Nothing lost that could be kept: every version of an entity above
+        // the first one emitted and not dropped from its stream reached
+        // the tiers, unless it came after a higher one was emitted.
+        for (e, s) in streams.iter().enumerate() {
+            let reached: Vec<i64> = got.iter()
+                .filter(|g| g.1 == e && (g.3 == "accepted" || g.3 == "gap"))
+                .map(|g| g.2)
+                .collect();
+            let max = s.iter().max().copied();
+            prop_assert_eq!(reached.last().copied(), max, "entity {}'s highest version reaches the tiers", e);
+        }
+    }
+}
+
+fn product_event(schema: &CompiledSchema, id: u32, entity: usize, version: i64) -> Vec<u8> {
+    let v = json!({
+        "event_id": "6f1c1f1e-8a33-4a55-9d0c-2b9a7f2e9a11", "event_type": "product.price_changed",
+        "entity_type": "product", "entity_id": format!("p{entity}"), "entity_version": version,
+        "occurred_at": "2026-05-01T12:00:00Z", "producer": "catalog", "actor": {"actor_type": "SYSTEM"},
+        "schema_version": 1, "privacy_tier": "internal",
+        "data": {"previous_price_cents": 100, "new_price_cents": 120, "currency": "EUR",
+                 "change_reason": "PROMOTION", "cost_cents": 50, "changed_by_user_id": "u1",
+                 "effective_at": "2026-05-01T12:00:00Z"}
+    });
+    let datum = sjson::resolve(schema, &v).expect("the test event fits its schema");
+    let mut framed = vec![0];
+    framed.extend_from_slice(&id.to_be_bytes());
+    binary::encode(&datum, &mut framed);
+    framed
 }
 
 /// Producer events (each producer topology's own sample, through its

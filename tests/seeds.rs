@@ -1001,6 +1001,7 @@ fn catalogue_events_reach_the_tiers_their_sensitivity_allows() {
             }
             Outcome::DeadLettered { rejection, .. } => dead.push(rejection.reason),
             Outcome::Skipped(v) => panic!("nothing is ordered here: {v:?}"),
+            Outcome::Held { .. } => panic!("nothing is ordered here, nothing is held"),
         }
     }
     let security = [
@@ -1215,7 +1216,8 @@ fn mutated_producer_events_are_routed_or_dead_lettered_never_leaked() {
                             }
                         }
                     }
-                    Outcome::Skipped(_) => {}
+                    // Producer topologies emit gaps: nothing is held.
+                    Outcome::Skipped(_) | Outcome::Held { .. } => {}
                 }
             }
         }

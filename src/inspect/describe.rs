@@ -232,7 +232,7 @@ pub fn graph(t: &Topology) -> Graph {
                 if cfg.on_gap == GapPolicy::Hold {
                     let _ = write!(
                         d,
-                        " (held up to {} ms of stream time, at most {} per partition, then emitted as gaps; held events in the changelog)",
+                        " (held up to {} ms of stream time, or of wall-clock time on an idle partition, at most {} per partition, then emitted as gaps; held events in the changelog)",
                         cfg.hold.window_ms, cfg.hold.max_held
                     );
                 }
@@ -339,18 +339,12 @@ pub fn graph(t: &Topology) -> Graph {
     if cfg.on_stale == StalePolicy::DeadLetter {
         edge("order", DLQ, Some("stale_version".to_owned()));
     }
-    if cfg.on_gap == GapPolicy::Hold {
-        edge(
-            "order",
-            "sink-changelog",
-            Some("held events until released".to_owned()),
-        );
-    }
-    edge(
-        "order",
-        "sink-changelog",
-        Some("last accepted version".to_owned()),
-    );
+    let state = if cfg.on_gap == GapPolicy::Hold {
+        "last accepted version, held events"
+    } else {
+        "last accepted version"
+    };
+    edge("order", "sink-changelog", Some(state.to_owned()));
     for tier in Tier::ALL {
         edge(&format!("project-{tier}"), "route", None);
     }
@@ -487,9 +481,14 @@ pub fn text(t: &Topology, overrides: &OverrideEffects) -> String {
         }
     }
     let _ = writeln!(s, "  State stores:");
+    let held = if t.engine.on_gap == GapPolicy::Hold {
+        " and the held events (raw input records: restricted, like the dead-letter topic)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         s,
-        "    {STORE_NAME}: (entity_type, entity_id) -> last accepted entity_version, plus resume markers; changelog topic {} (compacted, co-partitioned with the input, restored before a partition is processed)",
+        "    {STORE_NAME}: (entity_type, entity_id) -> last accepted entity_version, plus resume markers{held}; changelog topic {} (compacted, co-partitioned with the input, restored before a partition is processed)",
         t.changelog_topic()
     );
     let _ = writeln!(s, "  Topics:");

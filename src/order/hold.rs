@@ -474,7 +474,10 @@ mod tests {
         let mut h = Holdback::default();
         h.observe(Some(100));
         assert!(h.hold(b"user/a", 3, record(1, 100)));
-        assert!(!h.hold(b"user/a", 3, record(2, 100)), "a held version twice");
+        assert!(
+            !h.hold(b"user/a", 3, record(2, 100)),
+            "a held version twice"
+        );
         assert!(h.hold(b"user/b", 5, record(3, 150)));
         assert_eq!(h.len(), 2);
         assert_eq!(h.expired(1_000, None), None);
@@ -507,7 +510,10 @@ mod tests {
         assert!(h.contains(b"user/a", 3));
         assert!(!h.contains(b"user/b", 4));
         assert_eq!(h.stream_time(), Some(10));
-        assert_eq!(h.oldest().map(|(k, v, _)| (k.to_vec(), v)), Some((b"user/a".to_vec(), 3)));
+        assert_eq!(
+            h.oldest().map(|(k, v, _)| (k.to_vec(), v)),
+            Some((b"user/a".to_vec(), 3))
+        );
         // A failed release goes back in its place.
         h.hold(b"user/c", 9, record(3, 10));
         assert!(h.take(b"user/a", 3).is_some());

@@ -41,7 +41,7 @@ use super::state::{encode_value, resume_key, RestoreError, StateStores};
 use super::transaction::{Ended, Transaction, TXN_TIMEOUT};
 use super::watermarks::Watermarks;
 use super::{Fatal, FatalKind, Progress};
-use crate::config::Guarantee;
+use crate::config::{GapPolicy, Guarantee};
 use crate::pipeline::{Engine, EngineError};
 use crate::record::{Outcome, RawRecord, Source};
 use crate::reorder::{HeldChange, Reorder, Step};
@@ -480,13 +480,16 @@ impl Task {
         let ts = m.timestamp().to_millis();
         let mut steps = std::mem::take(&mut self.steps);
         let (mut store, held) = self.stores.part(p).context("a partition not restored")?;
+        // The wall clock only where something is or may be held.
+        let wall =
+            (self.engine.config().on_gap == GapPolicy::Hold || !held.is_empty()).then(wall_ms);
         let result = Reorder {
             engine: &mut self.engine,
             store: &mut store,
             held,
             registry: self.registry.as_mut(),
         }
-        .process(&raw, ts, Some(wall_ms()), &mut steps);
+        .process(&raw, ts, wall, &mut steps);
         if let Some(t) = started {
             telemetry::processed(&self.settings.metrics, t.elapsed());
         }

@@ -28,11 +28,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use privacy_router::config::Topology;
+use privacy_router::order::hold::Holdback;
 use privacy_router::order::MemoryStore;
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
 use privacy_router::record::{Outcome, RawRecord, Source};
 use privacy_router::registry::{file, MemoryRegistry};
+use privacy_router::reorder::Reorder;
 use privacy_router::runtime::kafka::{send_waiting, QuietContext};
 use privacy_router::sample::{self, Format, Options};
 use privacy_router::schema::{binary, json as sjson, CompiledSchema, SchemaLookup};
@@ -485,10 +487,16 @@ event_types:
     /// the id map old → new. Records re-framed with the new ids make the
     /// processor fetch schemas mid-stream.
     pub fn second_versions(&mut self) -> BTreeMap<u32, u32> {
+        self.new_versions("second version")
+    }
+
+    /// [`Scenario::second_versions`] with another `doc`: called again with
+    /// a new one, a third version, and so on.
+    pub fn new_versions(&mut self, doc: &str) -> BTreeMap<u32, u32> {
         let mut map = BTreeMap::new();
         for e in &self.files.events {
             let mut v: Value = serde_json::from_str(&e.text).unwrap();
-            v["doc"] = Value::from("second version");
+            v["doc"] = Value::from(doc);
             let text = v.to_string();
             let subject = self
                 .topology
@@ -745,19 +753,26 @@ impl ProducerContext for Landed {
 /// The `entity_id` of a sample value, for the record key (as producers key
 /// their records).
 pub fn entity_id_of(files: &file::FileRegistry, value: &[u8]) -> Option<String> {
+    envelope_of(files, value)?
+        .get("entity_id")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// A sample value (a JSON envelope, or framed Avro read with the file
+/// registry's schema of its id, a re-framed value's too) as JSON.
+pub fn envelope_of(files: &file::FileRegistry, value: &[u8]) -> Option<Value> {
     match value.first()? {
-        b'{' => serde_json::from_slice::<Value>(value)
-            .ok()?
-            .get("entity_id")?
-            .as_str()
-            .map(str::to_owned),
+        b'{' => serde_json::from_slice(value).ok(),
         0 => {
             let id = u32::from_be_bytes(value.get(1..5)?.try_into().ok()?);
-            let e = files.events.iter().find(|e| e.id == id)?;
-            let schema = CompiledSchema::compile(&e.text, &Default::default()).ok()?;
+            let text: Arc<str> = match files.events.iter().find(|e| e.id == id) {
+                Some(e) => Arc::from(e.text.as_str()),
+                None => files.registry.clone().schema_by_id(id).ok()?,
+            };
+            let schema = CompiledSchema::compile(&text, &Default::default()).ok()?;
             let d = binary::decode(&schema, &value[5..]).ok()?;
-            let v = sjson::render(&schema, schema.root(), &d);
-            v.get("entity_id")?.as_str().map(str::to_owned)
+            Some(sjson::render(&schema, schema.root(), &d))
         }
         _ => None,
     }
@@ -782,6 +797,18 @@ pub fn produce_keyed(
     values: &[Vec<u8>],
     keys: Vec<Option<String>>,
 ) -> Vec<Input> {
+    produce_keyed_at(brokers, topic, values, keys, None)
+}
+
+/// [`produce_keyed`] with this record timestamp (ms since the epoch; the
+/// producer's clock when `None`).
+pub fn produce_keyed_at(
+    brokers: &str,
+    topic: &str,
+    values: &[Vec<u8>],
+    keys: Vec<Option<String>>,
+    timestamp: Option<i64>,
+) -> Vec<Input> {
     let landed = Landed(Mutex::new(vec![None; values.len()]));
     let producer: BaseProducer<Landed> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -795,6 +822,9 @@ pub fn produce_keyed(
             BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&v[..]);
         if let Some(k) = &keys[i] {
             rec = rec.key(k);
+        }
+        if let Some(t) = timestamp {
+            rec = rec.timestamp(t);
         }
         send_waiting(&producer, rec).map_err(|(e, _)| e).unwrap();
         producer.poll(Duration::ZERO);
@@ -955,23 +985,58 @@ pub struct Counts {
     pub tier_mismatches: u64,
 }
 
-/// Every input through the pure engine, in produce order (which is each
-/// entity's order), as the runtime would see it.
-pub fn outcomes(s: &Scenario, inputs: &[Input]) -> (Vec<Outcome>, MemoryRegistry) {
-    let mut engine = Engine::new(
-        s.topology.engine.clone(),
-        Some(Hasher::new(KEY.as_bytes()).unwrap()),
-    );
-    let mut reg: MemoryRegistry = s.files.registry.clone();
-    // As the stand-in does (Confluent's default compatibility).
-    reg.enforce_backward(true);
-    let mut store = MemoryStore::default();
-    let topic: Arc<str> = Arc::from(s.input.as_str());
-    let outcomes = inputs
-        .iter()
-        .map(|i| {
+/// The pure engine with a partition's reorder window around it
+/// ([`Reorder`], as the runtime drives it), fed inputs in produce order
+/// (which is each entity's order). It reads no clock: a held event is
+/// released by its missing versions, or by [`Model::expire_all`] where a
+/// test lets the window pass. One store and one holdback for every input
+/// partition (entities never span partitions; `max_held_per_partition`
+/// then bounds them all together).
+pub struct Model {
+    engine: Engine,
+    /// The registry the engine reads and registers derived schemas in.
+    pub registry: MemoryRegistry,
+    store: MemoryStore,
+    held: Holdback,
+    topic: Arc<str>,
+    /// Every outcome so far, released events in their release order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Model {
+    /// A model of `s`'s topology, nothing seen yet.
+    pub fn new(s: &Scenario) -> Model {
+        let mut registry: MemoryRegistry = s.files.registry.clone();
+        // As the stand-in does (Confluent's default compatibility).
+        registry.enforce_backward(true);
+        Model {
+            engine: Engine::new(
+                s.topology.engine.clone(),
+                Some(Hasher::new(KEY.as_bytes()).unwrap()),
+            ),
+            registry,
+            store: MemoryStore::default(),
+            held: Holdback::default(),
+            topic: Arc::from(s.input.as_str()),
+            outcomes: Vec::new(),
+        }
+    }
+
+    fn reorder(&mut self) -> Reorder<'_> {
+        Reorder {
+            engine: &mut self.engine,
+            store: &mut self.store,
+            held: &mut self.held,
+            registry: &mut self.registry,
+        }
+    }
+
+    /// Processes `inputs` in order.
+    pub fn feed(&mut self, inputs: &[Input]) {
+        let mut steps = Vec::new();
+        for i in inputs {
             let source = Source {
-                topic: topic.clone(),
+                topic: self.topic.clone(),
                 partition: i.partition,
                 offset: i.offset,
             };
@@ -981,10 +1046,39 @@ pub fn outcomes(s: &Scenario, inputs: &[Input]) -> (Vec<Outcome>, MemoryRegistry
                 value: Some(&i.value),
                 headers: &[],
             };
-            engine.process(&raw, &mut store, &mut reg).unwrap()
-        })
-        .collect();
-    (outcomes, reg)
+            self.reorder()
+                .process(&raw, None, None, &mut steps)
+                .unwrap();
+        }
+        self.outcomes.extend(steps.into_iter().map(|s| s.outcome));
+    }
+
+    /// Every held event's window expired: each is emitted as a gap (with
+    /// the held events that then follow in order), oldest first.
+    pub fn expire_all(&mut self) {
+        let mut steps = Vec::new();
+        self.reorder().release_all(&mut steps).unwrap();
+        self.outcomes.extend(steps.into_iter().map(|s| s.outcome));
+    }
+
+    /// Events held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// What the outcomes so far put in each output topic, normalised.
+    pub fn expected(&self, s: &Scenario) -> PerTopic {
+        expected_of(s, self.outcomes.clone(), &mut self.registry.clone())
+    }
+}
+
+/// Every input through the pure engine (with the reorder window when the
+/// topology holds gaps), in produce order (which is each entity's order),
+/// as the runtime would see it.
+pub fn outcomes(s: &Scenario, inputs: &[Input]) -> (Vec<Outcome>, MemoryRegistry) {
+    let mut m = Model::new(s);
+    m.feed(inputs);
+    (m.outcomes, m.registry)
 }
 
 /// The counts the pure engine gives for `inputs`.
@@ -1009,6 +1103,7 @@ pub fn expected_counts(s: &Scenario, inputs: &[Input]) -> Counts {
                 }
             }
             Outcome::Skipped(v) => *c.verdicts.entry(v.label().to_owned()).or_default() += 1,
+            Outcome::Held { .. } => {}
             Outcome::DeadLettered { rejection, .. } => {
                 *c.reasons
                     .entry(rejection.reason.code().to_owned())
@@ -1047,6 +1142,12 @@ pub type PerTopic = BTreeMap<String, Vec<Rec>>;
 /// entity's order), normalised.
 pub fn expected(s: &Scenario, inputs: &[Input]) -> PerTopic {
     let (outcomes, mut reg) = outcomes(s, inputs);
+    expected_of(s, outcomes, &mut reg)
+}
+
+/// What `outcomes` put in each output topic, normalised (derived schemas
+/// from `reg`).
+pub fn expected_of(s: &Scenario, outcomes: Vec<Outcome>, reg: &mut MemoryRegistry) -> PerTopic {
     let mut out = PerTopic::new();
     for t in s.outputs() {
         out.insert(t, Vec::new());
@@ -1055,7 +1156,7 @@ pub fn expected(s: &Scenario, inputs: &[Input]) -> PerTopic {
     for outcome in outcomes {
         let records = match outcome {
             Outcome::Routed(r) => r.records,
-            Outcome::Skipped(_) => vec![],
+            Outcome::Skipped(_) | Outcome::Held { .. } => vec![],
             Outcome::DeadLettered { record, .. } => vec![record],
         };
         for r in records {
