@@ -96,7 +96,7 @@ impl Reorder<'_> {
         wall_ms: Option<i64>,
         out: &mut Vec<Step>,
     ) -> Result<(), EngineError> {
-        self.held.observe(timestamp);
+        self.held.observe(timestamp, wall_ms);
         let outcome = self.engine.process(raw, self.store, self.registry)?;
         let step = |outcome, held| Step {
             source: raw.source.clone(),

@@ -41,9 +41,9 @@ pub enum StalePolicy {
 /// The reorder window of `on_gap: hold`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldConfig {
-    /// How long an event is held, in stream time (the input partition's
-    /// highest record timestamp) and, as a backstop for a partition that
-    /// falls idle, in wall-clock time since it was held.
+    /// How long an event is held, in stream time: the input partition's
+    /// highest record timestamp, moved forward by the wall-clock time for
+    /// which the partition has had no record (see [`crate::order::hold`]).
     pub window_ms: i64,
     /// At most this many events are held per partition; beyond it the
     /// oldest are emitted as gaps.

@@ -9,15 +9,18 @@
 //! transaction that emits it, so a held event survives a crash and is
 //! emitted once.
 //!
-//! **The clock.** An event is held until its partition's *stream time* (the
-//! highest record timestamp seen on the partition, as in Kafka Streams) has
-//! moved the reorder window past the stream time at which it was held, or,
-//! as a backstop for a partition that falls idle (stream time then stands
-//! still), until the window has passed on the wall clock since it was held.
-//! Stream time makes the window independent of how fast the processor
-//! reads: catching up on a backlog, the missing version is still found when
-//! the producer's reorder was a few milliseconds. Both deadlines only grow
-//! in hold order, so the oldest held event is always the next to expire.
+//! **The clock.** An event is held until its partition's *stream time* has
+//! moved the reorder window past the stream time at which it was held.
+//! Stream time is the highest record timestamp seen on the partition (as in
+//! Kafka Streams), moved forward by the wall-clock time for which the
+//! partition has had no record: a partition that falls idle still sees its
+//! windows end, while one that is busy — catching up on a backlog after a
+//! restart, say — is judged by its records' timestamps alone, so a
+//! producer's reorder of a few milliseconds is put back in order however
+//! late the processor reads it. (Counting the wall clock from the hold
+//! instead would release events as gaps right after a long outage, just
+//! before the missing versions, waiting in the backlog, are read.) Stream
+//! time only grows, so the oldest held event is always the next to expire.
 //! `replay` passes no wall clock and its records carry no timestamps, so
 //! what it holds is released only by the missing versions, the bound, or
 //! the end of the input: deterministic.
@@ -65,7 +68,8 @@ pub struct HeldRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The partition's stream time when it was held.
     pub held_stream: i64,
-    /// The wall clock (ms since the epoch) when it was held.
+    /// The wall clock (ms since the epoch) when it was held (for the age of
+    /// the oldest held event).
     pub held_wall: i64,
 }
 
@@ -229,8 +233,11 @@ pub struct Holdback {
     /// Hold order: sequence → (entity key, version).
     order: BTreeMap<u64, (Box<[u8]>, i64)>,
     next_seq: u64,
-    /// The highest record timestamp seen (`i64::MIN` before any).
+    /// The highest record timestamp seen.
     stream_time: Option<i64>,
+    /// The wall clock when the partition last had a record (or when the
+    /// first expiry check after a restore ran): idle time counts from there.
+    last_record_wall: Option<i64>,
     /// Changes since the last [`Holdback::commit`], when journaling.
     undo: Option<Vec<Undo>>,
     /// Stream time at the last commit, when journaling.
@@ -263,13 +270,23 @@ impl Holdback {
         self.stream_time
     }
 
-    /// A record with timestamp `ts` was read: stream time moves forward.
-    pub fn observe(&mut self, ts: Option<i64>) {
+    /// A record with timestamp `ts` was read at `wall` (the wall clock, if
+    /// the caller reads one): stream time moves forward, idle time restarts.
+    pub fn observe(&mut self, ts: Option<i64>, wall: Option<i64>) {
+        if wall.is_some() {
+            self.last_record_wall = wall;
+        }
         if let Some(t) = ts.filter(|t| *t >= 0) {
             if self.stream_time.is_none_or(|s| t > s) {
                 self.stream_time = Some(t);
             }
         }
+    }
+
+    /// The partition's input was paused (waiting for the registry) until
+    /// `wall`: that wait is not idle time, its windows count from here.
+    pub fn touch(&mut self, wall: i64) {
+        self.last_record_wall = Some(wall);
     }
 
     /// Whether version `version` of entity `key` is held.
@@ -355,15 +372,17 @@ impl Holdback {
         Some((key, *version, &entry.record))
     }
 
-    /// The oldest held event if its window of `window_ms` has passed, in
-    /// stream time or, when `wall_now` is given, on the wall clock.
-    pub fn expired(&self, window_ms: i64, wall_now: Option<i64>) -> Option<(Box<[u8]>, i64)> {
+    /// The oldest held event if its window of `window_ms` has passed in
+    /// stream time, counting, when `wall_now` is given, the wall-clock time
+    /// since the partition last had a record.
+    pub fn expired(&mut self, window_ms: i64, wall_now: Option<i64>) -> Option<(Box<[u8]>, i64)> {
+        let idle = match wall_now {
+            Some(w) => (w - *self.last_record_wall.get_or_insert(w)).max(0),
+            None => 0,
+        };
         let (key, version, r) = self.oldest()?;
-        let by_stream = self
-            .stream_time
-            .is_some_and(|s| s >= r.held_stream.saturating_add(window_ms));
-        let by_wall = wall_now.is_some_and(|w| w >= r.held_wall.saturating_add(window_ms));
-        (by_stream || by_wall).then(|| (key.into(), version))
+        let now = self.stream_time.unwrap_or(0).saturating_add(idle);
+        (now >= r.held_stream.saturating_add(window_ms)).then(|| (key.into(), version))
     }
 
     /// The open transaction committed: its changes stay.
@@ -470,9 +489,9 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_expires_first_by_stream_time_or_wall_clock() {
+    fn the_oldest_expires_first_by_stream_time_and_idle_time() {
         let mut h = Holdback::default();
-        h.observe(Some(100));
+        h.observe(Some(100), None);
         assert!(h.hold(b"user/a", 3, record(1, 100)));
         assert!(
             !h.hold(b"user/a", 3, record(2, 100)),
@@ -481,17 +500,37 @@ mod tests {
         assert!(h.hold(b"user/b", 5, record(3, 150)));
         assert_eq!(h.len(), 2);
         assert_eq!(h.expired(1_000, None), None);
-        h.observe(Some(1_099));
+        h.observe(Some(1_099), None);
         assert_eq!(h.expired(1_000, None), None);
-        h.observe(Some(50)); // late records do not move stream time back
-        h.observe(Some(1_100));
+        h.observe(Some(50), None); // late records do not move stream time back
+        h.observe(Some(1_100), None);
         assert_eq!(h.expired(1_000, None), Some((b"user/a"[..].into(), 3)));
-        // The wall clock alone: held at 1_000 + 100.
+        // An idle partition: the wall clock since its last record counts.
         let mut idle = Holdback::default();
+        idle.observe(Some(100), Some(50_000));
         idle.hold(b"user/a", 3, record(1, 100));
-        assert_eq!(idle.expired(1_000, Some(2_099)), None);
+        assert_eq!(idle.expired(1_000, Some(50_999)), None);
         assert_eq!(
-            idle.expired(1_000, Some(2_100)),
+            idle.expired(1_000, Some(51_000)),
+            Some((b"user/a"[..].into(), 3))
+        );
+        // A busy partition (a restart's backlog): 850 s passed on the wall
+        // clock, but records kept coming with timestamps short of the
+        // window, so only the idle time since the last one counts.
+        let mut busy = Holdback::default();
+        busy.observe(Some(100), Some(50_000));
+        busy.hold(b"user/a", 3, record(1, 100));
+        busy.observe(Some(900), Some(900_000));
+        assert_eq!(busy.expired(1_000, Some(900_199)), None);
+        assert!(busy.expired(1_000, Some(900_200)).is_some());
+        // Restored: idle time counts from the first check.
+        let mut restored = Holdback::default();
+        let k = held_key(b"user/a", 3);
+        restored.apply(&k[HELD_PREFIX.len()..], Some(&record(1, 100).encode()));
+        assert_eq!(restored.expired(1_000, Some(7_000_000)), None);
+        assert_eq!(restored.expired(1_000, Some(7_000_999)), None);
+        assert_eq!(
+            restored.expired(1_000, Some(7_001_000)),
             Some((b"user/a"[..].into(), 3))
         );
     }
@@ -499,10 +538,10 @@ mod tests {
     #[test]
     fn an_abort_puts_back_what_the_transaction_held_and_released() {
         let mut h = Holdback::journaled();
-        h.observe(Some(10));
+        h.observe(Some(10), None);
         h.hold(b"user/a", 3, record(1, 10));
         h.commit();
-        h.observe(Some(20));
+        h.observe(Some(20), None);
         h.hold(b"user/b", 4, record(2, 20));
         assert!(h.take(b"user/a", 3).is_some());
         assert_eq!(h.len(), 1);

@@ -365,6 +365,14 @@ impl StateStores {
         Some((self.journal.store(p, &mut part.store), &mut part.held))
     }
 
+    /// The input resumes after a wait: no window counts the wait as idle
+    /// time (see [`Holdback::touch`]).
+    pub(super) fn touch(&mut self, wall: i64) {
+        for part in self.parts.values_mut() {
+            part.held.touch(wall);
+        }
+    }
+
     /// Whether any partition holds events.
     pub(super) fn holding_any(&self) -> bool {
         self.parts.values().any(|s| !s.held.is_empty())

@@ -549,8 +549,8 @@ impl Task {
     }
 
     /// Emits, as gaps, the held events whose reorder window has expired
-    /// (on a partition that falls idle, stream time stands still and the
-    /// wall clock decides).
+    /// (on a partition that falls idle, the wall-clock time since its last
+    /// record counts as stream time).
     fn expire_held(&mut self) -> Result<()> {
         let wall = wall_ms();
         let mut steps = std::mem::take(&mut self.steps);
@@ -692,6 +692,7 @@ impl Task {
     /// Ends a registry wait: every assigned partition fetches again.
     fn resume_input(&mut self, consumer: &BaseConsumer<StreamCtx>) {
         self.registry_wait.paused_until = None;
+        self.stores.touch(wall_ms());
         if let Ok(all) = consumer.assignment() {
             if let Err(e) = consumer.resume(&all) {
                 warn!(error = %e, "Resuming the input failed.");
@@ -708,7 +709,9 @@ impl Task {
             return Ok(());
         }
         t.since_tick = 0;
-        if self.stores.holding_any() {
+        // No window ends while the input waits for the registry: the
+        // missing versions may be just behind the record it waits on.
+        if self.stores.holding_any() && self.registry_wait.paused_until.is_none() {
             self.expire_held()?;
         }
         if self.timers.last_commit.elapsed() >= self.settings.config.commit_interval {
