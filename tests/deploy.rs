@@ -77,7 +77,7 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("SUCCESS: 6 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 7 rules found"), "{said}");
     // The compose file's Prometheus loads them.
     let out = promtool(&["check", "config", "deploy/prometheus.yml"]);
     assert!(
@@ -101,8 +101,9 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
             alerts.insert(name.to_owned());
         }
     }
-    // What the issue asks to watch: readiness, lag, dead letters per reason,
-    // aborted transactions, refused derived schemas, registry errors.
+    // What the issues ask to watch: readiness, lag, dead letters per reason,
+    // aborted transactions, refused derived schemas, registry errors, held
+    // events not released.
     for a in [
         "PrivacyRouterNotReady",
         "PrivacyRouterConsumerLagGrowing",
@@ -110,6 +111,7 @@ fn alert_rules_pass_promtool_and_use_only_exported_metrics() {
         "PrivacyRouterTransactionsAborted",
         "PrivacyRouterDerivedSchemaRefused",
         "PrivacyRouterRegistryErrors",
+        "PrivacyRouterHeldEventsStuck",
     ] {
         assert!(alerts.contains(a), "{a} missing: {alerts:?}");
     }
