@@ -65,11 +65,7 @@ enum Halt {
     /// A duplicate or stale version: counted, not emitted.
     Skip(Verdict),
     /// Ahead of the entity's next version under `on_gap: hold`.
-    Hold {
-        key: Vec<u8>,
-        version: i64,
-        last: i64,
-    },
+    Hold { key: Vec<u8>, version: i64 },
     /// The record was not processed: retry it (transient) or stop (fatal).
     Fail(EngineError),
 }
@@ -266,7 +262,7 @@ impl Engine {
         match routed {
             Ok(routed) => Ok(Outcome::Routed(routed)),
             Err(Halt::Skip(verdict)) => Ok(Outcome::Skipped(verdict)),
-            Err(Halt::Hold { key, version, last }) => Ok(Outcome::Held { key, version, last }),
+            Err(Halt::Hold { key, version }) => Ok(Outcome::Held { key, version }),
             Err(Halt::Reject(rejection)) => Ok(Outcome::DeadLettered {
                 record: dead_letter(raw, &rejection, &self.config.topics.dead_letter),
                 rejection,
@@ -520,10 +516,9 @@ impl Engine {
                 .into())
             }
             Verdict::Duplicate | Verdict::Stale => Err(Halt::Skip(v)),
-            Verdict::Gap { missing } if on_gap == GapPolicy::Hold => {
+            Verdict::Gap { .. } if on_gap == GapPolicy::Hold => {
                 let state = state.expect("a gap is a verdict on a stored version");
                 Err(Halt::Hold {
-                    last: state.version.saturating_sub(missing).saturating_sub(1),
                     key: state.key,
                     version: state.version,
                 })

@@ -473,8 +473,6 @@ pub enum Outcome {
         key: Vec<u8>,
         /// Its version.
         version: i64,
-        /// The last version emitted for the entity.
-        last: i64,
     },
     /// Produce this record to the dead-letter topic.
     DeadLettered {

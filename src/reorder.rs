@@ -105,7 +105,7 @@ impl Reorder<'_> {
             held,
         };
         match outcome {
-            Outcome::Held { key, version, last } => {
+            Outcome::Held { key, version } => {
                 let record = HeldRecord {
                     topic: raw.source.topic.clone(),
                     partition: raw.source.partition,
@@ -126,7 +126,7 @@ impl Reorder<'_> {
                         key: held_key(&key, version),
                         value,
                     };
-                    out.push(step(Outcome::Held { key, version, last }, change));
+                    out.push(step(Outcome::Held { key, version }, change));
                     let max = self.engine.config().hold.max_held;
                     while self.held.len() > max {
                         let Some((k, v)) = self.held.oldest().map(|(k, v, _)| (k.to_vec(), v))
@@ -240,7 +240,7 @@ impl Reorder<'_> {
         how: Release,
         out: &mut Vec<Step>,
     ) -> Result<bool, EngineError> {
-        let Some(record) = self.held.take(key, version) else {
+        let Some(record) = self.held.get(key, version) else {
             return Ok(false);
         };
         let source = Source {
@@ -254,16 +254,10 @@ impl Reorder<'_> {
             value: record.value.as_deref(),
             headers: &record.headers,
         };
-        let outcome = match self
+        let outcome = self
             .engine
-            .process_as(&raw, self.store, self.registry, Gaps::Emit)
-        {
-            Ok(o) => o,
-            Err(e) => {
-                self.held.put_back(key, version);
-                return Err(e);
-            }
-        };
+            .process_as(&raw, self.store, self.registry, Gaps::Emit)?;
+        self.held.take(key, version);
         out.push(Step {
             source: source.clone(),
             timestamp: record.timestamp,

@@ -310,6 +310,15 @@ impl Holdback {
         if self.contains(key, version) {
             return false;
         }
+        self.push(key, version, record);
+        if let Some(u) = &mut self.undo {
+            u.push(Undo::Unhold(key.into(), version));
+        }
+        true
+    }
+
+    /// Adds an event at the end of the hold order.
+    fn push(&mut self, key: &[u8], version: i64, record: HeldRecord) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.insert(
@@ -320,10 +329,6 @@ impl Holdback {
                 record: Arc::new(record),
             },
         );
-        if let Some(u) = &mut self.undo {
-            u.push(Undo::Unhold(key.into(), version));
-        }
-        true
     }
 
     fn insert(&mut self, key: Box<[u8]>, version: i64, entry: Entry) {
@@ -341,7 +346,17 @@ impl Holdback {
         Some(entry)
     }
 
-    /// Takes a held event out (to release it).
+    /// A held event, left where it is (a release reads it, and takes it
+    /// out only once it was processed: a failed release leaves it held in
+    /// its place).
+    pub fn get(&self, key: &[u8], version: i64) -> Option<Arc<HeldRecord>> {
+        self.entities
+            .get(key)?
+            .get(&version)
+            .map(|e| Arc::clone(&e.record))
+    }
+
+    /// Takes a held event out (it was released).
     pub fn take(&mut self, key: &[u8], version: i64) -> Option<Arc<HeldRecord>> {
         let entry = self.remove(key, version)?;
         let record = entry.record.clone();
@@ -349,20 +364,6 @@ impl Holdback {
             u.push(Undo::Rehold(key.into(), version, entry));
         }
         Some(record)
-    }
-
-    /// Puts back an event taken by [`Holdback::take`] whose release failed
-    /// (it keeps its place in the hold order).
-    pub fn put_back(&mut self, key: &[u8], version: i64) {
-        if let Some(u) = &mut self.undo {
-            if let Some(Undo::Rehold(k, v, _)) = u.last() {
-                if &**k == key && *v == version {
-                    if let Some(Undo::Rehold(k, v, e)) = u.pop() {
-                        self.insert(k, v, e);
-                    }
-                }
-            }
-        }
     }
 
     /// The oldest held event (the first held of those still held).
@@ -429,16 +430,7 @@ impl Holdback {
                     self.remove(key, version);
                     self.stream_time = self.stream_time.max(Some(record.held_stream));
                     self.committed_stream_time = self.stream_time;
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    self.insert(
-                        key.into(),
-                        version,
-                        Entry {
-                            seq,
-                            record: Arc::new(record),
-                        },
-                    );
+                    self.push(key, version, record);
                     true
                 }
                 None => false,
@@ -553,10 +545,10 @@ mod tests {
             h.oldest().map(|(k, v, _)| (k.to_vec(), v)),
             Some((b"user/a".to_vec(), 3))
         );
-        // A failed release goes back in its place.
+        // Reading a held event (a release that may fail) leaves it in its
+        // place.
         h.hold(b"user/c", 9, record(3, 10));
-        assert!(h.take(b"user/a", 3).is_some());
-        h.put_back(b"user/a", 3);
+        assert!(h.get(b"user/a", 3).is_some());
         assert_eq!(h.oldest().map(|(_, v, _)| v), Some(3));
     }
 
