@@ -10,6 +10,8 @@
 #   clusters of their own with the same script);
 # * Apicurio Registry 3.3.3 (Confluent-compatible API, from Maven Central,
 #   see scripts/registry.sh) — a real schema registry beside the stand-in;
+# * Debian's nats-server (2.9.10, JetStream on, see scripts/nats.sh) — the
+#   server of the NATS JetStream source's tests;
 # * Debian's docker-compose, to check docker-compose.yml without an engine;
 # * Debian's prometheus, for `promtool check rules deploy/alerts.yml`.
 # Then: formatting, the release build, the README's main command (the
@@ -24,9 +26,11 @@ ROOT=$PWD
 
 KAFKA_DIR="$ROOT/target/test-kafka"
 REGISTRY_DIR="$ROOT/target/test-registry"
+NATS_DIR="$ROOT/target/test-nats"
 stop_servers() {
   bash scripts/kafka.sh stop --dir "$KAFKA_DIR" > /dev/null 2>&1 || true
   bash scripts/registry.sh stop --dir "$REGISTRY_DIR" > /dev/null 2>&1 || true
+  bash scripts/nats.sh stop --dir "$NATS_DIR" > /dev/null 2>&1 || true
 }
 trap stop_servers EXIT
 
@@ -48,14 +52,16 @@ fi
 docker-compose version --short
 promtool --version | head -1
 
-echo "== servers: Apache Kafka and Apicurio Registry (started in the background)"
-# A fresh broker and registry every run: no state from an earlier one.
+echo "== servers: Apache Kafka, Apicurio Registry and NATS (started in the background)"
+# A fresh broker, registry and NATS server every run: no state from an earlier one.
 stop_servers
-rm -rf "$KAFKA_DIR" "$REGISTRY_DIR"
+rm -rf "$KAFKA_DIR" "$REGISTRY_DIR" "$NATS_DIR"
 bash scripts/kafka.sh start --dir "$KAFKA_DIR" > target/test-kafka.out 2> target/test-kafka.err &
 kafka_pid=$!
 bash scripts/registry.sh start --dir "$REGISTRY_DIR" > target/test-registry.out 2> target/test-registry.err &
 registry_pid=$!
+bash scripts/nats.sh start --dir "$NATS_DIR" > target/test-nats.out 2> target/test-nats.err &
+nats_pid=$!
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -65,10 +71,12 @@ cargo build --release --all-targets
 
 wait "$kafka_pid" || { cat target/test-kafka.err; echo "Kafka did not start" >&2; exit 1; }
 wait "$registry_pid" || { cat target/test-registry.err; echo "Apicurio Registry did not start" >&2; exit 1; }
+wait "$nats_pid" || { cat target/test-nats.err; echo "NATS did not start" >&2; exit 1; }
 KAFKA_BOOTSTRAP="$(tail -n 1 target/test-kafka.out)"
 APICURIO_URL="$(tail -n 1 target/test-registry.out)"
-export KAFKA_BOOTSTRAP KAFKA_DIR APICURIO_URL
-echo "Kafka at $KAFKA_BOOTSTRAP, Apicurio Registry at $APICURIO_URL"
+NATS_URL="$(tail -n 1 target/test-nats.out)"
+export KAFKA_BOOTSTRAP KAFKA_DIR APICURIO_URL NATS_URL NATS_DIR
+echo "Kafka at $KAFKA_BOOTSTRAP, Apicurio Registry at $APICURIO_URL, NATS at $NATS_URL"
 
 echo "== the README's main command: the embedded demo"
 PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production cargo run --release --quiet -- demo --out target/readme-demo

@@ -26,7 +26,7 @@ use crate::registry::confluent::{ConfluentConfig, ConfluentRegistry};
 use crate::registry::file::{self, FileRegistry};
 use crate::registry::{Catalogue, SharedRegistry};
 use crate::replay::{replay, InputFormat};
-use crate::runtime::{self, Connection, RegistryChoice, RunConfig};
+use crate::runtime::{self, Connection, NatsConnection, RegistryChoice, RunConfig};
 use crate::sample::{self, Format, Options};
 use crate::schema::LookupError;
 use crate::telemetry::Metrics;
@@ -81,7 +81,7 @@ pub enum Command {
 
 Without --registry-url, schemas come from the file registry over --schemas (default: the
 topology's schemas.folder, avro/).")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The embedded demo: an in-process mock Kafka cluster, the sample
     /// events produced into it, the real runtime over them, and what each
     /// tier topic and the dead-letter topic received.
@@ -315,6 +315,9 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub nats: NatsArgs,
     /// Serve /metrics, /livez, /healthz and /readyz on this address ("off"
     /// for none).
     #[arg(
@@ -328,7 +331,8 @@ pub struct RunArgs {
     /// crashed predecessor. Defaults to the host name.
     #[arg(long, env = "PRIVACY_ROUTER_INSTANCE_ID")]
     pub instance_id: Option<String>,
-    /// Do not create the changelog topic when it is missing.
+    /// Do not create the changelog topic (nor a NATS input's lease topic)
+    /// when it is missing.
     #[arg(long)]
     pub no_create_topics: bool,
     /// Replication factor of a created changelog topic (broker default
@@ -374,6 +378,36 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub kafka_config: Vec<String>,
+}
+
+/// NATS flags, for a topology with an `input.nats_jetstream`.
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated (nats://host:4222, tls://…).
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "PRIVACY_ROUTER_NATS_URL",
+        value_delimiter = ','
+    )]
+    pub nats_url: Vec<String>,
+    /// A NATS credentials file (.creds: user JWT and NKey seed).
+    #[arg(long, env = "PRIVACY_ROUTER_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "PRIVACY_ROUTER_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password. Prefer the environment variable: flags show up in
+    /// process listings.
+    #[arg(long, env = "PRIVACY_ROUTER_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "PRIVACY_ROUTER_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// PEM file of CA certificates for the NATS servers' TLS (TLS is then
+    /// required).
+    #[arg(long, env = "PRIVACY_ROUTER_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
 }
 
 /// Schema Registry flags.
@@ -476,8 +510,15 @@ pub struct SampleArgs {
 
 /// Sets up `tracing` on standard error.
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The NATS client logs every connection event and every failed
+    // reconnect attempt at info; the NATS input says what matters itself.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("async_nats")) {
+        if let Ok(d) = "async_nats=warn".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     // Colour only for a person at a terminal, and never under NO_COLOR
     // (https://no-color.org: set and not empty).
     let colour =
@@ -524,7 +565,7 @@ pub fn load_file_registry(
     topology: &Topology,
     engine: &Engine,
 ) -> Result<FileRegistry> {
-    let reg = file::load(dir, &topology.engine.subjects, &topology.spec.input.topics)
+    let reg = file::load(dir, &topology.engine.subjects, &topology.spec.input.names())
         .with_context(|| format!("loading schemas from {}", dir.display()))?;
     let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in &reg.events {
@@ -553,7 +594,7 @@ pub fn load_file_registry(
     let catalogue = Catalogue::read(
         &mut reg.registry.clone(),
         &topology.engine.subjects,
-        &topology.spec.input.topics,
+        &topology.spec.input.names(),
         format!("the folder {}", dir.display()),
     )
     .map_err(|e| anyhow::anyhow!("reading the schemas of {}: {e}", dir.display()))?;
@@ -600,7 +641,7 @@ pub async fn registry_catalogue(
     let config = config.clone();
     let metrics = metrics.clone();
     let naming = topology.engine.subjects.clone();
-    let topics = topology.spec.input.topics.clone();
+    let topics = topology.spec.input.names();
     tokio::task::spawn_blocking(move || -> Result<Catalogue> {
         let mut registry =
             ConfluentRegistry::new(&config, rt, metrics).context("schema registry settings")?;
@@ -660,7 +701,7 @@ async fn wait_for_catalogue(
 /// Start-up problems and I/O errors, with context.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(args) => tokio_runtime()?.block_on(run_kafka(args)),
+        Command::Run(args) => tokio_runtime()?.block_on(run_kafka(*args)),
         Command::Demo(args) => tokio_runtime()?.block_on(run_demo(args)),
         Command::Replay(args) => run_replay(args),
         Command::Sample(args) => run_sample(args),
@@ -920,6 +961,17 @@ async fn run_kafka(args: RunArgs) -> Result<()> {
         grace: Duration::from_secs(args.shutdown_grace_secs),
         stream_threads,
         startup_timeout: args.startup_timeout_secs.map(Duration::from_secs),
+        nats: NatsConnection {
+            urls: args.nats.nats_url.clone(),
+            creds_file: args.nats.nats_creds_file.clone(),
+            user: args
+                .nats
+                .nats_user
+                .clone()
+                .zip(args.nats.nats_password.clone()),
+            token: args.nats.nats_token.clone(),
+            tls_ca_file: args.nats.nats_ca_file.clone(),
+        },
     };
     runtime::run(config, shutdown).await
 }
@@ -960,13 +1012,17 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         Some(n) if n > 4 << 20 && io::stderr().is_terminal() => ProgressBar::new(n),
         _ => ProgressBar::hidden(),
     };
+    let names = topology.spec.input.names();
     let topic = match args.topic {
-        Some(t) if topology.spec.input.topics.contains(&t) => t,
+        Some(t) if names.contains(&t) => t,
         Some(t) => bail!(
             "--topic {t:?} is not one of the topology's input topics ({})",
-            topology.spec.input.topics.join(", ")
+            names.join(", ")
         ),
-        None => topology.spec.input.topics[0].clone(),
+        None => names
+            .first()
+            .cloned()
+            .context("the topology has no input")?,
     };
     let summary = replay(
         &mut engine,
@@ -997,8 +1053,12 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
 fn run_sample(args: SampleArgs) -> Result<()> {
     let topology = load_topology(&args.common.topology)?;
     let dir = args.common.schemas_dir(&topology);
-    let reg = file::load(&dir, &topology.engine.subjects, &topology.spec.input.topics)
-        .with_context(|| format!("loading schemas from {}", dir.display()))?;
+    let reg = file::load(
+        &dir,
+        &topology.engine.subjects,
+        &topology.spec.input.names(),
+    )
+    .with_context(|| format!("loading schemas from {}", dir.display()))?;
     let format = match args.format {
         SampleFormat::Jsonl => Format::Jsonl,
         SampleFormat::Framed => Format::Framed,

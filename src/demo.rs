@@ -95,7 +95,12 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
     cluster.create_topic(&engine.topics.dead_letter, 1, 1)?;
     tracing::info!(brokers = %brokers, "Mock cluster up.");
 
-    let input = spec.input.topics[0].clone();
+    let Some(input) = spec.input.topics.first().cloned() else {
+        anyhow::bail!(
+            "the demo produces its sample into a Kafka input topic, and {} has none (it reads NATS JetStream): run it with a topology that has input.topics",
+            config.topology.file.display()
+        );
+    };
     let produced = tokio::task::block_in_place(|| produce(&brokers, &input, &config.events))?;
     let expected = produced.1;
 
@@ -118,6 +123,7 @@ pub async fn demo(config: DemoConfig) -> Result<DemoReport> {
         stream_threads: config.topology.spec.processing.stream_threads,
         // The embedded cluster is up already.
         startup_timeout: Some(Duration::from_secs(60)),
+        nats: crate::runtime::NatsConnection::default(),
     };
     let progress = watch.progress.clone();
     // Held events wait up to a reorder window more.

@@ -55,6 +55,8 @@ fn compose_file_parses_and_wires_the_stack() {
         "schema-registry",
         "privacy-router",
         "prometheus",
+        "nats",
+        "privacy-router-auth-nats",
     ] {
         assert!(names.contains(&s), "service {s} missing: {names:?}");
     }
@@ -63,6 +65,8 @@ fn compose_file_parses_and_wires_the_stack() {
     assert_eq!(published(&services["schema-registry"]), [8081]);
     assert_eq!(published(&services["privacy-router"]), [9464]);
     assert_eq!(published(&services["prometheus"]), [9090]);
+    assert_eq!(published(&services["nats"]), [4222, 8222]);
+    assert_eq!(published(&services["privacy-router-auth-nats"]), [9465]);
 
     // Kafka in KRaft mode, one node, with the transaction log settings one
     // node needs for exactly-once.
@@ -120,6 +124,84 @@ fn compose_file_parses_and_wires_the_stack() {
         p["depends_on"]["kafka-init"]["condition"],
         "service_completed_successfully"
     );
+
+    // NATS with JetStream, its store in a volume, monitoring on 8222 (the
+    // healthcheck asks it whether JetStream is enabled).
+    let n = &services["nats"];
+    let args: Vec<&str> = n["command"]
+        .as_array()
+        .expect("nats command is a list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"-js"), "JetStream enabled: {args:?}");
+    let store = args
+        .iter()
+        .position(|a| *a == "-sd" || *a == "--store_dir")
+        .map(|i| args[i + 1])
+        .expect("a JetStream store directory");
+    assert!(
+        n["volumes"].to_string().contains(&format!(":{store}")),
+        "the store {store} is a volume: {}",
+        n["volumes"]
+    );
+    assert!(args.windows(2).any(|w| w == ["-m", "8222"]), "{args:?}");
+    assert!(n["healthcheck"]["test"]
+        .to_string()
+        .contains("8222/healthz"));
+
+    // The second processor: the same image, the NATS topology, --nats-url
+    // pointing at the nats service, its own instance id and metrics port,
+    // started once Kafka's topics, the registry and NATS are there.
+    let q = &services["privacy-router-auth-nats"];
+    assert_eq!(q["image"], p["image"], "the same image as privacy-router");
+    assert!(q["build"]["context"].as_str().is_some());
+    let cmd: Vec<&str> = q["command"]
+        .as_array()
+        .expect("command is a list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(cmd[0], "run");
+    let topology = cmd
+        .windows(2)
+        .find(|w| w[0] == "--topology")
+        .map(|w| w[1])
+        .expect("--topology");
+    assert!(
+        topology.ends_with("topology/auth-identity-nats.yaml"),
+        "{topology}"
+    );
+    assert!(
+        cmd.windows(2)
+            .any(|w| w == ["--nats-url", "nats://nats:4222"]),
+        "{cmd:?}"
+    );
+    let qe = &q["environment"];
+    assert_eq!(qe["PRIVACY_ROUTER_BROKERS"], "kafka:9092");
+    // The auth service registers no schemas: the file registry over the
+    // image's copy of its folder serves them.
+    assert!(qe.get("PRIVACY_ROUTER_REGISTRY_URL").is_none(), "{qe}");
+    assert_eq!(
+        qe["PRIVACY_ROUTER_SCHEMAS"],
+        "/etc/privacy-router/avro/producers/auth-identity"
+    );
+    assert!(std::path::Path::new("avro/producers/auth-identity").is_dir());
+    assert_eq!(qe["PRIVACY_ROUTER_METRICS_ADDR"], "0.0.0.0:9465");
+    assert_eq!(qe["PRIVACY_ROUTER_HASH_KEY"], "compose-test-key-0123456789");
+    assert_ne!(
+        qe["PRIVACY_ROUTER_INSTANCE_ID"], e["PRIVACY_ROUTER_INSTANCE_ID"],
+        "each processor has its own instance id"
+    );
+    assert!(q["healthcheck"]["test"]
+        .to_string()
+        .contains(":9465/readyz"));
+    for (dep, cond) in [
+        ("kafka-init", "service_completed_successfully"),
+        ("nats", "service_healthy"),
+    ] {
+        assert_eq!(q["depends_on"][dep]["condition"], cond, "depends on {dep}");
+    }
 
     // Prometheus scrapes the processor.
     let prom = std::fs::read_to_string("deploy/prometheus.yml").unwrap();

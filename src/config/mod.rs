@@ -82,13 +82,55 @@ fn default_application_id() -> String {
     "privacy-router".to_owned()
 }
 
-/// Input topics.
+/// What is read: Kafka topics, and optionally one NATS JetStream stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// Raw topics, read as one consumer group.
+    /// Raw topics, read as one consumer group (may be empty when
+    /// `nats_jetstream` is set).
     #[serde(default = "default_input_topics")]
     pub topics: Vec<String>,
+    /// A JetStream stream read as one more input (an input of kind
+    /// `nats_jetstream`); servers and credentials are flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_jetstream: Option<NatsInputConfig>,
+}
+
+impl InputConfig {
+    /// The names records arrive under: every Kafka topic, then the NATS
+    /// input's subject. Adapters, subject names and metrics use them.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = self.topics.clone();
+        names.extend(self.nats_jetstream.iter().map(|n| n.subject.clone()));
+        names
+    }
+}
+
+/// A NATS JetStream input: one stream, one subject, read in stream order
+/// by exactly one instance of the group (the owner of the lease topic's
+/// only partition, see [`Topology::lease_topic`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsInputConfig {
+    /// The JetStream stream (`USER_EVENTS`).
+    pub stream: String,
+    /// The subject read from it: one literal subject (no wildcards). It
+    /// names this input as a topic name does a Kafka input's: adapters list
+    /// it, subject names and dead letters' `x-source-topic` carry it.
+    pub subject: String,
+    /// The durable consumer privacy-router keeps on the stream, acknowledged
+    /// after each commit (default: the application id, with '.' as '_').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+}
+
+impl NatsInputConfig {
+    /// The durable consumer's name.
+    pub fn consumer_name(&self, application_id: &str) -> String {
+        self.consumer
+            .clone()
+            .unwrap_or_else(|| application_id.replace('.', "_"))
+    }
 }
 
 fn default_input_topics() -> Vec<String> {
@@ -99,6 +141,7 @@ impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
             topics: default_input_topics(),
+            nats_jetstream: None,
         }
     }
 }
@@ -384,6 +427,19 @@ impl Topology {
         format!("{}-entity-versions-changelog", self.spec.application_id)
     }
 
+    /// The lease topic of a NATS input (`<application_id>-jetstream-lease`,
+    /// one partition, never written): the group member it is assigned to
+    /// reads the stream, so exactly one instance does at a time, and its
+    /// transactions commit an offset of it, so a fenced member's cannot
+    /// commit (KIP-447).
+    pub fn lease_topic(&self) -> Option<String> {
+        self.spec
+            .input
+            .nats_jetstream
+            .as_ref()
+            .map(|_| format!("{}-jetstream-lease", self.spec.application_id))
+    }
+
     /// Reads and validates a topology file.
     ///
     /// # Errors
@@ -513,8 +569,57 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
             "must be 1-249 characters of letters, digits, '.', '_' or '-'".to_owned(),
         );
     }
-    if spec.input.topics.is_empty() {
-        problem("input.topics", "needs at least one topic".to_owned());
+    if spec.input.topics.is_empty() && spec.input.nats_jetstream.is_none() {
+        problem(
+            "input.topics",
+            "needs at least one topic (or an input.nats_jetstream)".to_owned(),
+        );
+    }
+    if let Some(nats) = &spec.input.nats_jetstream {
+        if nats.stream.is_empty()
+            || !nats
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problem(
+                "input.nats_jetstream.stream",
+                "is not a JetStream stream name (letters, digits, '_' and '-')".to_owned(),
+            );
+        }
+        let literal = !nats.subject.is_empty()
+            && nats.subject.len() <= 249
+            && nats.subject.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if !literal {
+            problem(
+                "input.nats_jetstream.subject",
+                "must be one literal subject of letters, digits, '_' and '-' in \
+                 dot-separated tokens (no wildcards: it names the input the way a topic does)"
+                    .to_owned(),
+            );
+        } else if spec.input.topics.contains(&nats.subject) {
+            problem(
+                "input.nats_jetstream.subject",
+                "is also one of input.topics: an input name must be unique".to_owned(),
+            );
+        }
+        if let Some(c) = &nats.consumer {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                problem(
+                    "input.nats_jetstream.consumer",
+                    "is not a durable consumer name (letters, digits, '_' and '-')".to_owned(),
+                );
+            }
+        }
     }
     let mut seen: HashMap<&str, String> = HashMap::new();
     let outputs = [
@@ -625,6 +730,7 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
     if spec.schemas.folder.as_os_str().is_empty() {
         problem("schemas.folder", "is empty".to_owned());
     }
+    let input_names = spec.input.names();
     let mut claimed: HashMap<&str, &str> = HashMap::new();
     for (name, adapter) in &spec.adapters {
         let base = format!("adapters.{name}");
@@ -640,8 +746,11 @@ fn check(spec: &TopologyFile) -> Vec<Problem> {
         }
         for (i, topic) in adapter.topics.iter().enumerate() {
             let path = format!("{base}.topics[{i}]");
-            if !spec.input.topics.contains(topic) {
-                problem(&path, "is not one of input.topics".to_owned());
+            if !input_names.contains(topic) {
+                problem(
+                    &path,
+                    "is not one of input.topics (nor the input.nats_jetstream subject)".to_owned(),
+                );
             } else if let Some(other) = claimed.insert(topic, name) {
                 problem(
                     &path,
@@ -844,6 +953,65 @@ event_types:
             "{err}"
         );
         assert!(err.to_string().starts_with("t.yaml: 7 problem(s)"));
+    }
+
+    #[test]
+    fn a_nats_input_needs_one_literal_subject_of_its_own_and_names_the_input() {
+        let ok = Topology::parse(
+            Path::new("t.yaml"),
+            "application_id: app.one\ninput:\n  topics: []\n  nats_jetstream: {stream: USER_EVENTS, subject: user.events}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.spec.input.names(), ["user.events"]);
+        assert_eq!(ok.lease_topic().as_deref(), Some("app.one-jetstream-lease"));
+        let nats = ok.spec.input.nats_jetstream.as_ref().unwrap();
+        assert_eq!(nats.consumer_name("app.one"), "app_one");
+        for (input, path) in [
+            (
+                "  nats_jetstream: {stream: USER_EVENTS, subject: 'user.*'}",
+                "input.nats_jetstream.subject",
+            ),
+            (
+                "  nats_jetstream: {stream: USER_EVENTS, subject: 'user.>'}",
+                "input.nats_jetstream.subject",
+            ),
+            (
+                "  nats_jetstream: {stream: USER_EVENTS, subject: 'user..events'}",
+                "input.nats_jetstream.subject",
+            ),
+            (
+                "  nats_jetstream: {stream: USER.EVENTS, subject: user.events}",
+                "input.nats_jetstream.stream",
+            ),
+            (
+                "  nats_jetstream: {stream: U, subject: a.b, consumer: 'c d'}",
+                "input.nats_jetstream.consumer",
+            ),
+        ] {
+            let text = format!("input:\n  topics: []\n{input}\n");
+            let err = Topology::parse(Path::new("t.yaml"), &text).unwrap_err();
+            let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+            assert_eq!(paths, [path], "{input}: {err}");
+        }
+        // Its subject may not also be a Kafka input's name.
+        let err = Topology::parse(
+            Path::new("t.yaml"),
+            "input:\n  topics: [user.events]\n  nats_jetstream: {stream: S, subject: user.events}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("input name must be unique"),
+            "{err}"
+        );
+        // No input at all is refused; the NATS input alone is enough.
+        let err = Topology::parse(Path::new("t.yaml"), "input:\n  topics: []\n").unwrap_err();
+        assert!(err.to_string().contains("input.topics"), "{err}");
+        // An adapter may read the NATS input.
+        Topology::parse(
+            Path::new("t.yaml"),
+            "input:\n  topics: []\n  nats_jetstream: {stream: S, subject: user.events}\nadapters:\n  a:\n    topics: [user.events]\n    type_field: action\n    event_types: {created: identity.created}\n    envelope:\n      event_id: {uuid_from: ['$']}\n      entity_type: {const: user}\n      entity_id: {path: id}\n      occurred_at: {path: timestamp}\n      producer: {const: p}\n      actor: {const: {actor_type: SYSTEM}}\n      schema_version: {const: 1}\n      privacy_tier: {const: restricted}\n      data: {path: '$'}\n    ordering: off\n",
+        )
+        .unwrap();
     }
 
     #[test]

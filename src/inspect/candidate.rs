@@ -431,7 +431,7 @@ fn assess(
     let event_type = t
         .spec
         .input
-        .topics
+        .names()
         .iter()
         .find_map(|topic| t.engine.subjects.event_type_of(topic, subject));
     if event_type.is_none() {
@@ -443,7 +443,7 @@ fn assess(
                 "{subject} is not an input subject of {}: its subject naming ({}) gives no event type for it on the input topics {}",
                 t.file.display(),
                 t.engine.subjects.template,
-                t.spec.input.topics.join(", ")
+                t.spec.input.names().join(", ")
             ),
         ));
     }

@@ -342,7 +342,7 @@ pub fn for_schemas(
                     .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
         })
     };
-    if t.spec.input.topics.is_empty() || (folder_from_topology && at("schemas.folder")) {
+    if t.spec.input.names().is_empty() || (folder_from_topology && at("schemas.folder")) {
         return None;
     }
     let engine = Arc::make_mut(&mut t.engine);
@@ -422,7 +422,7 @@ pub fn override_findings(t: &Topology, inspected: &[Inspected]) -> Vec<Finding> 
 /// envelope) that is missing or cannot be listed, `invalid_schema` for a
 /// file that cannot be read or used.
 pub fn load_schemas(t: &Topology, dir: &Path) -> Result<FileRegistry, Vec<Finding>> {
-    file::load(dir, &t.engine.subjects, &t.spec.input.topics).map_err(|e| {
+    file::load(dir, &t.engine.subjects, &t.spec.input.names()).map_err(|e| {
         e.problems
             .into_iter()
             .map(|p| {

@@ -159,12 +159,25 @@ pub fn graph(t: &Topology) -> Graph {
         detail,
     };
     let proc = |name: &str, detail: String| node(name, NodeKind::Processor, vec![], vec![], detail);
+    let mut source = Vec::new();
+    if !spec.input.topics.is_empty() {
+        source.push("raw events, one consumer group".to_owned());
+    }
+    if let Some(nats) = &spec.input.nats_jetstream {
+        source.push(format!(
+            "NATS JetStream stream {} subject {}, durable consumer {}: read in stream order by the group member that owns partition 0 of {}; the stream sequence is kept in the changelog with the outputs, acknowledged after each commit",
+            nats.stream,
+            nats.subject,
+            nats.consumer_name(&spec.application_id),
+            t.lease_topic().unwrap_or_default()
+        ));
+    }
     let mut nodes = vec![node(
         "source",
         NodeKind::Source,
-        spec.input.topics.clone(),
+        spec.input.names(),
         vec![],
-        "raw events, one consumer group".to_owned(),
+        source.join("; "),
     )];
     if !spec.adapters.is_empty() {
         let each: Vec<String> = spec
@@ -494,6 +507,15 @@ pub fn text(t: &Topology, overrides: &OverrideEffects) -> String {
     let _ = writeln!(s, "  Topics:");
     for topic in &t.spec.input.topics {
         let _ = writeln!(s, "    input        {topic}");
+    }
+    if let (Some(nats), Some(lease)) = (&t.spec.input.nats_jetstream, t.lease_topic()) {
+        let _ = writeln!(
+            s,
+            "    input        NATS JetStream {} subject {} (consumer {}; read by the owner of {lease}[0])",
+            nats.stream,
+            nats.subject,
+            nats.consumer_name(&t.spec.application_id)
+        );
     }
     for tier in Tier::ALL {
         let _ = writeln!(

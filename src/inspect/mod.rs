@@ -208,7 +208,7 @@ impl Schemas {
     pub fn from_folder(t: &Topology, dir: &Path) -> Result<Schemas, Vec<check::Finding>> {
         let reg: FileRegistry = check::load_schemas(t, dir)?;
         let naming = &t.engine.subjects;
-        let topics = &t.spec.input.topics;
+        let topics = &t.spec.input.names();
         let catalogue = Catalogue::read(
             &mut reg.registry.clone(),
             naming,
@@ -270,7 +270,7 @@ impl Schemas {
         let catalogue = Catalogue::read(
             registry,
             &t.engine.subjects,
-            &t.spec.input.topics,
+            &t.spec.input.names(),
             format!("the registry at {url}"),
         )?;
         let mut by_key: BTreeMap<(String, u32), SchemaSource> = BTreeMap::new();

@@ -298,6 +298,10 @@ pub enum TopicError {
         /// Its partitions.
         needs: usize,
     },
+    /// The NATS input's lease topic does not exist and could not be
+    /// created.
+    #[error(transparent)]
+    Lease(CannotCreateLease),
     /// The changelog does not exist and could not be created.
     #[error("the changelog topic {changelog} does not exist and could not be created ({why}); create it with {partitions} partition(s) and cleanup.policy=compact")]
     CannotCreate {
@@ -308,6 +312,83 @@ pub enum TopicError {
         /// Why creating it failed.
         why: String,
     },
+}
+
+/// The NATS input's lease topic does not exist and could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the lease topic {lease} of the NATS input does not exist and could not be created ({why}); create it with 1 partition")]
+pub struct CannotCreateLease {
+    /// The lease topic.
+    pub lease: String,
+    /// Why creating it failed.
+    pub why: String,
+}
+
+/// Checks the NATS input's lease topic exists, creating it (one partition,
+/// compacted: it is never written) when it is missing and `create` allows
+/// it. Blocks, like [`check_topics`].
+///
+/// # Errors
+/// [`TopicError::Metadata`] when the cluster cannot be asked;
+/// [`TopicError::Lease`] when the topic cannot be created.
+pub fn ensure_lease(
+    rt: &tokio::runtime::Handle,
+    conn: &Connection,
+    lease: &str,
+    replication: Option<i32>,
+    create: bool,
+) -> Result<(), TopicError> {
+    let timeout = Duration::from_secs(15);
+    let admin: AdminClient<QuietContext> = conn
+        .admin()
+        .create_with_context(QuietContext)
+        .map_err(|e| TopicError::Metadata(e.to_string()))?;
+    let counts = partition_counts(admin.inner(), &[lease], timeout)?;
+    if counts.get(lease).copied().flatten().is_some() {
+        return Ok(());
+    }
+    let cannot = |why: String| {
+        TopicError::Lease(CannotCreateLease {
+            lease: lease.to_owned(),
+            why,
+        })
+    };
+    if !create {
+        return Err(cannot(
+            "creating internal topics is switched off".to_owned(),
+        ));
+    }
+    create_compacted(rt, &admin, lease, 1, replication, timeout).map_err(cannot)?;
+    tracing::info!(lease, "Created the NATS input's lease topic.");
+    Ok(())
+}
+
+/// Creates a compacted internal topic (one that exists already is fine);
+/// the error says why not.
+fn create_compacted(
+    rt: &tokio::runtime::Handle,
+    admin: &AdminClient<QuietContext>,
+    name: &str,
+    partitions: i32,
+    replication: Option<i32>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let replication = TopicReplication::Fixed(replication.unwrap_or(-1));
+    let topic = NewTopic::new(name, partitions, replication).set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let created = rt
+        .block_on(async {
+            tokio::time::timeout(timeout, admin.create_topics([&topic], &opts)).await
+        })
+        .map_err(|_| "the cluster did not answer".to_owned())?
+        .map_err(|e| e.to_string())?;
+    for r in created {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(code.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// Partition counts of topics, `None` where the topic does not exist.
@@ -409,23 +490,8 @@ pub fn check_topics(
                 partitions: needs,
                 why,
             };
-            let replication = TopicReplication::Fixed(replication.unwrap_or(-1));
-            let topic = NewTopic::new(changelog, needs as i32, replication)
-                .set("cleanup.policy", "compact");
-            let opts = AdminOptions::new().operation_timeout(Some(timeout));
-            let created = rt
-                .block_on(async {
-                    tokio::time::timeout(timeout, admin.create_topics([&topic], &opts)).await
-                })
-                .map_err(|_| cannot("the cluster did not answer".to_owned()))?
-                .map_err(|e| cannot(e.to_string()))?;
-            for r in created {
-                match r {
-                    Ok(_) => {}
-                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => return Err(cannot(code.to_string())),
-                }
-            }
+            create_compacted(rt, &admin, changelog, needs as i32, replication, timeout)
+                .map_err(cannot)?;
             tracing::info!(
                 changelog,
                 partitions = needs,

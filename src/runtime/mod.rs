@@ -18,6 +18,7 @@
 mod collector;
 mod config;
 pub mod kafka;
+mod nats;
 mod positions;
 pub mod state;
 mod stream;
@@ -42,6 +43,7 @@ use crate::schema::SchemaLookup;
 use crate::telemetry::{self, Health, Metrics};
 use kafka::check_topics;
 pub use kafka::Connection;
+pub use nats::NatsConnection;
 
 /// Why a running processor stopped on its own. Each kind has its own exit
 /// code (see `docs/operations.md`), so an orchestrator or an operator can
@@ -171,6 +173,8 @@ pub struct RunConfig {
     /// giving up with [`FatalKind::KafkaUnreachable`]; `None` waits as long
     /// as it takes.
     pub startup_timeout: Option<Duration>,
+    /// How to reach NATS (used when the topology has a NATS input).
+    pub nats: NatsConnection,
 }
 
 /// Committed input positions per (topic, partition), for callers that wait
@@ -281,62 +285,69 @@ async fn check_topics_once(
         .startup_timeout
         .map(|t| tokio::time::Instant::now() + t);
     let mut backoff = Duration::from_secs(1);
-    let counts = loop {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (rt, conn) = (rt.clone(), config.connection.clone());
-        let inputs = config.topology.spec.input.topics.clone();
-        let (replication, create) = (config.changelog_replication, config.create_topics);
-        let checked = changelog.clone();
-        std::thread::Builder::new()
-            .name("topic-check".to_owned())
-            .spawn(move || {
-                let r = check_topics(&rt, &conn, &inputs, &checked, replication, create);
-                let _ = tx.send(r);
-            })
-            .context("starting the topic check")?;
-        let checked = tokio::select! {
-            r = rx => r.map_err(|_| anyhow!("the topic check ended without a result"))?,
-            () = &mut *shutdown => {
-                health.wait(None);
-                return Ok(false);
+    let counts =
+        loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (rt, conn) = (rt.clone(), config.connection.clone());
+            let inputs = config.topology.spec.input.topics.clone();
+            let lease = config.topology.lease_topic();
+            let (replication, create) = (config.changelog_replication, config.create_topics);
+            let checked = changelog.clone();
+            std::thread::Builder::new()
+                .name("topic-check".to_owned())
+                .spawn(move || {
+                    let r = check_topics(&rt, &conn, &inputs, &checked, replication, create)
+                        .and_then(|counts| match &lease {
+                            Some(l) => kafka::ensure_lease(&rt, &conn, l, replication, create)
+                                .map(|()| counts),
+                            None => Ok(counts),
+                        });
+                    let _ = tx.send(r);
+                })
+                .context("starting the topic check")?;
+            let checked = tokio::select! {
+                r = rx => r.map_err(|_| anyhow!("the topic check ended without a result"))?,
+                () = &mut *shutdown => {
+                    health.wait(None);
+                    return Ok(false);
+                }
+            };
+            match checked {
+                Ok(counts) => break counts,
+                Err(kafka::TopicError::Metadata(why)) => {
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() + backoff > d) {
+                        health.wait(None);
+                        return Err(Fatal::new(
+                            FatalKind::KafkaUnreachable,
+                            format!(
+                                "Kafka at {brokers} could not be reached within the start-up \
+                             deadline (--startup-timeout-secs): {why}"
+                            ),
+                        )
+                        .into());
+                    }
+                    warn!(
+                        brokers = %brokers,
+                        error = %why,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "Kafka cannot be reached yet; waiting for it."
+                    );
+                    health.wait(Some(format!("waiting for Kafka at {brokers}: {why}")));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut *shutdown => {
+                            health.wait(None);
+                            return Ok(false);
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    health.wait(None);
+                    return Err(e.into());
+                }
             }
         };
-        match checked {
-            Ok(counts) => break counts,
-            Err(kafka::TopicError::Metadata(why)) => {
-                if deadline.is_some_and(|d| tokio::time::Instant::now() + backoff > d) {
-                    health.wait(None);
-                    return Err(Fatal::new(
-                        FatalKind::KafkaUnreachable,
-                        format!(
-                            "Kafka at {brokers} could not be reached within the start-up \
-                             deadline (--startup-timeout-secs): {why}"
-                        ),
-                    )
-                    .into());
-                }
-                warn!(
-                    brokers = %brokers,
-                    error = %why,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "Kafka cannot be reached yet; waiting for it."
-                );
-                health.wait(Some(format!("waiting for Kafka at {brokers}: {why}")));
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = &mut *shutdown => {
-                        health.wait(None);
-                        return Ok(false);
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                health.wait(None);
-                return Err(e.into());
-            }
-        }
-    };
     health.wait(None);
     info!(inputs = ?counts, changelog = %changelog, "Topics checked.");
     let mut sizes = counts.values();
@@ -385,6 +396,8 @@ async fn run_threads(
             health: watch.health.clone(),
             progress: watch.progress.clone(),
             stop: stop.clone(),
+            rt: rt.clone(),
+            nats: config.nats.clone(),
         };
         let done = done_tx.clone();
         let spawned = std::thread::Builder::new()

@@ -26,7 +26,17 @@ struct Pos {
 /// The input partitions the open transaction moved, with their next
 /// offsets: what a commit sends as the consumer group's offsets.
 #[derive(Debug, Default)]
-pub(super) struct Moved(Vec<(Arc<str>, i32, i64)>);
+pub(super) struct Moved(Vec<(Arc<str>, i32, i64)>, Option<Nats>);
+
+/// The NATS input among the positions: its subject is not a Kafka topic.
+#[derive(Debug, Clone)]
+pub(super) struct Nats {
+    /// The input's name (its position's key).
+    pub(super) subject: Arc<str>,
+    /// The lease topic, whose partition 0 stands in for it in the group's
+    /// offsets.
+    pub(super) lease: Arc<str>,
+}
 
 impl Moved {
     /// True when the open transaction read nothing.
@@ -39,12 +49,19 @@ impl Moved {
         self.0.iter()
     }
 
-    /// The offsets to commit, in the form the group coordinator takes.
+    /// The offsets to commit, in the form the group coordinator takes. The
+    /// NATS input's position is in the changelog only; in its place the
+    /// lease partition's offset (always 0: it is never written) goes with
+    /// the transaction, so a member that lost the lease is fenced.
     pub(super) fn offsets(&self) -> Result<TopicPartitionList> {
         let mut offsets = TopicPartitionList::new();
         for (t, p, next) in &self.0 {
+            let (t, p, next) = match &self.1 {
+                Some(n) if *t == n.subject => (&n.lease, 0, 0),
+                _ => (t, *p, *next),
+            };
             offsets
-                .add_partition_offset(t, *p, Offset::Offset(*next))
+                .add_partition_offset(t, p, Offset::Offset(next))
                 .context("building the offsets to commit")?;
         }
         Ok(offsets)
@@ -55,9 +72,27 @@ impl Moved {
 #[derive(Debug, Default)]
 pub(super) struct Positions {
     by_partition: HashMap<(Arc<str>, i32), Pos>,
+    /// The NATS input, if the topology has one.
+    nats: Option<Nats>,
+    /// Where an abort put the NATS input back: its reader starts again
+    /// there (there is no consumer to seek).
+    nats_rewound: Option<i64>,
 }
 
 impl Positions {
+    /// Positions of the Kafka inputs and, if `nats`, of the NATS input.
+    pub(super) fn new(nats: Option<Nats>) -> Self {
+        Positions {
+            nats,
+            ..Positions::default()
+        }
+    }
+
+    /// Where the last abort put the NATS input back, once.
+    pub(super) fn take_nats_rewind(&mut self) -> Option<i64> {
+        self.nats_rewound.take()
+    }
+
     /// The next offset to process in `topic`'s partition `p`, if known.
     pub(super) fn next(&self, topic: &str, p: i32) -> Option<i64> {
         self.by_partition
@@ -84,6 +119,7 @@ impl Positions {
                 .filter(|(_, pos)| pos.txn_start.is_some())
                 .map(|((t, p), pos)| (t.clone(), *p, pos.next))
                 .collect(),
+            self.nats.clone(),
         )
     }
 
@@ -108,6 +144,10 @@ impl Positions {
         for ((t, p), pos) in self.by_partition.iter_mut() {
             if let Some(start) = pos.txn_start.take() {
                 pos.next = start;
+                if self.nats.as_ref().is_some_and(|n| *t == n.subject) {
+                    self.nats_rewound = Some(start);
+                    continue;
+                }
                 if let Err(e) = consumer.seek(t, *p, Offset::Offset(start), Duration::from_secs(10))
                 {
                     warn!(topic = %t, partition = *p, error = %e, "Rewind failed.");

@@ -412,6 +412,27 @@ impl StateStores {
         self.journal.is_empty()
     }
 
+    /// Where the changelog says `topic`'s partition `p` resumes (the next
+    /// offset, or stream sequence, to process), if it says.
+    pub(super) fn resume(&self, topic: &str, p: i32) -> Option<i64> {
+        self.parts
+            .get(&p)
+            .and_then(|s| s.resume.get(topic))
+            .copied()
+    }
+
+    /// A transaction committed positions `next` for (topic, partition):
+    /// the resume markers it wrote hold here too, so what it processed is
+    /// known as processed without restoring again.
+    pub(super) fn resumed(&mut self, moved: impl Iterator<Item = (Arc<str>, i32, i64)>) {
+        for (t, p, next) in moved {
+            if let Some(part) = self.parts.get_mut(&p) {
+                let e = part.resume.entry(t).or_insert(next);
+                *e = (*e).max(next);
+            }
+        }
+    }
+
     /// The open transaction committed: its changes stay.
     pub(super) fn committed(&mut self) {
         self.journal.clear();

@@ -36,7 +36,8 @@ use tracing::{info, warn};
 
 use super::config::StreamConfig;
 use super::kafka::{forward_error, forward_log, QuietContext};
-use super::positions::Positions;
+use super::nats::NatsInput;
+use super::positions::{self, Positions};
 use super::state::{encode_value, resume_key, RestoreError, StateStores};
 use super::transaction::{Ended, Transaction, TXN_TIMEOUT};
 use super::watermarks::Watermarks;
@@ -61,6 +62,10 @@ pub(crate) struct Settings {
     pub(crate) progress: Arc<Progress>,
     /// Turns true on shutdown.
     pub(crate) stop: Arc<AtomicBool>,
+    /// The async runtime (the NATS input's reader runs there).
+    pub(crate) rt: tokio::runtime::Handle,
+    /// How to reach NATS, for a topology with a NATS input.
+    pub(crate) nats: super::nats::NatsConnection,
 }
 
 impl Settings {
@@ -254,6 +259,29 @@ struct Task {
     /// The thread is ending after a fatal error: leaving the group must not
     /// commit what the failed state holds.
     failed: bool,
+    /// The NATS input, for a topology with one (it reads while this
+    /// thread holds the lease).
+    nats: Option<NatsInput>,
+}
+
+/// One input record, from Kafka or NATS, as the engine takes it.
+struct Input<'a> {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: &'a [(String, Vec<u8>)],
+    timestamp: Option<i64>,
+}
+
+/// What became of an input record.
+enum Handled {
+    /// Processed (or known as processed): its position moved.
+    Done,
+    /// The registry is away: the record must be read again after the wait
+    /// (the open transaction has committed).
+    Wait,
 }
 
 impl std::fmt::Debug for Task {
@@ -285,6 +313,18 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         .create_with_context(QuietContext)
         .context("creating the restore consumer")?;
 
+    let nats_config = c.topology.spec.input.nats_jetstream.as_ref();
+    let lease = c.topology.lease_topic();
+    let nats = match (nats_config, &lease) {
+        (Some(n), Some(lease)) => Some(NatsInput::new(
+            &s.rt,
+            &s.nats,
+            n,
+            &c.topology.spec.application_id,
+            lease,
+        )),
+        _ => None,
+    };
     let task = Task {
         settings: settings.clone(),
         engine: Engine::new(c.topology.engine.clone(), c.hasher.clone()),
@@ -292,7 +332,10 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         txn,
         stores: StateStores::new(restorer),
         assigned: HashSet::new(),
-        positions: Positions::default(),
+        positions: Positions::new(nats.as_ref().map(|n| positions::Nats {
+            subject: n.subject.clone(),
+            lease: n.lease.clone(),
+        })),
         events: RecordEvents::default(),
         counters: TopicCounters::default(),
         timers: Timers {
@@ -312,6 +355,7 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         steps: Vec::new(),
         reported_held: 0,
         failed: false,
+        nats,
     };
     let ctx = StreamCtx {
         task: Mutex::new(Some(task)),
@@ -323,7 +367,8 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
         .consumer(&c.group, &c.instance_id)
         .create_with_context(ctx)
         .context("creating the consumer")?;
-    let topics: Vec<&str> = c.inputs.iter().map(|t| &**t).collect();
+    let mut topics: Vec<&str> = c.inputs.iter().map(|t| &**t).collect();
+    topics.extend(lease.as_deref());
     consumer
         .subscribe(&topics)
         .context("subscribing to the input topics")?;
@@ -388,8 +433,21 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
 
 fn poll_loop(s: &Settings, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
     let mut consumer_errors = RateLimit::new("consumer error");
+    // While this thread reads NATS, the Kafka poll is short (or does not
+    // wait at all after NATS messages), so NATS messages wait no longer.
+    let mut nats_busy = false;
     while !s.stop.load(Ordering::SeqCst) {
-        let polled = consumer.poll(Duration::from_millis(100));
+        let reading_nats = consumer
+            .context()
+            .lock()
+            .as_ref()
+            .is_some_and(|t| t.nats.as_ref().is_some_and(NatsInput::active));
+        let timeout = match (reading_nats, nats_busy) {
+            (false, _) => Duration::from_millis(100),
+            (true, false) => Duration::from_millis(5),
+            (true, true) => Duration::ZERO,
+        };
+        let polled = consumer.poll(timeout);
         let mut guard = consumer.context().lock();
         let Some(task) = guard.as_mut() else {
             bail!("the stream task is gone");
@@ -397,7 +455,8 @@ fn poll_loop(s: &Settings, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
         if let Some(e) = task.fatal.take() {
             return Err(e);
         }
-        let idle = !matches!(polled, Some(Ok(_)));
+        nats_busy = task.drain_nats(consumer)?;
+        let idle = !matches!(polled, Some(Ok(_))) && !nats_busy;
         match polled {
             None => {}
             Some(Ok(m)) => task.handle(consumer, &m)?,
@@ -435,8 +494,95 @@ impl Task {
         m: &BorrowedMessage<'_>,
     ) -> Result<()> {
         let topic = self.config().input(m.topic());
-        let p = m.partition();
-        let offset = m.offset();
+        if self.nats.as_ref().is_some_and(|n| n.lease == topic) {
+            // The lease topic is never written; a record there is no input.
+            return Ok(());
+        }
+        let (p, offset) = (m.partition(), m.offset());
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let input = Input {
+            topic: topic.clone(),
+            partition: p,
+            offset,
+            key: m.key(),
+            value: m.payload(),
+            headers: &headers,
+            timestamp: m.timestamp().to_millis(),
+        };
+        match self.process(consumer, input)? {
+            Handled::Done => {}
+            Handled::Wait => self.wait_for_registry(consumer, Some((&topic, p, offset))),
+        }
+        Ok(())
+    }
+
+    /// Processes what the NATS input has (at most a batch, so rebalances
+    /// and commits are served between batches); `true` when it processed
+    /// something.
+    fn drain_nats(&mut self, consumer: &BaseConsumer<StreamCtx>) -> Result<bool> {
+        const BATCH: usize = 512;
+        if self.registry_wait.paused_until.is_some() {
+            return Ok(false);
+        }
+        let mut done = 0;
+        let mut pending = None;
+        while done < BATCH {
+            let Some(d) = self.nats.as_mut().and_then(NatsInput::next) else {
+                break;
+            };
+            done += 1;
+            pending = Some(d.pending);
+            let subject = self.nats.as_ref().map(|n| n.subject.clone());
+            let Some(subject) = subject else { break };
+            let input = Input {
+                topic: subject,
+                partition: 0,
+                offset: d.seq,
+                key: None,
+                value: Some(&d.message.message.payload),
+                headers: &d.headers,
+                timestamp: Some(d.timestamp),
+            };
+            let handled = self.process(consumer, input)?;
+            let Some(nats) = self.nats.as_mut() else {
+                break;
+            };
+            match handled {
+                Handled::Done => nats.processed(d),
+                Handled::Wait => {
+                    nats.put_back(d);
+                    self.wait_for_registry(consumer, None);
+                    break;
+                }
+            }
+            self.tick(consumer, false)?;
+        }
+        if let (Some(pending), Some(n)) = (pending, &self.nats) {
+            telemetry::consumer_lag(self.metrics(), &n.subject, 0, pending as i64);
+        }
+        Ok(done > 0)
+    }
+
+    /// Hands one input record to the engine and emits what it decided;
+    /// [`Handled::Wait`] when the registry is away (nothing of the record
+    /// was processed, the open transaction committed).
+    fn process(&mut self, consumer: &BaseConsumer<StreamCtx>, input: Input<'_>) -> Result<Handled> {
+        let Input {
+            topic,
+            partition: p,
+            offset,
+            key,
+            value,
+            headers,
+            timestamp: ts,
+        } = input;
         let at = At {
             topic: &topic,
             partition: p,
@@ -450,16 +596,8 @@ impl Task {
         if self.stores.processed(&topic, p, offset) {
             self.events.replayed(at);
             self.positions.advance(&topic, p, offset);
-            return Ok(());
+            return Ok(Handled::Done);
         }
-        let headers: Vec<(String, Vec<u8>)> = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let source = Source {
             topic: topic.clone(),
             partition: p,
@@ -467,9 +605,9 @@ impl Task {
         };
         let raw = RawRecord {
             source: &source,
-            key: m.key(),
-            value: m.payload(),
-            headers: &headers,
+            key,
+            value,
+            headers,
         };
         self.timers.handled = self.timers.handled.wrapping_add(1);
         let started = self
@@ -477,7 +615,6 @@ impl Task {
             .handled
             .is_multiple_of(TIME_EVERY)
             .then(Instant::now);
-        let ts = m.timestamp().to_millis();
         let mut steps = std::mem::take(&mut self.steps);
         let (mut store, held) = self.stores.part(p).context("a partition not restored")?;
         // The wall clock only where something is or may be held.
@@ -512,8 +649,7 @@ impl Task {
                 );
                 // Nothing stays open while waiting.
                 self.commit(consumer)?;
-                self.wait_for_registry(consumer, &topic, p, offset);
-                return Ok(());
+                return Ok(Handled::Wait);
             }
             Err(EngineError::Transient(why)) => {
                 // The record was processed; a held event it would have
@@ -545,7 +681,7 @@ impl Task {
         if let Some(why) = self.txn.collector().take_broken() {
             self.abort(consumer, &why, false)?;
         }
-        Ok(())
+        Ok(Handled::Done)
     }
 
     /// Emits, as gaps, the held events whose reorder window has expired
@@ -669,9 +805,7 @@ impl Task {
     fn wait_for_registry(
         &mut self,
         consumer: &BaseConsumer<StreamCtx>,
-        topic: &str,
-        p: i32,
-        offset: i64,
+        rewind: Option<(&str, i32, i64)>,
     ) {
         match consumer.assignment() {
             Ok(all) => {
@@ -681,8 +815,11 @@ impl Task {
             }
             Err(e) => warn!(error = %e, "Reading the assignment failed."),
         }
-        if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
-            warn!(topic, partition = p, error = %e, "Rewind failed.");
+        if let Some((topic, p, offset)) = rewind {
+            if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(10))
+            {
+                warn!(topic, partition = p, error = %e, "Rewind failed.");
+            }
         }
         let wait = &mut self.registry_wait;
         wait.paused_until = Some(Instant::now() + wait.backoff);
@@ -786,6 +923,11 @@ impl Task {
         })?;
         if let Ended::Committed = ended {
             self.stores.committed();
+            self.stores
+                .resumed(moved.iter().map(|(t, p, next)| (t.clone(), *p, *next)));
+            if let Some(nats) = &mut self.nats {
+                nats.committed();
+            }
             let inputs = self.positions.committed(&moved);
             for (t, p, next) in moved.iter() {
                 self.settings.progress.set(t, *p, *next);
@@ -797,7 +939,18 @@ impl Task {
             // the lookups and the entities behind them.
             self.publish_gauges();
         }
+        self.reread_nats();
         Ok(())
+    }
+
+    /// After an abort: the NATS input reads again from where the aborted
+    /// transaction started.
+    fn reread_nats(&mut self) {
+        if let Some(from) = self.positions.take_nats_rewind() {
+            if let Some(nats) = self.nats.as_mut().filter(|n| n.active()) {
+                nats.activate(from);
+            }
+        }
     }
 
     /// Aborts the open transaction: the versions it changed are put back,
@@ -811,11 +964,13 @@ impl Task {
         let started = Instant::now();
         let metrics = &self.settings.metrics;
         let (stores, positions, events) = (&mut self.stores, &mut self.positions, &mut self.events);
-        self.txn.abort(why, broker_away, |why| {
+        let r = self.txn.abort(why, broker_away, |why| {
             stores.roll_back();
             positions.rewind(consumer);
             events.aborted(metrics, started.elapsed(), why);
-        })?;
+        });
+        self.reread_nats();
+        r?;
         Ok(())
     }
 
@@ -832,8 +987,16 @@ impl Task {
         for el in tpl.elements() {
             let topic = self.config().input(el.topic());
             self.positions.forget(&topic, el.partition());
-            self.assigned.remove(&(topic, el.partition()));
+            self.assigned.remove(&(topic.clone(), el.partition()));
             telemetry::forget_lag(self.metrics(), el.topic(), el.partition());
+            if let Some(nats) = self.nats.as_mut().filter(|n| n.lease == topic) {
+                // The open transaction has ended above: nothing read from
+                // NATS is uncommitted.
+                nats.deactivate();
+                let subject = nats.subject.clone();
+                self.positions.forget(&subject, 0);
+                telemetry::forget_lag(self.metrics(), &subject, 0);
+            }
         }
         let still: HashSet<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
         self.stores.retain(&still);
@@ -899,6 +1062,18 @@ impl Task {
             assigned = self.assigned.len(),
             "Partitions assigned and restored."
         );
+        let lease_assigned = self
+            .nats
+            .as_ref()
+            .is_some_and(|n| tpl.elements().iter().any(|el| *n.lease == *el.topic()));
+        if lease_assigned {
+            // The lease's changelog partition is 0 and was restored above:
+            // read on after the last committed stream sequence.
+            if let Some(nats) = self.nats.as_mut() {
+                let from = self.stores.resume(&nats.subject, 0).unwrap_or(1);
+                nats.activate(from);
+            }
+        }
         self.gauges();
         // A registry wait pauses partitions, and librdkafka keeps a
         // partition's pause across a revoke and a new assignment. While a

@@ -380,6 +380,35 @@ pub struct Scenario {
     /// The processor's registry request time limit.
     pub registry_timeout_ms: u64,
     pub files: file::FileRegistry,
+    /// For a scenario whose input is a NATS JetStream stream (its subject
+    /// is `input`): the stream and the server.
+    pub nats: Option<NatsInput>,
+}
+
+/// The NATS side of a scenario.
+#[derive(Debug, Clone)]
+pub struct NatsInput {
+    /// The stream's name.
+    pub stream: String,
+    /// The server (`NATS_URL`).
+    pub url: String,
+}
+
+/// A JetStream context on the server at `url`.
+pub async fn nats_context(url: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to NATS at {url}: {e}"));
+    async_nats::jetstream::new(client)
+}
+
+/// The NATS server the test script started (`NATS_URL`); a test that needs
+/// it fails without it, it never skips.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").expect(
+        "NATS_URL is not set: run the tests through scripts/test.sh, or start \
+         `bash scripts/nats.sh start --dir target/test-nats` and export NATS_URL",
+    )
 }
 
 impl Scenario {
@@ -411,12 +440,105 @@ impl Scenario {
         Scenario::build(broker, partitions, "exactly_once", "", changelog)
     }
 
+    /// A scenario whose input is a fresh JetStream stream on the test
+    /// script's NATS server (limits retention, file storage), one subject
+    /// (the scenario's `input`), and no Kafka input: the changelog has one
+    /// partition.
+    pub fn over_nats(broker: Broker, extra_topology: &str) -> Scenario {
+        Scenario::nats_with(broker, extra_topology, None)
+    }
+
+    /// [`Scenario::over_nats`] with a topology of its own: `template` with
+    /// `{app}`, `{input}` (the subject) and `{stream}` filled in. Writer
+    /// schemas come from its `schemas.folder`.
+    pub fn over_nats_from(broker: Broker, template: &str) -> Scenario {
+        Scenario::nats_with(broker, "", Some(template))
+    }
+
+    fn nats_with(broker: Broker, extra_topology: &str, template: Option<&str>) -> Scenario {
+        let url = nats_url();
+        let stream = unique("STREAM").replace(['.', '-'], "_");
+        let mut s = Scenario::build_with(
+            broker,
+            1,
+            "exactly_once",
+            extra_topology,
+            &[("cleanup.policy", "compact")],
+            Some(&stream),
+            template,
+        );
+        let subject = s.input.clone();
+        let js = s.rt.block_on(nats_context(&url));
+        s.rt.block_on(js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![subject],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        }))
+        .expect("creating the JetStream stream");
+        s.nats = Some(NatsInput { stream, url });
+        s
+    }
+
+    /// Publishes `values` to the scenario's stream in order; returns them
+    /// as inputs (partition 0, offset = stream sequence).
+    pub fn publish(&self, values: &[Vec<u8>]) -> Vec<Input> {
+        let n = self.nats.as_ref().expect("a NATS scenario");
+        let subject = self.input.clone();
+        self.rt.block_on(async {
+            let js = nats_context(&n.url).await;
+            // Acknowledgements awaited in windows: the client allows a few
+            // thousand outstanding ones, then waits for a free slot.
+            let mut out = Vec::with_capacity(values.len());
+            for chunk in values.chunks(1_000) {
+                let mut acks = Vec::with_capacity(chunk.len());
+                for v in chunk {
+                    acks.push(
+                        js.publish(subject.clone(), v.clone().into())
+                            .await
+                            .expect("publishing"),
+                    );
+                }
+                for (ack, v) in acks.into_iter().zip(chunk) {
+                    let ack = ack.await.expect("the stream's acknowledgement");
+                    out.push(Input {
+                        key: None,
+                        value: v.clone(),
+                        partition: 0,
+                        offset: ack.sequence as i64,
+                    });
+                }
+            }
+            out
+        })
+    }
+
     fn build(
         broker: Broker,
         partitions: i32,
         guarantee: &str,
         extra_topology: &str,
         changelog: &[(&str, &str)],
+    ) -> Scenario {
+        Scenario::build_with(
+            broker,
+            partitions,
+            guarantee,
+            extra_topology,
+            changelog,
+            None,
+            None,
+        )
+    }
+
+    fn build_with(
+        broker: Broker,
+        partitions: i32,
+        guarantee: &str,
+        extra_topology: &str,
+        changelog: &[(&str, &str)],
+        nats_stream: Option<&str>,
+        template: Option<&str>,
     ) -> Scenario {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -426,10 +548,15 @@ impl Scenario {
         let registry = rt.block_on(Registry::start());
         let app = unique("app");
         let input = unique("raw");
+        let inputs = match nats_stream {
+            None => format!("input:\n  topics: [{input}]"),
+            Some(stream) => format!(
+                "input:\n  topics: []\n  nats_jetstream: {{stream: {stream}, subject: {input}}}"
+            ),
+        };
         let yaml = format!(
             "application_id: {app}
-input:
-  topics: [{input}]
+{inputs}
 outputs:
   public: {app}.public
   internal: {app}.internal
@@ -444,20 +571,29 @@ event_types:
   user.locked: {{tiers: [restricted]}}
 {extra_topology}"
         );
+        let yaml = match template {
+            Some(t) => t
+                .replace("{app}", &app)
+                .replace("{input}", &input)
+                .replace("{stream}", nats_stream.unwrap_or_default()),
+            None => yaml,
+        };
         let dir = tempfile::tempdir().unwrap();
         let topology_path = dir.path().join("topology.yaml");
         std::fs::write(&topology_path, &yaml).unwrap();
         let topology = Topology::load(&topology_path).unwrap();
-        broker.create_topic(&input, partitions, false);
+        if nats_stream.is_none() {
+            broker.create_topic(&input, partitions, false);
+        }
         for t in topology.engine.topics.tiers.iter() {
             broker.create_topic(t, 3, false);
         }
         broker.create_topic(&topology.engine.topics.dead_letter, 1, false);
         broker.create_topic_with(&topology.changelog_topic(), partitions, changelog);
         let files = file::load(
-            Path::new("avro"),
+            &topology.spec.schemas.folder,
             &topology.engine.subjects,
-            &topology.spec.input.topics,
+            &topology.spec.input.names(),
         )
         .unwrap();
         for e in &files.events {
@@ -478,6 +614,7 @@ event_types:
             kafka_settings,
             registry_timeout_ms: 3000,
             files,
+            nats: None,
         }
     }
 
@@ -640,6 +777,9 @@ event_types:
             .stderr(std::fs::File::create(&log).unwrap());
         for s in &self.kafka_settings {
             cmd.args(["-X", s]);
+        }
+        if let Some(n) = &self.nats {
+            cmd.args(["--nats-url", &n.url]);
         }
         cmd.args(extra_args);
         Processor {
@@ -945,7 +1085,7 @@ pub fn decode_framed(value: &[u8], schema_of: &mut dyn FnMut(u32) -> String) -> 
     serde_json::Value::try_from(v).unwrap().to_string()
 }
 
-fn normalise(raw: &RawRec, dead_letter: bool, schema_of: &mut dyn FnMut(u32) -> String) -> Rec {
+pub fn normalise(raw: &RawRec, dead_letter: bool, schema_of: &mut dyn FnMut(u32) -> String) -> Rec {
     let (key, value, headers) = raw;
     let value = match (dead_letter, value) {
         (_, None) => "<null>".to_owned(),
