@@ -80,6 +80,9 @@ pub mod names {
     pub const HELD_NOW: &str = "privacy_router_held_events";
     /// Age of the oldest held event, per stream thread.
     pub const HELD_OLDEST: &str = "privacy_router_held_oldest_age_seconds";
+    /// 1 while the NATS input's client is connected, 0 while it is not, per
+    /// stream (only on an instance that has read it).
+    pub const NATS_CONNECTED: &str = "privacy_router_nats_connected";
 
     /// Every metric of ours, for the checks of `deploy/` (alert rules and
     /// dashboard): labelled ones have no series until a label value is
@@ -109,6 +112,7 @@ pub mod names {
         RELEASED,
         HELD_NOW,
         HELD_OLDEST,
+        NATS_CONNECTED,
     ];
 }
 
@@ -139,6 +143,7 @@ pub struct Metrics {
     released: [IntCounter; 3],
     held_now: IntGauge,
     held_oldest: GaugeVec,
+    nats_connected: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -273,7 +278,18 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(consumer_lag.clone()))
             .expect("registered once");
+        let nats_connected = IntGaugeVec::new(
+            Opts::new(
+                names::NATS_CONNECTED,
+                "1 while the NATS input's client is connected, 0 while it is not (per stream; only where the input has been read).",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(nats_connected.clone()))
+            .expect("registered once");
         Metrics {
+            nats_connected,
             consumed: counter_vec(
                 r,
                 names::CONSUMED,
@@ -958,6 +974,14 @@ pub fn consumer_lag(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {
         .set(lag);
 }
 
+/// Whether the NATS input's client is connected to a server.
+pub fn nats_connected(metrics: &Metrics, stream: &str, connected: bool) {
+    metrics
+        .nats_connected
+        .with_label_values(&[stream])
+        .set(i64::from(connected));
+}
+
 /// Forgets the lag series of a partition this instance no longer owns.
 pub fn forget_lag(metrics: &Metrics, topic: &str, partition: i32) {
     let _ = metrics
@@ -1096,6 +1120,7 @@ mod tests {
             .with_label_values(&["committed"])
             .observe(0.1);
         m.held_oldest.with_label_values(&["0"]).set(1.0);
+        nats_connected(&m, "S", true);
         let registered: HashSet<String> = m
             .registry
             .gather()

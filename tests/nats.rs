@@ -304,7 +304,13 @@ fn nats_down_for_a_while_loses_nothing_and_dead_letters_nothing() {
     let values = s.samples(8_000, 5, Format::Framed, false);
     let (first, second) = values.split_at(4_000);
     let mut inputs = s.publish(first);
-    let mut p = s.processor("a", &[]);
+    let metrics_port = support::free_port();
+    let mut p = s.processor_on("a", Some(metrics_port), &[]);
+    let stream = &s.nats.as_ref().unwrap().stream;
+    let series = format!("privacy_router_nats_connected{{stream=\"{stream}\"}}");
+    let connected = || {
+        support::http_get(metrics_port, "/metrics").map(|(_, body)| support::metric(&body, &series))
+    };
     let restricted = s.topology.engine.topics.tiers[2].to_string();
     assert!(
         wait_until(Duration::from_secs(60), || {
@@ -315,14 +321,20 @@ fn nats_down_for_a_while_loses_nothing_and_dead_letters_nothing() {
     );
     // Down for longer than a few reconnect attempts (the processor may
     // have read everything published so far, or not).
+    assert_eq!(connected(), Some(1.0), "connected before the outage");
     nats_script(&["stop", "--dir", &dir]);
     let down = Instant::now();
-    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        wait_until(Duration::from_secs(8), || connected() == Some(0.0)),
+        "the gauge says the connection is lost"
+    );
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(down.elapsed()));
     assert!(p.running(), "the processor must wait for NATS, not exit");
     nats_script(&["start", "--dir", &dir, "--port", &port.to_string()]);
     let back = down.elapsed();
     inputs.extend(s.publish(second));
     assert_exactly_once(&s, &inputs, "NATS down and back");
+    assert_eq!(connected(), Some(1.0), "connected again");
     let log = p.log_text();
     p.terminate();
     assert!(

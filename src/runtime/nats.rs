@@ -44,9 +44,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::NatsInputConfig;
+use crate::telemetry::{self, Metrics};
 
-/// How the processor reaches NATS: flags with environment fallbacks.
-#[derive(Debug, Clone, Default)]
+/// How the processor reaches NATS: flags with environment fallbacks. Its
+/// `Debug` shows which secrets are set, never their values.
+#[derive(Clone, Default)]
 pub struct NatsConnection {
     /// Server URLs (`nats://host:4222`, `tls://…`).
     pub urls: Vec<String>,
@@ -58,6 +60,19 @@ pub struct NatsConnection {
     pub token: Option<String>,
     /// PEM CA certificates for the servers' TLS (TLS is then required).
     pub tls_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConnection")
+            .field("urls", &self.urls)
+            .field("creds_file", &self.creds_file)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("password", &self.user.as_ref().map(|_| "<set>"))
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .finish()
+    }
 }
 
 /// Messages the fetcher may hold for the stream thread.
@@ -140,6 +155,7 @@ impl NatsInput {
         input: &NatsInputConfig,
         application_id: &str,
         lease: &str,
+        metrics: &Metrics,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let (tx, delivered) = mpsc::channel(CHANNEL);
@@ -151,6 +167,7 @@ impl NatsInput {
             commands: rx,
             out: tx,
             js: None,
+            metrics: metrics.clone(),
         };
         rt.spawn(fetcher.run());
         NatsInput {
@@ -266,6 +283,7 @@ struct Fetcher {
     commands: mpsc::UnboundedReceiver<Command>,
     out: mpsc::Sender<Delivered>,
     js: Option<jetstream::Context>,
+    metrics: Metrics,
 }
 
 impl Fetcher {
@@ -321,18 +339,27 @@ impl Fetcher {
             return Ok(js.clone());
         }
         let c = &self.conn;
+        let (metrics, stream) = (self.metrics.clone(), self.stream.clone());
+        telemetry::nats_connected(&metrics, &stream, false);
         let mut options = async_nats::ConnectOptions::new()
             .name("privacy-router")
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        warn!("NATS connection lost; reconnecting, skipping nothing.");
+            .event_callback(move |event| {
+                let (metrics, stream) = (metrics.clone(), stream.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            telemetry::nats_connected(&metrics, &stream, false);
+                            warn!("NATS connection lost; reconnecting, skipping nothing.");
+                        }
+                        async_nats::Event::Connected => {
+                            telemetry::nats_connected(&metrics, &stream, true);
+                            info!("Connected to NATS.");
+                        }
+                        async_nats::Event::LameDuckMode => {
+                            info!("The NATS server is shutting down (lame duck mode).");
+                        }
+                        other => debug!(event = %other, "NATS client event."),
                     }
-                    async_nats::Event::Connected => info!("Connected to NATS."),
-                    async_nats::Event::LameDuckMode => {
-                        info!("The NATS server is shutting down (lame duck mode).");
-                    }
-                    other => debug!(event = %other, "NATS client event."),
                 }
             })
             .retry_on_initial_connect()
@@ -491,5 +518,29 @@ fn command(c: Option<Command>) -> Next {
         Some(Command::Start { from, epoch }) => Next::Start(from, epoch),
         Some(Command::Stop) => Next::Stop,
         None => Next::Closed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NatsConnection;
+
+    #[test]
+    fn the_connection_settings_never_show_a_secret() {
+        let c = NatsConnection {
+            urls: vec!["nats://n:4222".to_owned()],
+            user: Some(("router".to_owned(), "s3cret-password".to_owned())),
+            token: Some("t0ken-value".to_owned()),
+            ..NatsConnection::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("router") && shown.contains("nats://n:4222"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 }

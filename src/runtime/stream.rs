@@ -322,6 +322,7 @@ pub(crate) fn run(settings: Settings, registry: Box<dyn SchemaLookup + Send>) ->
             n,
             &c.topology.spec.application_id,
             lease,
+            &s.metrics,
         )),
         _ => None,
     };
