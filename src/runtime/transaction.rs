@@ -23,7 +23,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::collector::{ProducerCtx, RecordCollector};
@@ -134,7 +134,29 @@ impl Transaction {
             return Ok(Ended::Committed);
         }
         self.collector.drain();
-        let mut offsets_sent = moved.is_empty();
+        // A transaction that read no input (held events released when their
+        // window ended) still goes with offsets: the group coordinator
+        // checks this member's generation only against offsets sent with
+        // the transaction, and a member that lost its partitions (a zombie
+        // woken after its successor restored and released the same held
+        // events) must not commit. The group's committed offsets are sent
+        // again as they are.
+        let offsets = if moved.is_empty() {
+            match consumer.committed(TXN_TIMEOUT) {
+                Ok(committed) => committed_only(&committed)?,
+                Err(e) => {
+                    let away = broker_away(&e);
+                    return self.abort(
+                        &format!("reading the committed offsets to send with a transaction that read no input: {e}"),
+                        away,
+                        undo,
+                    );
+                }
+            }
+        } else {
+            offsets
+        };
+        let mut offsets_sent = offsets.count() == 0;
         loop {
             let r = if offsets_sent {
                 self.collector.producer().commit_transaction(TXN_TIMEOUT)
@@ -376,6 +398,18 @@ fn retriable(e: &KafkaError) -> bool {
         KafkaError::Flush(_) => true,
         _ => false,
     }
+}
+
+/// The partitions of `tpl` that have a committed offset, with it.
+fn committed_only(tpl: &TopicPartitionList) -> Result<TopicPartitionList> {
+    let mut out = TopicPartitionList::new();
+    for el in tpl.elements() {
+        if let Offset::Offset(n) = el.offset() {
+            out.add_partition_offset(el.topic(), el.partition(), Offset::Offset(n))
+                .context("building the offsets to commit")?;
+        }
+    }
+    Ok(out)
 }
 
 /// A newer producer with this transactional id exists (another instance
