@@ -23,7 +23,7 @@ case "$format" in avro|json) ;; *) echo "usage: $0 [avro|json]" >&2; exit 2 ;; e
 export PIPELINE_FORMAT=$format
 mkdir -p target/callgrind
 count() {
-  PIPELINE_BATCHES=$1 valgrind --tool=callgrind --toggle-collect='*Engine::process*' --callgrind-out-file="target/callgrind/pipeline-$format-$1.out" \
+  PIPELINE_BATCHES=$1 valgrind --tool=callgrind --toggle-collect='*Engine::process_as*' --callgrind-out-file="target/callgrind/pipeline-$format-$1.out" \
     "$bin" 2>"target/callgrind/pipeline-$format-$1.log" >/dev/null
   grep -E '^summary:|^totals:' "target/callgrind/pipeline-$format-$1.out" | head -1 | awk '{print $2}'
 }

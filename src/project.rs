@@ -450,7 +450,10 @@ impl Projector<'_, '_> {
                     empty &= !here;
                     let mut key = std::mem::take(&mut self.scratch);
                     key.clear();
-                    json::write_str(&mut key, &f.name);
+                    // Avro names need no escaping.
+                    key.push(b'"');
+                    key.extend_from_slice(f.name.as_bytes());
+                    key.push(b'"');
                     key.push(b':');
                     self.put(here, &key);
                     self.scratch = key;

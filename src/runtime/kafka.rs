@@ -224,6 +224,15 @@ impl Connection {
             // records arrive meanwhile (Tansu does): 100 ms instead of
             // librdkafka's 500 keeps end-to-end latency low everywhere.
             .set("fetch.wait.max.ms", "100")
+            // librdkafka fetches ahead up to 64 MB per consumer by default,
+            // which a processor slower than its fetches keeps full (resident
+            // memory, per stream thread). 16 MB is still seconds of work
+            // ahead. A partition whose fetch finds the queue full waits
+            // `fetch.queue.backoff.ms` before fetching again: 1 s by default,
+            // long enough for a fast consumer to drain 16 MB and stall, so
+            // 50 ms.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.queue.backoff.ms", "50")
             .set("statistics.interval.ms", "5000");
         self.finish(c)
     }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Number, Value};
 use thiserror::Error;
 
-use super::{binary::MAX_DEPTH, CompiledSchema, Kind, NodeId};
+use super::{binary::MAX_DEPTH, CompiledSchema, Field, Kind, NodeId};
 use crate::record::Datum;
 
 /// Why a JSON value does not fit a schema. Names the schema path and what
@@ -53,7 +53,13 @@ impl<'a> Json<'a> {
     /// When `bytes` is not JSON (the error names a line and column, never
     /// the text).
     pub fn parse(bytes: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // One UTF-8 check of the whole text is much cheaper than serde_json's
+        // check of each string as it reads a slice; text that is not UTF-8
+        // is read as a slice so that the error is the one serde_json gives.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 }
 
@@ -109,7 +115,7 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
         Ok(Json::Array(out))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut out: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
+        let mut out: Vec<(Cow<'de, str>, Json<'de>)> = Vec::with_capacity(8);
         while let Some((Key(k), x)) = map.next_entry()? {
             out.push((k, x));
         }
@@ -178,6 +184,13 @@ pub trait Doc: Sized {
     fn shape(&self) -> Shape<'_, Self>;
     /// An object's value for `key` (`None` for other nodes).
     fn get(&self, key: &str) -> Option<&Self>;
+    /// As [`Doc::get`], for keys asked in ascending order: `at` starts at 0
+    /// and is moved past what was looked at, so an object kept sorted is
+    /// read in one merge with the keys instead of a search per key.
+    fn get_ascending(&self, key: &str, at: &mut usize) -> Option<&Self> {
+        let _ = at;
+        self.get(key)
+    }
     /// An object's entries sorted by key (nothing for other nodes).
     fn entries(&self) -> impl Iterator<Item = (&str, &Self)>;
     /// An object's number of entries (0 for other nodes).
@@ -240,6 +253,20 @@ impl Doc for Json<'_> {
             .ok()
             .map(|i| &o[i].1)
     }
+    fn get_ascending(&self, key: &str, at: &mut usize) -> Option<&Self> {
+        let Json::Object(o) = self else { return None };
+        while let Some((k, v)) = o.get(*at) {
+            match k.as_ref().cmp(key) {
+                std::cmp::Ordering::Less => *at += 1,
+                std::cmp::Ordering::Equal => {
+                    *at += 1;
+                    return Some(v);
+                }
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
     fn entries(&self) -> impl Iterator<Item = (&str, &Self)> {
         let o: &[_] = match self {
             Json::Object(o) => o,
@@ -261,18 +288,32 @@ impl Doc for Json<'_> {
 /// A [`ResolveError`] naming the first path that does not fit.
 pub fn resolve<'a, D: Doc>(schema: &CompiledSchema, v: &'a D) -> Result<Datum<'a>, ResolveError> {
     let mut path = Vec::new();
-    resolve_node(schema, schema.root(), v, &mut path, 0).map_err(|expected| ResolveError {
-        path: if path.is_empty() {
-            "<root>".to_owned()
-        } else {
-            path.join(".")
-        },
-        expected,
+    resolve_node(schema, schema.root(), v, &mut path, 0, Order::Merged).map_err(|expected| {
+        ResolveError {
+            path: if path.is_empty() {
+                "<root>".to_owned()
+            } else {
+                path.join(".")
+            },
+            expected,
+        }
     })
 }
 
 fn latin1(s: &str) -> Option<Vec<u8>> {
     s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+/// How a record's fields are looked up in a JSON object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// In field-name order, merged with the object's sorted keys. A record
+    /// that does not fit is read again in [`Order::Schema`], so the error
+    /// names the first field in schema order that does not fit.
+    Merged,
+    /// In schema order, each field looked up (this record and everything
+    /// below it).
+    Schema,
 }
 
 fn resolve_node<'a, 's, D: Doc>(
@@ -281,6 +322,7 @@ fn resolve_node<'a, 's, D: Doc>(
     v: &'a D,
     path: &mut Vec<&'s str>,
     depth: usize,
+    order: Order,
 ) -> Result<Datum<'a>, &'static str> {
     if depth > MAX_DEPTH {
         return Err("less nesting");
@@ -317,7 +359,7 @@ fn resolve_node<'a, 's, D: Doc>(
         (Kind::Array(items), Shape::Array(xs)) => {
             let mut out = Vec::with_capacity(xs.len());
             for x in xs {
-                out.push(resolve_node(s, *items, x, path, depth + 1)?);
+                out.push(resolve_node(s, *items, x, path, depth + 1, order)?);
             }
             Datum::Array(out)
         }
@@ -326,25 +368,48 @@ fn resolve_node<'a, 's, D: Doc>(
             for (k, x) in v.entries() {
                 out.push((
                     Cow::Borrowed(k),
-                    resolve_node(s, *values, x, path, depth + 1)?,
+                    resolve_node(s, *values, x, path, depth + 1, order)?,
                 ));
             }
             Datum::Map(out)
         }
-        (Kind::Union(branches), _) => resolve_union(s, branches, v, path, depth)?,
+        (Kind::Union(branches), _) => resolve_union(s, branches, v, path, depth, order)?,
         (Kind::Record(fields), Shape::Object) => {
+            let field = |f: &'s Field, x: Option<&'a D>, path: &mut Vec<&'s str>, order| match x {
+                Some(x) => resolve_node(s, f.node, x, path, depth + 1, order),
+                None => match f.attrs.get("default") {
+                    Some(def) => default_datum(s, f.node, def),
+                    None => Err("a value for a field that has no default"),
+                },
+            };
+            if order == Order::Merged {
+                let mut out: Vec<Datum<'a>> = Vec::with_capacity(fields.len());
+                out.resize_with(fields.len(), || Datum::Null);
+                let mut at = 0;
+                let depth_before = path.len();
+                let mut fits = true;
+                for &i in s.sorted_fields(id) {
+                    let f = &fields[i];
+                    path.push(&f.name);
+                    match field(f, v.get_ascending(&f.name, &mut at), path, Order::Merged) {
+                        Ok(d) => out[i] = d,
+                        Err(_) => {
+                            fits = false;
+                            break;
+                        }
+                    }
+                    path.pop();
+                }
+                if fits {
+                    return Ok(Datum::Record(out));
+                }
+                path.truncate(depth_before);
+            }
             let mut out = Vec::with_capacity(fields.len());
             for f in fields {
                 path.push(&f.name);
-                let d = match v.get(&f.name) {
-                    Some(x) => resolve_node(s, f.node, x, path, depth + 1)?,
-                    None => match f.attrs.get("default") {
-                        Some(def) => default_datum(s, f.node, def)?,
-                        None => return Err("a value for a field that has no default"),
-                    },
-                };
+                out.push(field(f, v.get(&f.name), path, Order::Schema)?);
                 path.pop();
-                out.push(d);
             }
             Datum::Record(out)
         }
@@ -386,6 +451,7 @@ fn resolve_union<'a, 's, D: Doc>(
     v: &'a D,
     path: &mut Vec<&'s str>,
     depth: usize,
+    order: Order,
 ) -> Result<Datum<'a>, &'static str> {
     // The Avro JSON encoding: {"<branch type name>": value}.
     if let Shape::Object = v.shape() {
@@ -397,7 +463,7 @@ fn resolve_union<'a, 's, D: Doc>(
                 if (k == name.as_ref() || k == short) && !matches!(s.node(*b).kind, Kind::Map(_)) {
                     return Ok(Datum::Union(
                         i as u32,
-                        Box::new(resolve_node(s, *b, inner, path, depth + 1)?),
+                        Box::new(resolve_node(s, *b, inner, path, depth + 1, order)?),
                     ));
                 }
             }
@@ -406,7 +472,7 @@ fn resolve_union<'a, 's, D: Doc>(
     let mut first_err = "a value of one of the union's branches";
     let depth_before = path.len();
     for (i, b) in branches.iter().enumerate() {
-        match resolve_node(s, *b, v, path, depth + 1) {
+        match resolve_node(s, *b, v, path, depth + 1, order) {
             Ok(d) => return Ok(Datum::Union(i as u32, Box::new(d))),
             Err(e) => {
                 path.truncate(depth_before);
@@ -430,7 +496,7 @@ fn default_datum(
             let first = *branches.first().ok_or("a union with branches")?;
             Ok(Datum::Union(0, Box::new(default_datum(s, first, def)?)))
         }
-        _ => resolve_node(s, id, def, &mut Vec::new(), 0)
+        _ => resolve_node(s, id, def, &mut Vec::new(), 0, Order::Schema)
             .map(Datum::into_owned)
             .map_err(|_| "a default that fits its type"),
     }
@@ -716,5 +782,45 @@ mod tests {
         assert!(!err.to_string().contains('7'));
         let err = resolve(&s, &json!({"id": "x"})).unwrap_err();
         assert_eq!(err.path, "pay");
+    }
+
+    /// Fields are looked up in name order when the document is a [`Json`];
+    /// the datum keeps schema order and an error still names the first field
+    /// in schema order that does not fit, as with a `Value`.
+    #[test]
+    fn fields_out_of_name_order_resolve_and_fail_as_in_schema_order() {
+        let s = CompiledSchema::compile(
+            r#"{"type":"record","name":"R","fields":[
+              {"name":"zeta","type":"string"},
+              {"name":"mid","type":{"type":"record","name":"M","fields":[
+                 {"name":"y","type":"long"},{"name":"b","type":"long","default":4}]}},
+              {"name":"alpha","type":"long","default":1}]}"#,
+            &Rules::default(),
+        )
+        .unwrap();
+        for text in [
+            r#"{"alpha":2,"extra":0,"mid":{"y":3},"zeta":"z"}"#,
+            r#"{"zeta":"z","mid":{"b":5,"y":3,"a":0}}"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let doc = Json::parse(text.as_bytes()).unwrap();
+            assert_eq!(resolve(&s, &doc).unwrap(), resolve(&s, &value).unwrap());
+        }
+        for (text, path) in [
+            (r#"{"alpha":"x","mid":{"y":3},"zeta":1}"#, "zeta"),
+            (
+                r#"{"alpha":"x","mid":{"b":"x","y":"x"},"zeta":"z"}"#,
+                "mid.y",
+            ),
+            (r#"{"alpha":"x","mid":{"y":3},"zeta":"z"}"#, "alpha"),
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let doc = Json::parse(text.as_bytes()).unwrap();
+            assert_eq!(resolve(&s, &doc).unwrap_err().path, path, "{text}");
+            assert_eq!(
+                resolve(&s, &value).unwrap_err(),
+                resolve(&s, &doc).unwrap_err()
+            );
+        }
     }
 }

@@ -214,6 +214,38 @@ impl Broker {
         self.create_topic_with(name, partitions, &configs);
     }
 
+    /// Deletes every topic whose name contains `part`; returns how many.
+    pub fn delete_topics_containing(&self, part: &str) -> usize {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .unwrap();
+        let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
+            return 0;
+        };
+        let names: Vec<String> = md
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.contains(part))
+            .collect();
+        if names.is_empty() {
+            return 0;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let deleted = rt
+            .block_on(admin.delete_topics(
+                &refs,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .map_or(0, |r| r.iter().filter(|x| x.is_ok()).count());
+        deleted
+    }
+
     /// Creates a topic with these settings.
     pub fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
