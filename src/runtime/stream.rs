@@ -436,13 +436,11 @@ fn poll_loop(s: &Settings, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
     let mut consumer_errors = RateLimit::new("consumer error");
     // While this thread reads NATS, the Kafka poll is short (or does not
     // wait at all after NATS messages), so NATS messages wait no longer.
+    // Whether this thread reads NATS, as of the end of the last turn (a
+    // rebalance during the poll may change it: the next turn sees it).
     let mut nats_busy = false;
+    let mut reading_nats = false;
     while !s.stop.load(Ordering::SeqCst) {
-        let reading_nats = consumer
-            .context()
-            .lock()
-            .as_ref()
-            .is_some_and(|t| t.nats.as_ref().is_some_and(NatsInput::active));
         let timeout = match (reading_nats, nats_busy) {
             (false, _) => Duration::from_millis(100),
             (true, false) => Duration::from_millis(5),
@@ -472,6 +470,7 @@ fn poll_loop(s: &Settings, consumer: &BaseConsumer<StreamCtx>) -> Result<()> {
             }
         }
         task.tick(consumer, idle)?;
+        reading_nats = task.nats.as_ref().is_some_and(NatsInput::active);
     }
     Ok(())
 }

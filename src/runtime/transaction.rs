@@ -380,7 +380,16 @@ fn txn_failure(e: KafkaError, what: &str) -> anyhow::Error {
         )
     );
     if fenced {
-        tracing::error!(call = what, error = %e, "This instance was fenced: another instance took over its partitions while it was away. Its open transaction is not committed; exiting.");
+        // Only a newer producer with this transactional id always ends the
+        // processor. The other fencing errors (librdkafka's `_FENCED` after
+        // the broker ended a transaction on its timeout, an old epoch) end
+        // it only where no caller recovers: an abort that fails with them
+        // starts a new producer instead. They are not logged as an exit;
+        // when one does end the processor, its error is printed on the way
+        // out.
+        if self::fenced(&e) {
+            tracing::error!(call = what, error = %e, "This instance was fenced: another instance took over its partitions while it was away. Its open transaction is not committed; exiting.");
+        }
         Fatal::new(
             FatalKind::Fenced,
             format!("{what}: fenced by another instance"),
