@@ -474,6 +474,34 @@ fn withhold_versions_2(s: &Scenario, values: &[Vec<u8>]) -> (Vec<usize>, Vec<usi
     (first, withheld)
 }
 
+/// Ends the window of every event the model holds; returns how many were
+/// emitted as gaps.
+fn expire_all_as_gaps(model: &mut Model) -> usize {
+    let before = model.outcomes.len();
+    model.expire_all();
+    model.outcomes[before..]
+        .iter()
+        .filter(|o| matches!(o, Outcome::Routed(r) if r.verdict.label() == "gap"))
+        .count()
+}
+
+/// Produces `values` but the versions 2 [`withhold_versions_2`] keeps back,
+/// and feeds what it produced to a new model: returns the inputs, the
+/// model (holding the events that wait for those versions) and the
+/// indexes withheld.
+fn produce_withholding(s: &Scenario, values: &[Vec<u8>]) -> (Vec<Input>, Model, Vec<usize>) {
+    let (first, withheld) = withhold_versions_2(s, values);
+    let inputs = produce(
+        &s.broker.bootstrap(),
+        &s.input,
+        &s.files,
+        &pick(values, &first),
+    );
+    let mut model = Model::new(s);
+    model.feed(&inputs);
+    (inputs, model, withheld)
+}
+
 /// `values[i]` for each index.
 fn pick(values: &[Vec<u8>], at: &[usize]) -> Vec<Vec<u8>> {
     at.iter().map(|i| values[*i].clone()).collect()
@@ -771,11 +799,8 @@ fn a_window_ending_across_a_sigkill_emits_the_held_events_once_as_gaps() {
     let bootstrap = s.broker.bootstrap();
     let restricted = s.topology.engine.topics.tiers[2].to_string();
     let values = s.samples(1600, 161, SampleFormat::Framed, false);
-    let (first, withheld) = withhold_versions_2(&s, &values[..1200]);
     let started = Instant::now();
-    let early = produce(&bootstrap, &s.input, &s.files, &pick(&values, &first));
-    let mut model = Model::new(&s);
-    model.feed(&early);
+    let (early, mut model, withheld) = produce_withholding(&s, &values[..1200]);
     let held = model.held();
     assert!(held > 50, "only {held} held");
     let want_early = model.expected(&s);
@@ -798,12 +823,7 @@ fn a_window_ending_across_a_sigkill_emits_the_held_events_once_as_gaps() {
     );
     let killed_log = p.log_text();
 
-    let before = model.outcomes.len();
-    model.expire_all();
-    let gapped = model.outcomes[before..]
-        .iter()
-        .filter(|o| matches!(o, Outcome::Routed(r) if r.verdict.label() == "gap"))
-        .count();
+    let gapped = expire_all_as_gaps(&mut model);
     assert!(gapped > 10, "{gapped} gaps");
     let want_expired = model.expected(&s);
 
@@ -883,14 +903,10 @@ fn a_frozen_holder_whose_window_ends_releases_nothing_once_awake() {
         3,
         &hold_topology(window.as_millis() as u64),
     );
-    let bootstrap = s.broker.bootstrap();
     let restricted = s.topology.engine.topics.tiers[2].to_string();
     let values = s.samples(1200, 163, SampleFormat::Framed, false);
-    let (first, _) = withhold_versions_2(&s, &values);
     let started = Instant::now();
-    let inputs = produce(&bootstrap, &s.input, &s.files, &pick(&values, &first));
-    let mut model = Model::new(&s);
-    model.feed(&inputs);
+    let (inputs, mut model, _) = produce_withholding(&s, &values);
     let held = model.held();
     assert!(held > 30, "only {held} held");
     let want_early = model.expected(&s);
@@ -906,12 +922,7 @@ fn a_frozen_holder_whose_window_ends_releases_nothing_once_awake() {
         started.elapsed()
     );
 
-    let before = model.outcomes.len();
-    model.expire_all();
-    let gapped = model.outcomes[before..]
-        .iter()
-        .filter(|o| matches!(o, Outcome::Routed(r) if r.verdict.label() == "gap"))
-        .count();
+    let gapped = expire_all_as_gaps(&mut model);
     assert!(gapped > 5, "{gapped} gaps");
     let want = model.expected(&s);
 
@@ -1028,12 +1039,7 @@ fn restored_stream_time_ends_the_window_after_a_sigkill() {
     assert_eq!(series(port, &released("timeout")), 0.0);
     // Past every window.
     let future = at(&others[40..], epoch_ms() + window_ms as i64 + 1000);
-    let before = model.outcomes.len();
-    model.expire_all();
-    let expired = model.outcomes[before..]
-        .iter()
-        .filter(|o| matches!(o, Outcome::Routed(r) if r.verdict.label() == "gap"))
-        .count();
+    let expired = expire_all_as_gaps(&mut model);
     model.feed(&future);
     assert_eq!(model.held(), 0);
     let want = model.expected(&s);
