@@ -453,8 +453,7 @@ impl Projector<'_, '_> {
                     // Avro names need no escaping.
                     key.push(b'"');
                     key.extend_from_slice(f.name.as_bytes());
-                    key.push(b'"');
-                    key.push(b':');
+                    key.extend_from_slice(b"\":");
                     self.put(here, &key);
                     self.scratch = key;
                     if hash != 0 {

@@ -370,7 +370,7 @@ fn retry(stop: &AtomicBool, what: &str, mut call: impl FnMut() -> KafkaResult<()
 /// producer is named as such (another instance owns the partitions now;
 /// nothing of this one's open transaction is committed).
 fn txn_failure(e: KafkaError, what: &str) -> anyhow::Error {
-    let fenced = matches!(
+    let fencing = matches!(
         e.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::ProducerFenced
@@ -379,7 +379,7 @@ fn txn_failure(e: KafkaError, what: &str) -> anyhow::Error {
                 | RDKafkaErrorCode::Fenced
         )
     );
-    if fenced {
+    if fencing {
         // Only a newer producer with this transactional id always ends the
         // processor. The other fencing errors (librdkafka's `_FENCED` after
         // the broker ended a transaction on its timeout, an old epoch) end
@@ -387,7 +387,7 @@ fn txn_failure(e: KafkaError, what: &str) -> anyhow::Error {
         // starts a new producer instead. They are not logged as an exit;
         // when one does end the processor, its error is printed on the way
         // out.
-        if self::fenced(&e) {
+        if fenced(&e) {
             tracing::error!(call = what, error = %e, "This instance was fenced: another instance took over its partitions while it was away. Its open transaction is not committed; exiting.");
         }
         Fatal::new(

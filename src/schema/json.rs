@@ -287,8 +287,14 @@ impl Doc for Json<'_> {
 /// # Errors
 /// A [`ResolveError`] naming the first path that does not fit.
 pub fn resolve<'a, D: Doc>(schema: &CompiledSchema, v: &'a D) -> Result<Datum<'a>, ResolveError> {
+    // Whether a value fits, and the datum it gives, do not depend on the
+    // order its fields are looked up in; which misfit is named first does.
+    // So a value that does not fit is read again in schema order.
+    if let Ok(d) = resolve_node(schema, schema.root(), v, &mut Vec::new(), 0, Order::Merged) {
+        return Ok(d);
+    }
     let mut path = Vec::new();
-    resolve_node(schema, schema.root(), v, &mut path, 0, Order::Merged).map_err(|expected| {
+    resolve_node(schema, schema.root(), v, &mut path, 0, Order::Schema).map_err(|expected| {
         ResolveError {
             path: if path.is_empty() {
                 "<root>".to_owned()
@@ -307,12 +313,10 @@ fn latin1(s: &str) -> Option<Vec<u8>> {
 /// How a record's fields are looked up in a JSON object.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Order {
-    /// In field-name order, merged with the object's sorted keys. A record
-    /// that does not fit is read again in [`Order::Schema`], so the error
-    /// names the first field in schema order that does not fit.
+    /// In field-name order, merged with the object's sorted keys.
     Merged,
-    /// In schema order, each field looked up (this record and everything
-    /// below it).
+    /// In schema order, each field looked up: the first misfit in schema
+    /// order is the one named.
     Schema,
 }
 
@@ -382,34 +386,25 @@ fn resolve_node<'a, 's, D: Doc>(
                     None => Err("a value for a field that has no default"),
                 },
             };
-            if order == Order::Merged {
-                let mut out: Vec<Datum<'a>> = Vec::with_capacity(fields.len());
-                out.resize_with(fields.len(), || Datum::Null);
-                let mut at = 0;
-                let depth_before = path.len();
-                let mut fits = true;
-                for &i in s.sorted_fields(id) {
-                    let f = &fields[i];
-                    path.push(&f.name);
-                    match field(f, v.get_ascending(&f.name, &mut at), path, Order::Merged) {
-                        Ok(d) => out[i] = d,
-                        Err(_) => {
-                            fits = false;
-                            break;
-                        }
-                    }
-                    path.pop();
-                }
-                if fits {
-                    return Ok(Datum::Record(out));
-                }
-                path.truncate(depth_before);
-            }
             let mut out = Vec::with_capacity(fields.len());
-            for f in fields {
-                path.push(&f.name);
-                out.push(field(f, v.get(&f.name), path, Order::Schema)?);
-                path.pop();
+            match order {
+                Order::Merged => {
+                    out.resize_with(fields.len(), || Datum::Null);
+                    let mut at = 0;
+                    for &i in s.sorted_fields(id) {
+                        let f = &fields[i];
+                        path.push(&f.name);
+                        out[i] = field(f, v.get_ascending(&f.name, &mut at), path, order)?;
+                        path.pop();
+                    }
+                }
+                Order::Schema => {
+                    for f in fields {
+                        path.push(&f.name);
+                        out.push(field(f, v.get(&f.name), path, order)?);
+                        path.pop();
+                    }
+                }
             }
             Datum::Record(out)
         }

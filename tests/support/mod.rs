@@ -214,12 +214,31 @@ impl Broker {
         self.create_topic_with(name, partitions, &configs);
     }
 
-    /// Deletes every topic whose name contains `part`; returns how many.
-    pub fn delete_topics_containing(&self, part: &str) -> usize {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    /// An admin client of this cluster.
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .create()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs an admin request to its end.
+    fn admin_call<F: std::future::Future>(request: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(request)
+    }
+
+    /// The admin options of these helpers.
+    fn admin_options() -> AdminOptions {
+        AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
+    }
+
+    /// Deletes every topic whose name contains `part`; returns how many.
+    pub fn delete_topics_containing(&self, part: &str) -> usize {
+        let admin = self.admin();
         let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) else {
             return 0;
         };
@@ -232,40 +251,19 @@ impl Broker {
         if names.is_empty() {
             return 0;
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let deleted = rt
-            .block_on(admin.delete_topics(
-                &refs,
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            ))
-            .map_or(0, |r| r.iter().filter(|x| x.is_ok()).count());
-        deleted
+        Self::admin_call(admin.delete_topics(&refs, &Self::admin_options()))
+            .map_or(0, |r| r.iter().filter(|x| x.is_ok()).count())
     }
 
     /// Creates a topic with these settings.
     pub fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .unwrap();
+        let admin = self.admin();
         let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
         for (k, v) in configs {
             t = t.set(k, v);
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let r = rt
-            .block_on(admin.create_topics(
-                [&t],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            ))
-            .unwrap();
+        let r = Self::admin_call(admin.create_topics([&t], &Self::admin_options())).unwrap();
         for x in r {
             x.unwrap();
         }
