@@ -108,6 +108,10 @@ enum Impl {
     FanoutAvro,
     /// Each JSON record unchanged to three topics plus one state record.
     FanoutJson,
+    /// [`Impl::FanoutAvro`] with the four headers the contract puts on
+    /// every tier record (`event_type`, `entity_type`, `entity_version`,
+    /// `privacy_tier`): what the headers alone cost.
+    FanoutAvroHeaders,
     /// Each Avro record unchanged to one topic.
     CopyAvro,
     /// privacy-router Avro, one instance with two stream threads.
@@ -117,13 +121,14 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 9] = [
+    const ALL: [Impl; 10] = [
         Impl::RouterAvro,
         Impl::RouterJson,
         Impl::KafkaStreams,
         Impl::Quix,
         Impl::FanoutAvro,
         Impl::FanoutJson,
+        Impl::FanoutAvroHeaders,
         Impl::CopyAvro,
         Impl::RouterAvroThreads2,
         Impl::RouterAvroTwice,
@@ -137,6 +142,7 @@ impl Impl {
             Impl::Quix => "quix",
             Impl::FanoutAvro => "fanout-avro",
             Impl::FanoutJson => "fanout-json",
+            Impl::FanoutAvroHeaders => "fanout-avro-headers",
             Impl::CopyAvro => "copy-avro",
             Impl::RouterAvroThreads2 => "privacy-router-avro-2-threads",
             Impl::RouterAvroTwice => "privacy-router-avro-2-instances",
@@ -151,6 +157,9 @@ impl Impl {
             Impl::Quix => "Quix Streams 3.28, JSON",
             Impl::FanoutAvro => "Rust passthrough, fan-out, Avro",
             Impl::FanoutJson => "Rust passthrough, fan-out, JSON",
+            Impl::FanoutAvroHeaders => {
+                "Rust passthrough, fan-out with the contract's 4 headers, Avro"
+            }
             Impl::CopyAvro => "Rust passthrough, 1:1, Avro",
             Impl::RouterAvroThreads2 => "privacy-router, Avro, 1 instance × 2 stream threads",
             Impl::RouterAvroTwice => "privacy-router, Avro, 2 instances × 1 stream thread",
@@ -446,11 +455,11 @@ fn cell(
             };
             (children, tiers.to_vec())
         }
-        Impl::FanoutAvro | Impl::FanoutJson | Impl::CopyAvro => {
-            let mode = if imp == Impl::CopyAvro {
-                "copy"
-            } else {
-                "fanout"
+        Impl::FanoutAvro | Impl::FanoutJson | Impl::FanoutAvroHeaders | Impl::CopyAvro => {
+            let mode = match imp {
+                Impl::CopyAvro => "copy",
+                Impl::FanoutAvroHeaders => "fanout-headers",
+                _ => "fanout",
             };
             let outputs: Vec<String> = if mode == "copy" {
                 vec![format!("{app}.copy")]
@@ -460,7 +469,7 @@ fn cell(
             for t in &outputs {
                 broker.create_topic(t, a.partitions, false);
             }
-            if mode == "fanout" {
+            if mode != "copy" {
                 broker.create_topic(&format!("{app}.state"), a.partitions, true);
             }
             let base = if mode == "copy" {
@@ -742,6 +751,10 @@ fn report(a: &Args, cells: &Cells, failed: Vec<String>) -> Value {
             (
                 "cpu-vs-fanout",
                 ratios(cells, Impl::RouterAvro, Impl::FanoutAvro, g, cpu),
+            ),
+            (
+                "cpu-vs-fanout-with-headers",
+                ratios(cells, Impl::RouterAvro, Impl::FanoutAvroHeaders, g, cpu),
             ),
             (
                 "json-cpu-vs-fanout",

@@ -409,7 +409,7 @@ fn read_topic(
                             .map(|h| {
                                 (
                                     std::borrow::Cow::Owned(h.key.to_owned()),
-                                    Arc::from(h.value.unwrap_or_default()),
+                                    crate::record::HeaderValue::from(h.value.unwrap_or_default()),
                                 )
                             })
                             .collect()

@@ -320,6 +320,16 @@ impl<'p, 'e> Projector<'p, 'e> {
     }
 
     fn put_long(&mut self, mask: u8, v: i64) {
+        if (0..64).contains(&v) {
+            // One byte (lengths, union and enum indexes mostly are).
+            let byte = (v as u8) << 1;
+            for (i, out) in self.outs.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    out.push(byte);
+                }
+            }
+            return;
+        }
         let (buf, n) = varint(v);
         self.put(mask, &buf[..n]);
     }
@@ -384,6 +394,18 @@ impl<'p, 'e> Projector<'p, 'e> {
                 }
                 self.put(mask, &[0]);
             }
+            (_, Datum::Null) => {}
+            (_, Datum::String(x)) => {
+                self.put_long(mask, x.len() as i64);
+                self.put(mask, x.as_bytes());
+            }
+            (_, Datum::Bytes(x)) => {
+                self.put_long(mask, x.len() as i64);
+                self.put(mask, x);
+            }
+            (_, Datum::Long(x)) => self.put_long(mask, *x),
+            (_, Datum::Int(x)) => self.put_long(mask, i64::from(*x)),
+            (_, Datum::Enum(x)) => self.put_long(mask, i64::from(*x)),
             (_, leaf) => {
                 let mut scratch = std::mem::take(&mut self.scratch);
                 scratch.clear();

@@ -213,8 +213,9 @@ pub struct RawRecord<'a> {
 /// A header name: our own names are static, copied input headers are not.
 pub type HeaderName = Cow<'static, str>;
 
-/// A header value, shared by the tier records of one event.
-pub type HeaderValue = Arc<[u8]>;
+/// A header value. Short ones (every routing header) are held inline, so
+/// each tier record's copy costs no allocation and no reference count.
+pub type HeaderValue = smallvec::SmallVec<[u8; 24]>;
 
 /// What an output record is for: the tier it was projected for, or the
 /// dead-letter topic. Set where the record is built, so nothing downstream

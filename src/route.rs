@@ -96,7 +96,11 @@ pub fn event_routing(
     };
     let mut headers = Vec::with_capacity(4);
     if let Some(t) = values.get(env.event_type).and_then(Datum::as_str) {
-        headers.push((class(env.event_type), H_EVENT_TYPE, Arc::from(t.as_bytes())));
+        headers.push((
+            class(env.event_type),
+            H_EVENT_TYPE,
+            HeaderValue::from(t.as_bytes()),
+        ));
     }
     if let Some(t) = values
         .get(env.entity_type)
@@ -105,14 +109,14 @@ pub fn event_routing(
         headers.push((
             class(env.entity_type),
             H_ENTITY_TYPE,
-            Arc::from(t.as_bytes()),
+            HeaderValue::from(t.as_bytes()),
         ));
     }
     if let Some(v) = values.get(env.entity_version).and_then(Datum::as_i64) {
         let c = class(env.entity_version);
-        headers.push((c, H_ENTITY_VERSION, Arc::from(v.to_string().as_bytes())));
+        headers.push((c, H_ENTITY_VERSION, decimal(v)));
         if let Verdict::Gap { missing } = verdict {
-            headers.push((c, H_VERSION_GAP, Arc::from(missing.to_string().as_bytes())));
+            headers.push((c, H_VERSION_GAP, decimal(missing)));
         }
     }
     let entity_id = values
@@ -137,7 +141,28 @@ pub fn event_routing(
 }
 
 static TIER_VALUES: LazyLock<[HeaderValue; 3]> =
-    LazyLock::new(|| Tier::ALL.map(|t| Arc::from(t.as_str().as_bytes())));
+    LazyLock::new(|| Tier::ALL.map(|t| HeaderValue::from(t.as_str().as_bytes())));
+
+/// A number as a header value, in decimal, without a `String` between.
+fn decimal(v: impl Into<i128>) -> HeaderValue {
+    let v: i128 = v.into();
+    let mut digits = [0u8; 40];
+    let mut at = digits.len();
+    let mut rest = v.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    HeaderValue::from(&digits[at..])
+}
 
 /// Starts a tier record's value: the wire-format header for Avro, nothing
 /// for JSON. The projected Avro body (see
@@ -220,5 +245,18 @@ pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>)
         key: raw.key.map(<[u8]>::to_vec),
         value: raw.value.map(<[u8]>::to_vec),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for v in [0i64, 7, 10, 1234, -1, -90, i64::MAX, i64::MIN] {
+            assert_eq!(&decimal(v)[..], v.to_string().as_bytes(), "{v}");
+        }
+        assert_eq!(&decimal(u64::MAX)[..], u64::MAX.to_string().as_bytes());
     }
 }

@@ -20,6 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use privacy_router::config::{Guarantee, Topology};
 use privacy_router::registry::file;
+use privacy_router::route::{H_ENTITY_TYPE, H_ENTITY_VERSION, H_EVENT_TYPE, H_TIER};
 use privacy_router::runtime::kafka::{await_delivered, send_waiting, QuietContext};
 use privacy_router::runtime::Connection;
 use privacy_router::sample::{Generator, Options};
@@ -332,9 +333,24 @@ pub fn passthrough(spec: &str, guarantee: &str, kafka_config: &[String]) {
                     });
                 }
             }
-            for t in &targets {
-                let mut rec: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(t).headers(headers.clone());
+            for (t, tier) in targets.iter().zip(["public", "internal", "restricted"]) {
+                let mut headers = headers.clone();
+                if mode == "fanout-headers" {
+                    // The contract's routing headers, with values of the
+                    // usual sizes.
+                    for (key, value) in [
+                        (H_EVENT_TYPE, "order.created"),
+                        (H_ENTITY_TYPE, "order"),
+                        (H_ENTITY_VERSION, "12"),
+                        (H_TIER, tier),
+                    ] {
+                        headers = headers.insert(Header {
+                            key,
+                            value: Some(value),
+                        });
+                    }
+                }
+                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(t).headers(headers);
                 if let Some(k) = m.key() {
                     rec = rec.key(k);
                 }

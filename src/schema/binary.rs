@@ -68,11 +68,12 @@ fn can_be_empty(s: &CompiledSchema, id: NodeId, depth: usize) -> bool {
 /// A [`DecodeError`] for anything that is not a well-formed value.
 pub fn decode<'a>(schema: &CompiledSchema, bytes: &'a [u8]) -> Result<Datum<'a>, DecodeError> {
     let mut r = Reader { buf: bytes, pos: 0 };
-    let d = r.value(schema, schema.root(), 0)?;
+    let mut d = None;
+    r.value(schema, schema.root(), 0, &mut d)?;
     if r.pos != bytes.len() {
         return Err(DecodeError::TrailingBytes);
     }
-    Ok(d)
+    Ok(d.unwrap_or(Datum::Null))
 }
 
 struct Reader<'a> {
@@ -148,36 +149,37 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    /// Reads the blocks of an array or map, one item at a time.
+    /// Reads the blocks of an array or map into `out`, one item at a time.
     fn blocks<T>(
         &mut self,
         empty_items: bool,
-        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
-    ) -> Result<Vec<T>, DecodeError> {
-        let mut out = Vec::new();
+        out: &mut Vec<T>,
+        mut item: impl FnMut(&mut Self, &mut Vec<T>) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
         loop {
             let budget = empty_items.then(|| MAX_EMPTY_ITEMS - out.len() as u64);
             let n = self.block_count(budget)?;
             if n == 0 {
-                return Ok(out);
+                return Ok(());
             }
             out.reserve(n.min(1024));
             for _ in 0..n {
-                out.push(item(self)?);
+                item(self, out)?;
             }
         }
     }
 
-    fn value(
+    fn value<S: Sink<'a>>(
         &mut self,
         s: &CompiledSchema,
         id: NodeId,
         depth: usize,
-    ) -> Result<Datum<'a>, DecodeError> {
+        sink: &mut S,
+    ) -> Result<(), DecodeError> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep);
         }
-        Ok(match &s.node(id).kind {
+        sink.put(match &s.node(id).kind {
             Kind::Null => Datum::Null,
             Kind::Boolean => match self.take(1)?[0] {
                 0 => Datum::Boolean(false),
@@ -209,25 +211,56 @@ impl<'a> Reader<'a> {
             Kind::Enum(symbols) => Datum::Enum(self.index(symbols.len())?),
             Kind::Array(items) => {
                 let empty = can_be_empty(s, *items, depth + 1);
-                Datum::Array(self.blocks(empty, |r| r.value(s, *items, depth + 1))?)
+                let mut out = Vec::new();
+                self.blocks(empty, &mut out, |r, out| r.value(s, *items, depth + 1, out))?;
+                Datum::Array(out)
             }
-            Kind::Map(values) => Datum::Map(self.blocks(false, |r| {
-                let klen = r.len()?;
-                let k = std::str::from_utf8(r.take(klen)?).map_err(|_| DecodeError::BadUtf8)?;
-                Ok((Cow::Borrowed(k), r.value(s, *values, depth + 1)?))
-            })?),
+            Kind::Map(values) => {
+                let mut out = Vec::new();
+                self.blocks(false, &mut out, |r, out| {
+                    let klen = r.len()?;
+                    let k = std::str::from_utf8(r.take(klen)?).map_err(|_| DecodeError::BadUtf8)?;
+                    let mut v = None;
+                    r.value(s, *values, depth + 1, &mut v)?;
+                    out.push((Cow::Borrowed(k), v.unwrap_or(Datum::Null)));
+                    Ok(())
+                })?;
+                Datum::Map(out)
+            }
             Kind::Union(branches) => {
                 let i = self.index(branches.len())?;
-                Datum::Union(i, Box::new(self.value(s, branches[i as usize], depth + 1)?))
+                let mut v = None;
+                self.value(s, branches[i as usize], depth + 1, &mut v)?;
+                Datum::Union(i, Box::new(v.unwrap_or(Datum::Null)))
             }
             Kind::Record(fields) => {
                 let mut out = Vec::with_capacity(fields.len());
                 for f in fields {
-                    out.push(self.value(s, f.node, depth + 1)?);
+                    self.value(s, f.node, depth + 1, &mut out)?;
                 }
                 Datum::Record(out)
             }
-        })
+        });
+        Ok(())
+    }
+}
+
+/// Where [`Reader::value`] puts what it read.
+trait Sink<'a> {
+    fn put(&mut self, d: Datum<'a>);
+}
+
+/// A record's fields, an array's items.
+impl<'a> Sink<'a> for Vec<Datum<'a>> {
+    fn put(&mut self, d: Datum<'a>) {
+        self.push(d);
+    }
+}
+
+/// One value (the root, a union's branch, a map's value).
+impl<'a> Sink<'a> for Option<Datum<'a>> {
+    fn put(&mut self, d: Datum<'a>) {
+        *self = Some(d);
     }
 }
 

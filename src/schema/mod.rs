@@ -169,6 +169,18 @@ pub struct CompiledSchema {
     /// Per node: a record's field indexes in the order of their names
     /// (JSON objects are written with sorted keys); empty for other nodes.
     sorted_fields: Vec<Box<[usize]>>,
+    /// Per node: what its subtree holds (walks skip what cannot matter).
+    subtree: Vec<Subtree>,
+}
+
+/// What a node's subtree holds, so that walks over a value skip the parts
+/// that cannot change their answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subtree {
+    /// Something to validate: a `uuid` string or a field with a name rule.
+    pub checks: bool,
+    /// The highest tier of any field in it (`public` without fields).
+    pub max_tier: Tier,
 }
 
 /// A topology override that matched a field of this schema.
@@ -239,8 +251,10 @@ impl CompiledSchema {
             envelope: Err(String::new()),
             overridden: c.overridden,
             sorted_fields: Vec::new(),
+            subtree: Vec::new(),
         };
         schema.envelope = schema.find_envelope();
+        schema.subtree = schema.subtrees();
         schema.sorted_fields = schema
             .nodes
             .iter()
@@ -270,6 +284,55 @@ impl CompiledSchema {
     /// nodes).
     pub fn sorted_fields(&self, id: NodeId) -> &[usize] {
         &self.sorted_fields[id]
+    }
+
+    /// What node `id`'s subtree holds.
+    pub fn subtree(&self, id: NodeId) -> Subtree {
+        self.subtree[id]
+    }
+
+    /// Every node's [`Subtree`]: children first, repeated until nothing
+    /// changes (named types can refer to themselves).
+    fn subtrees(&self) -> Vec<Subtree> {
+        let none = Subtree {
+            checks: false,
+            max_tier: Tier::Public,
+        };
+        let mut out = vec![none; self.nodes.len()];
+        loop {
+            let mut changed = false;
+            for (id, node) in self.nodes.iter().enumerate() {
+                let mut t = Subtree {
+                    checks: matches!(node.kind, Kind::Uuid),
+                    max_tier: Tier::Public,
+                };
+                let mut child = |c: &Subtree| {
+                    t.checks |= c.checks;
+                    t.max_tier = t.max_tier.max(c.max_tier);
+                };
+                match &node.kind {
+                    Kind::Array(c) | Kind::Map(c) => child(&out[*c]),
+                    Kind::Union(bs) => bs.iter().for_each(|b| child(&out[*b])),
+                    Kind::Record(fields) => {
+                        for f in fields {
+                            child(&out[f.node]);
+                            child(&Subtree {
+                                checks: f.rule != NameRule::None,
+                                max_tier: f.class.tier,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                if out[id] != t {
+                    out[id] = t;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return out;
+            }
+        }
     }
 
     /// The root record's fields (empty when the root is not a record).
@@ -733,10 +796,11 @@ pub fn max_present_tier(schema: &CompiledSchema, datum: &Datum<'_>) -> (Tier, Op
                     if best.0 == Tier::Restricted {
                         return;
                     }
-                    if v.is_null() {
+                    let t = ceiling.max(f.class.tier);
+                    if v.is_null() || t.max(s.subtree[f.node].max_tier) <= best.0 {
+                        // Nothing in it can raise the answer.
                         continue;
                     }
-                    let t = ceiling.max(f.class.tier);
                     path.push(&f.name);
                     if t > best.0 {
                         *best = (t, Some(path.join(".")));
@@ -778,6 +842,38 @@ pub fn max_present_tier(schema: &CompiledSchema, datum: &Datum<'_>) -> (Tier, Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtrees_know_what_they_hold_through_recursion() {
+        // Outer holds Inner, which refers back to Outer: the uuid and the
+        // restricted field deep down reach the root.
+        let text = r#"{"type": "record", "name": "Outer", "fields": [
+            {"name": "label", "type": "string", "privacy": "public"},
+            {"name": "inner", "type": ["null", {"type": "record", "name": "Inner", "fields": [
+                {"name": "id", "type": {"type": "string", "logicalType": "uuid"}, "privacy": "public"},
+                {"name": "back", "type": ["null", "Outer"], "privacy": "public"},
+                {"name": "secret", "type": "string", "privacy": "restricted"}
+            ]}], "privacy": "public"},
+            {"name": "plain", "type": {"type": "record", "name": "Plain", "fields": [
+                {"name": "n", "type": "long", "privacy": "public"}
+            ]}, "privacy": "internal"}
+        ]}"#;
+        let s = CompiledSchema::compile(text, &Rules::default()).unwrap();
+        let root = s.subtree(s.root());
+        assert!(root.checks);
+        assert_eq!(root.max_tier, Tier::Restricted);
+        let field = |name: &str| {
+            let f = s.root_fields().iter().find(|f| f.name == name).unwrap();
+            s.subtree(f.node)
+        };
+        assert_eq!(field("inner").max_tier, Tier::Restricted);
+        assert!(field("inner").checks);
+        // The field's own tier is its parent's to count; nothing inside
+        // Plain is above public, and nothing there needs a check.
+        assert_eq!(field("plain").max_tier, Tier::Public);
+        assert!(!field("plain").checks);
+        assert!(!field("label").checks);
+    }
 
     #[test]
     fn name_rules_in_snake_and_camel_case() {
