@@ -931,6 +931,10 @@ impl<'e, 'v> Event<'e, 'v> {
     /// The event's `trace_id` and `correlation_id` for log lines, each only
     /// where its schema classifies it at most internal.
     fn log_ids(&self) -> LogIds {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            // Only a debug line reads them: not copied unless it is on.
+            return LogIds::default();
+        }
         let loggable = |i: Option<usize>| {
             let i = i?;
             (self.fields[i].class.tier <= Tier::Internal)

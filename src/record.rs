@@ -448,6 +448,7 @@ pub struct Routed {
     /// The event's `trace_id` and `correlation_id` for log lines, each only
     /// where its schema classifies it at most internal (ids that may be
     /// logged; a producer that marks one restricted keeps it out of logs).
+    /// Empty unless debug logging is on: only a debug line reads them.
     pub log_ids: LogIds,
 }
 
