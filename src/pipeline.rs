@@ -931,8 +931,9 @@ impl<'e, 'v> Event<'e, 'v> {
     /// The event's `trace_id` and `correlation_id` for log lines, each only
     /// where its schema classifies it at most internal.
     fn log_ids(&self) -> LogIds {
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            // Only a debug line reads them: not copied unless it is on.
+        if !tracing::enabled!(target: "privacy_router::telemetry", tracing::Level::DEBUG) {
+            // Only telemetry's debug line "Routed." reads them: not copied
+            // unless it is on.
             return LogIds::default();
         }
         let loggable = |i: Option<usize>| {
