@@ -90,11 +90,25 @@ impl Hasher {
         let mut mac = self.keyed.clone();
         mac.update(value);
         let mut out = [0u8; 64];
-        hex::encode_to_slice(mac.finalize().into_bytes(), &mut out)
-            .expect("64 bytes hold 32 in hex");
+        for (pair, b) in out.chunks_exact_mut(2).zip(mac.finalize().into_bytes()) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+        }
         out
     }
 }
+
+/// Every byte's two lowercase hex digits (one lookup per byte instead of
+/// one per digit).
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 /// The pseudonyms of one event. The event's `entity_id` is hashed at most
 /// once, though the public body, the public key and fields that repeat it
@@ -641,6 +655,28 @@ mod tests {
         assert_ne!(a.pseudonym(b"x"), b.pseudonym(b"x"));
         assert_eq!(a.pseudonym(b"x").len(), 64);
         assert_eq!(Hasher::new(b"short").unwrap_err(), KeyTooShort);
+    }
+
+    #[test]
+    fn pseudonyms_are_the_lowercase_hex_hmac_sha256_of_the_value() {
+        // Python: hmac.new(key, value, hashlib.sha256).hexdigest()
+        let all: Vec<u8> = (0..=255).collect();
+        for (value, expected) in [
+            (
+                &b"entity-1"[..],
+                "82ebdde252475a6210ad9b6f2781d72d272858f1deb3661155cc94b26d081c15",
+            ),
+            (
+                b"",
+                "581a1872a057fa6dfae3c8df2d10a1eb6c13fe980ee98b14e0a7e21c58f8c598",
+            ),
+            (
+                &all[..],
+                "1c4be48640c0aff76a5997bd7c546c6ccc55f1577cdcb4ee42f84be1b6e8932a",
+            ),
+        ] {
+            assert_eq!(hasher().pseudonym(value), expected);
+        }
     }
 
     #[test]

@@ -142,9 +142,14 @@ impl Reorder<'_> {
                 }
             }
             Outcome::Routed(r) => {
-                let next = r.state.as_ref().map(|s| (s.key.clone(), s.version));
+                // The key is copied only where something is held.
+                let next = r
+                    .state
+                    .as_ref()
+                    .filter(|_| !self.held.is_empty())
+                    .map(|s| (s.key.clone(), s.version));
                 out.push(step(Outcome::Routed(r), HeldChange::None));
-                if let Some((key, version)) = next.filter(|_| !self.held.is_empty()) {
+                if let Some((key, version)) = next {
                     self.release_following(&key, version, out)?;
                 }
             }

@@ -99,7 +99,7 @@ pub fn event_routing(
         headers.push((
             class(env.event_type),
             H_EVENT_TYPE,
-            HeaderValue::from(t.as_bytes()),
+            HeaderValue::from_slice(t.as_bytes()),
         ));
     }
     if let Some(t) = values
@@ -109,7 +109,7 @@ pub fn event_routing(
         headers.push((
             class(env.entity_type),
             H_ENTITY_TYPE,
-            HeaderValue::from(t.as_bytes()),
+            HeaderValue::from_slice(t.as_bytes()),
         ));
     }
     if let Some(v) = values.get(env.entity_version).and_then(Datum::as_i64) {
@@ -141,7 +141,7 @@ pub fn event_routing(
 }
 
 static TIER_VALUES: LazyLock<[HeaderValue; 3]> =
-    LazyLock::new(|| Tier::ALL.map(|t| HeaderValue::from(t.as_str().as_bytes())));
+    LazyLock::new(|| Tier::ALL.map(|t| HeaderValue::from_slice(t.as_str().as_bytes())));
 
 /// A number as a header value, in decimal, without a `String` between.
 fn decimal(v: impl Into<i128>) -> HeaderValue {
@@ -161,7 +161,7 @@ fn decimal(v: impl Into<i128>) -> HeaderValue {
         at -= 1;
         digits[at] = b'-';
     }
-    HeaderValue::from(&digits[at..])
+    HeaderValue::from_slice(&digits[at..])
 }
 
 /// Starts a tier record's value: the wire-format header for Avro, nothing
@@ -199,10 +199,13 @@ pub fn tier_record(
     let mut headers = Vec::with_capacity(routing.headers.len() + 1);
     for (class, name, v) in &routing.headers {
         if visible(*class) {
-            headers.push(((*name).into(), v.clone()));
+            headers.push(((*name).into(), HeaderValue::from_slice(v)));
         }
     }
-    headers.push((H_TIER.into(), TIER_VALUES[tier.index()].clone()));
+    headers.push((
+        H_TIER.into(),
+        HeaderValue::from_slice(&TIER_VALUES[tier.index()]),
+    ));
     Ok(OutRecord {
         topic: topic.clone(),
         destination: Destination::Tier(tier),
@@ -220,13 +223,13 @@ pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>)
     let mut headers: Vec<_> = raw
         .headers
         .iter()
-        .map(|(k, v)| (k.clone().into(), HeaderValue::from(v.as_slice())))
+        .map(|(k, v)| (k.clone().into(), HeaderValue::from_slice(v)))
         .collect();
-    let reason = HeaderValue::from(rejection.reason.code().as_bytes());
-    let detail = HeaderValue::from(rejection.detail.as_bytes());
-    let source_topic = HeaderValue::from(raw.source.topic.as_bytes());
-    let partition = HeaderValue::from(raw.source.partition.to_string().as_bytes());
-    let offset = HeaderValue::from(raw.source.offset.to_string().as_bytes());
+    let reason = HeaderValue::from_slice(rejection.reason.code().as_bytes());
+    let detail = HeaderValue::from_slice(rejection.detail.as_bytes());
+    let source_topic = HeaderValue::from_slice(raw.source.topic.as_bytes());
+    let partition = HeaderValue::from_slice(raw.source.partition.to_string().as_bytes());
+    let offset = HeaderValue::from_slice(raw.source.offset.to_string().as_bytes());
     headers.extend([
         (H_ERROR_REASON.into(), reason.clone()),
         (H_ERROR_DETAIL.into(), detail.clone()),

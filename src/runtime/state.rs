@@ -115,7 +115,7 @@ impl PartitionState {
 /// that transaction commits and rolled back when it is aborted.
 #[derive(Debug, Default)]
 pub struct Journal {
-    touched: HashMap<(i32, Box<[u8]>), Option<i64>>,
+    touched: HashMap<(i32, Box<[u8]>), Option<i64>, foldhash::fast::RandomState>,
 }
 
 impl Journal {
