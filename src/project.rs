@@ -90,25 +90,11 @@ impl Hasher {
         let mut mac = self.keyed.clone();
         mac.update(value);
         let mut out = [0u8; 64];
-        for (pair, b) in out.chunks_exact_mut(2).zip(mac.finalize().into_bytes()) {
-            pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
-        }
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut out)
+            .expect("64 bytes hold 32 in hex");
         out
     }
 }
-
-/// Every byte's two lowercase hex digits (one lookup per byte instead of
-/// one per digit).
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
-        i += 1;
-    }
-    t
-};
 
 /// The pseudonyms of one event. The event's `entity_id` is hashed at most
 /// once, though the public body, the public key and fields that repeat it

@@ -9,7 +9,7 @@
 //!   `privacy_tier` names the record's tier.
 //! * Value: Confluent wire format with the derived schema's id, or JSON.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use crate::classify::FieldClass;
 use crate::order::Verdict;
@@ -140,9 +140,6 @@ pub fn event_routing(
     }
 }
 
-static TIER_VALUES: LazyLock<[HeaderValue; 3]> =
-    LazyLock::new(|| Tier::ALL.map(|t| HeaderValue::from_slice(t.as_str().as_bytes())));
-
 /// A number as a header value, in decimal, without a `String` between.
 fn decimal(v: impl Into<i128>) -> HeaderValue {
     let v: i128 = v.into();
@@ -204,7 +201,7 @@ pub fn tier_record(
     }
     headers.push((
         H_TIER.into(),
-        HeaderValue::from_slice(&TIER_VALUES[tier.index()]),
+        HeaderValue::from_slice(tier.as_str().as_bytes()),
     ));
     Ok(OutRecord {
         topic: topic.clone(),
