@@ -8,6 +8,7 @@ WORKDIR /src
 # librdkafka is compiled from source (bundled): the image has gcc, make,
 # pkg-config, libssl-dev and zlib1g-dev already.
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked --bin privacy-router

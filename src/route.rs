@@ -227,12 +227,19 @@ pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>)
     let source_topic = HeaderValue::from_slice(raw.source.topic.as_bytes());
     let partition = HeaderValue::from_slice(raw.source.partition.to_string().as_bytes());
     let offset = HeaderValue::from_slice(raw.source.offset.to_string().as_bytes());
+    // `HeaderValue::clone` copies byte by byte; `from_slice` is a memcpy.
     headers.extend([
-        (H_ERROR_REASON.into(), reason.clone()),
-        (H_ERROR_DETAIL.into(), detail.clone()),
-        (H_SOURCE_TOPIC.into(), source_topic.clone()),
-        (H_SOURCE_PARTITION.into(), partition.clone()),
-        (H_SOURCE_OFFSET.into(), offset.clone()),
+        (H_ERROR_REASON.into(), HeaderValue::from_slice(&reason)),
+        (H_ERROR_DETAIL.into(), HeaderValue::from_slice(&detail)),
+        (
+            H_SOURCE_TOPIC.into(),
+            HeaderValue::from_slice(&source_topic),
+        ),
+        (
+            H_SOURCE_PARTITION.into(),
+            HeaderValue::from_slice(&partition),
+        ),
+        (H_SOURCE_OFFSET.into(), HeaderValue::from_slice(&offset)),
         (H_STREAMS_TOPIC.into(), source_topic),
         (H_STREAMS_PARTITION.into(), partition),
         (H_STREAMS_OFFSET.into(), offset),

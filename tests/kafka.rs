@@ -2022,3 +2022,52 @@ fn a_refused_derived_schema_on_apicurio() {
     );
     assert!(!log.contains("apicurio.person"), "{log}");
 }
+
+/// The wait for delivery before a commit sends every batch at once: with a
+/// linger of 9.5 s (under exactly-once records time out after 10 s, and the
+/// linger must be shorter), the records reach the broker well within a
+/// wait of 6 s, not after the linger (which would hold every commit).
+#[test]
+fn waiting_for_delivery_sends_at_once_whatever_the_linger() {
+    use privacy_router::config::Guarantee;
+    use privacy_router::runtime::kafka::{await_delivered, send_waiting, Connection, QuietContext};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let broker = Broker::shared();
+    let topic = format!("linger-{:08x}", fastrand::u32(..));
+    broker.create_topic(&topic, 3, false);
+    let conn = Connection {
+        brokers: broker.bootstrap(),
+        overrides: vec![("linger.ms".into(), "9500".into())],
+    };
+    for guarantee in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
+        let producer: BaseProducer<QuietContext> = conn
+            .producer(&format!("{topic}-{guarantee:?}"), guarantee)
+            .create_with_context(QuietContext)
+            .unwrap();
+        if guarantee == Guarantee::ExactlyOnce {
+            producer.init_transactions(Duration::from_secs(30)).unwrap();
+            producer.begin_transaction().unwrap();
+        }
+        for i in 0..1000u32 {
+            let key = i.to_string();
+            send_waiting(&producer, BaseRecord::to(&topic).key(&key).payload(&key))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        assert!(producer.in_flight_count() > 0, "{guarantee:?}: lingering");
+        let started = Instant::now();
+        assert!(
+            await_delivered(&producer, Some(started + Duration::from_secs(6))),
+            "{guarantee:?}: {} records still in flight after {:?}",
+            producer.in_flight_count(),
+            started.elapsed()
+        );
+        if guarantee == Guarantee::ExactlyOnce {
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .unwrap();
+        }
+    }
+    assert_eq!(count(&broker.bootstrap(), &topic, true), 2000);
+}

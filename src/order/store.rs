@@ -35,6 +35,18 @@ impl MemoryStore {
     pub fn forget(&mut self, key: &[u8]) {
         self.map.remove(key);
     }
+
+    /// Records a newly accepted version and returns the one it replaced,
+    /// with one lookup.
+    pub fn replace(&mut self, key: &[u8], version: i64) -> Option<i64> {
+        match self.map.get_mut(key) {
+            Some(v) => Some(std::mem::replace(v, version)),
+            None => {
+                self.map.insert(key.into(), version);
+                None
+            }
+        }
+    }
 }
 
 impl VersionStore for MemoryStore {
@@ -43,12 +55,7 @@ impl VersionStore for MemoryStore {
     }
 
     fn record(&mut self, key: &[u8], version: i64) {
-        match self.map.get_mut(key) {
-            Some(v) => *v = version,
-            None => {
-                self.map.insert(key.into(), version);
-            }
-        }
+        self.replace(key, version);
     }
 
     fn len(&self) -> usize {

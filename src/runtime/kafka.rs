@@ -84,33 +84,34 @@ where
 ///
 /// The producers are configured with `delivery.report.only.error`, so a
 /// delivered record is released on librdkafka's broker thread and only
-/// failures come back as reports. `in_flight_count` (`rd_kafka_outq_len`)
-/// is exactly what librdkafka's own flush waits for. This sleeps between
-/// checks (50 µs doubling to 1 ms) instead of `poll(timeout)`, which spins
-/// through its timeout, and instead of rdkafka's `flush`, which sleeps in
-/// steps of 100 ms.
+/// failures come back as reports. The wait is librdkafka's own flush
+/// ([`rdkafka_flush::flush`]), which sends every batch at once instead of
+/// after `linger.ms`, blocking in slices of at most 10 ms with the waiting
+/// failure reports served between them (a failed record counts until its
+/// report is served). Not rdkafka's `flush`: it lifts the linger only for
+/// an instant and sleeps in steps of 100 ms.
 pub fn await_delivered<C: ProducerContext>(
     producer: &BaseProducer<C>,
     until: Option<Instant>,
 ) -> bool {
-    const FIRST_NAP: Duration = Duration::from_micros(50);
-    let mut nap = FIRST_NAP;
+    const SLICE: Duration = Duration::from_millis(10);
     loop {
-        let n = producer.in_flight_count();
-        if n <= 0 {
-            return true;
-        }
         // Serves waiting reports (failures), which release their records.
         producer.poll(Duration::ZERO);
-        if producer.in_flight_count() < n {
-            nap = FIRST_NAP;
-            continue;
+        if producer.in_flight_count() <= 0 {
+            return true;
         }
-        if until.is_some_and(|u| Instant::now() >= u) {
-            return false;
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(1));
+        let slice = match until {
+            Some(u) => {
+                let left = u.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                left.min(SLICE)
+            }
+            None => SLICE,
+        };
+        rdkafka_flush::flush(producer, slice);
     }
 }
 
@@ -257,7 +258,13 @@ impl Connection {
             // back read_committed readers of every partition it wrote to
             // until the broker aborts it at this timeout.
             c.set("transactional.id", transactional_id)
-                .set("transaction.timeout.ms", "10000");
+                .set("transaction.timeout.ms", "10000")
+                // As Kafka Streams sets it. Under exactly-once a record is
+                // visible only once its transaction commits, and the commit
+                // sends every batch at once (`await_delivered`), so a long
+                // linger delays nothing a reader sees; it fills batches,
+                // which costs this process and the broker less per record.
+                .set("linger.ms", "100");
         }
         self.finish(c)
     }

@@ -113,15 +113,52 @@ impl PartitionState {
 /// Each change is sent to the changelog as its event is processed, in the
 /// same transaction as the event's outputs; the journal is forgotten when
 /// that transaction commits and rolled back when it is aborted.
-#[derive(Debug, Default)]
+///
+/// An undo log: one entry per change, its key copied into one shared
+/// buffer kept across transactions, so recording a change looks nothing
+/// up and (once the buffers have grown) allocates nothing.
+/// Rolled back newest first, each key ends at its version from before the
+/// transaction. A long transaction's log is compacted to the first change
+/// of each key whenever it doubles, so it stays within about twice the
+/// entities the transaction touched.
+#[derive(Debug)]
 pub struct Journal {
-    touched: HashMap<(i32, Box<[u8]>), Option<i64>, foldhash::fast::RandomState>,
+    /// The changes, oldest first.
+    undo: Vec<Change>,
+    /// The changed keys, back to back.
+    keys: Vec<u8>,
+    /// Compact the log when it reaches this many changes.
+    compact_at: usize,
+}
+
+/// One change in the [`Journal`].
+#[derive(Debug, Clone)]
+struct Change {
+    partition: i32,
+    /// Where the key lies in [`Journal::keys`].
+    key: std::ops::Range<usize>,
+    /// The version before the change; `None` for a first sight.
+    before: Option<i64>,
+}
+
+/// The journal's size before its first compaction, and what it shrinks
+/// back to after a long transaction.
+const JOURNAL_CHANGES: usize = 1 << 16;
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            undo: Vec::new(),
+            keys: Vec::new(),
+            compact_at: JOURNAL_CHANGES,
+        }
+    }
 }
 
 impl Journal {
     /// True when the transaction changed no version.
     pub fn is_empty(&self) -> bool {
-        self.touched.is_empty()
+        self.undo.is_empty()
     }
 
     /// The changed keys of each partition, with their current versions.
@@ -130,28 +167,76 @@ impl Journal {
         &'a self,
         parts: &'a HashMap<i32, PartitionState>,
     ) -> impl Iterator<Item = (i32, &'a [u8], i64)> + 'a {
-        self.touched.keys().filter_map(move |(p, k)| {
-            let v = parts.get(p)?.store.last_version(k)?;
-            Some((*p, &k[..], v))
+        let mut seen = HashSet::new();
+        self.undo.iter().filter_map(move |c| {
+            let k = &self.keys[c.key.clone()];
+            if !seen.insert((c.partition, k)) {
+                return None;
+            }
+            let v = parts.get(&c.partition)?.store.last_version(k)?;
+            Some((c.partition, k, v))
         })
+    }
+
+    /// Notes that `key` of partition `p` was `before` until now.
+    fn push(&mut self, p: i32, key: &[u8], before: Option<i64>) {
+        if self.undo.len() >= self.compact_at {
+            self.compact();
+        }
+        let start = self.keys.len();
+        self.keys.extend_from_slice(key);
+        self.undo.push(Change {
+            partition: p,
+            key: start..self.keys.len(),
+            before,
+        });
+    }
+
+    /// Keeps only the first change of each key: the one that knows the
+    /// version from before the transaction.
+    fn compact(&mut self) {
+        let mut seen = HashSet::with_capacity(self.undo.len());
+        let (mut undo, mut keys) = (Vec::new(), Vec::new());
+        for c in &self.undo {
+            let k = &self.keys[c.key.clone()];
+            if seen.insert((c.partition, k)) {
+                let start = keys.len();
+                keys.extend_from_slice(k);
+                undo.push(Change {
+                    key: start..keys.len(),
+                    ..c.clone()
+                });
+            }
+        }
+        self.undo = undo;
+        self.keys = keys;
+        self.compact_at = (self.undo.len() * 2).max(JOURNAL_CHANGES);
     }
 
     /// Forgets the changes (they were committed).
     pub fn clear(&mut self) {
-        self.touched.clear();
+        self.undo.clear();
+        self.keys.clear();
+        self.compact_at = JOURNAL_CHANGES;
+        // The buffers are kept for the next transaction, but not all that
+        // an unusually long one grew (both calls do nothing below that).
+        self.undo.shrink_to(4 * JOURNAL_CHANGES);
+        self.keys.shrink_to(4 * JOURNAL_CHANGES * 32);
     }
 
     /// Puts every changed version back (the transaction was aborted).
     pub fn roll_back(&mut self, parts: &mut HashMap<i32, PartitionState>) {
-        for ((p, key), before) in self.touched.drain() {
-            let Some(part) = parts.get_mut(&p) else {
+        for c in self.undo.iter().rev() {
+            let Some(part) = parts.get_mut(&c.partition) else {
                 continue;
             };
-            match before {
-                Some(v) => part.store.record(&key, v),
-                None => part.store.forget(&key),
+            let key = &self.keys[c.key.clone()];
+            match c.before {
+                Some(v) => part.store.record(key, v),
+                None => part.store.forget(key),
             }
         }
+        self.clear();
     }
 
     /// The store of partition `p`, recording what the engine changes.
@@ -178,12 +263,8 @@ impl VersionStore for Journaled<'_> {
     }
 
     fn record(&mut self, key: &[u8], version: i64) {
-        let before = self.store.last_version(key);
-        self.journal
-            .touched
-            .entry((self.partition, key.into()))
-            .or_insert(before);
-        self.store.record(key, version);
+        let before = self.store.replace(key, version);
+        self.journal.push(self.partition, key, before);
     }
 
     fn len(&self) -> usize {
@@ -538,6 +619,34 @@ mod tests {
         let s = &parts[&0].store;
         assert_eq!(s.last_version(b"user/a"), Some(1));
         assert_eq!(s.last_version(b"user/b"), None);
+        assert!(j.is_empty());
+    }
+
+    #[test]
+    fn a_long_transaction_keeps_a_bounded_journal_and_still_rolls_back() {
+        let mut parts = HashMap::new();
+        for p in [0, 1] {
+            parts.insert(p, PartitionState::default());
+        }
+        parts.get_mut(&0).unwrap().store.record(b"user/a", 7);
+        parts.get_mut(&1).unwrap().store.record(b"user/a", 70);
+        let mut j = Journal::default();
+        for v in 8..300_000 {
+            for p in [0, 1] {
+                let store = &mut parts.get_mut(&p).unwrap().store;
+                let mut js = j.store(p, store);
+                js.record(b"user/a", v);
+                js.record(format!("user/n{}", v % 5).as_bytes(), v);
+            }
+            assert!(j.undo.len() <= JOURNAL_CHANGES, "{}", j.undo.len());
+        }
+        assert_eq!(parts[&1].store.last_version(b"user/n3"), Some(299_998));
+        j.roll_back(&mut parts);
+        assert_eq!(parts[&0].store.last_version(b"user/a"), Some(7));
+        assert_eq!(parts[&1].store.last_version(b"user/a"), Some(70));
+        for p in [0, 1] {
+            assert_eq!(parts[&p].store.len(), 1, "partition {p}");
+        }
         assert!(j.is_empty());
     }
 }
