@@ -96,10 +96,20 @@ pub fn await_delivered<C: ProducerContext>(
 ) -> bool {
     const SLICE: Duration = Duration::from_millis(10);
     loop {
-        // Serves waiting reports (failures), which release their records.
-        producer.poll(Duration::ZERO);
-        if producer.in_flight_count() <= 0 {
-            return true;
+        // Serves the waiting reports (failures: after a purge, one per
+        // partition), each releasing its records, for as long as the
+        // count falls.
+        let mut n = producer.in_flight_count();
+        loop {
+            if n <= 0 {
+                return true;
+            }
+            producer.poll(Duration::ZERO);
+            let left = producer.in_flight_count();
+            if left >= n {
+                break;
+            }
+            n = left;
         }
         let slice = match until {
             Some(u) => {
