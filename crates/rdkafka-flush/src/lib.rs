@@ -29,10 +29,11 @@ pub fn flush<C: ProducerContext>(producer: &BaseProducer<C>, timeout: Duration) 
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: `native_ptr` is the producer's `rd_kafka_t`, which lives as
     // long as `producer` does, and `producer` is borrowed for the whole
-    // call. librdkafka documents `rd_kafka_flush` as callable from any
-    // thread; with event-based delivery reports (how rdkafka configures a
-    // BaseProducer) it only waits on the message count under its own lock
-    // and touches no queue that the rdkafka crate serves.
+    // call. librdkafka's handle is thread-safe, and rdkafka.h says of
+    // `rd_kafka_flush` that with `RD_KAFKA_EVENT_DR` enabled (how rdkafka
+    // configures a BaseProducer) it does not call `rd_kafka_poll` but only
+    // waits for the message count to reach zero: it serves no queue that
+    // the rdkafka crate serves, so it runs no callback of the crate's.
     let err = unsafe { rd_kafka_flush(producer.client().native_ptr(), ms) };
     err == rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
 }
