@@ -105,11 +105,11 @@ pub fn await_delivered<C: ProducerContext>(
                 return true;
             }
             producer.poll(Duration::ZERO);
-            let left = producer.in_flight_count();
-            if left >= n {
+            let after = producer.in_flight_count();
+            if after >= n {
                 break;
             }
-            n = left;
+            n = after;
         }
         let slice = match until {
             Some(u) => {

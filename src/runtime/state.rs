@@ -132,7 +132,7 @@ pub struct Journal {
 }
 
 /// One change in the [`Journal`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Change {
     partition: i32,
     /// Where the key lies in [`Journal::keys`].
@@ -167,14 +167,20 @@ impl Journal {
         &'a self,
         parts: &'a HashMap<i32, PartitionState>,
     ) -> impl Iterator<Item = (i32, &'a [u8], i64)> + 'a {
+        self.first_changes().filter_map(move |(p, k, _)| {
+            let v = parts.get(&p)?.store.last_version(k)?;
+            Some((p, k, v))
+        })
+    }
+
+    /// The first change of each key, oldest first: the one that knows the
+    /// version from before the transaction.
+    fn first_changes(&self) -> impl Iterator<Item = (i32, &[u8], Option<i64>)> {
         let mut seen = HashSet::new();
         self.undo.iter().filter_map(move |c| {
             let k = &self.keys[c.key.clone()];
-            if !seen.insert((c.partition, k)) {
-                return None;
-            }
-            let v = parts.get(&c.partition)?.store.last_version(k)?;
-            Some((c.partition, k, v))
+            seen.insert((c.partition, k))
+                .then_some((c.partition, k, c.before))
         })
     }
 
@@ -192,25 +198,18 @@ impl Journal {
         });
     }
 
-    /// Keeps only the first change of each key: the one that knows the
-    /// version from before the transaction.
+    /// Keeps only the first change of each key.
     fn compact(&mut self) {
-        let mut seen = HashSet::with_capacity(self.undo.len());
-        let (mut undo, mut keys) = (Vec::new(), Vec::new());
-        for c in &self.undo {
-            let k = &self.keys[c.key.clone()];
-            if seen.insert((c.partition, k)) {
-                let start = keys.len();
-                keys.extend_from_slice(k);
-                undo.push(Change {
-                    key: start..keys.len(),
-                    ..c.clone()
-                });
-            }
+        let mut kept = Journal {
+            compact_at: usize::MAX,
+            ..Journal::default()
+        };
+        for (p, k, before) in self.first_changes() {
+            kept.push(p, k, before);
         }
-        self.undo = undo;
-        self.keys = keys;
-        self.compact_at = (self.undo.len() * 2).max(JOURNAL_CHANGES);
+        self.compact_at = (kept.undo.len() * 2).max(JOURNAL_CHANGES);
+        self.undo = kept.undo;
+        self.keys = kept.keys;
     }
 
     /// Forgets the changes (they were committed).
