@@ -175,15 +175,18 @@ impl Reorder<'_> {
         Ok(())
     }
 
-    /// Emits every held event, oldest first (`replay`'s end of input).
+    /// Emits every held event, oldest first (`replay`'s end of input), as
+    /// the windows ending would: each release takes the oldest held event,
+    /// its entity's lower held versions before it and those that then
+    /// follow in order, and leaves the entity's later ones to their turn.
     ///
     /// # Errors
     /// As [`Reorder::process`].
     pub fn release_all(&mut self, out: &mut Vec<Step>) -> Result<(), EngineError> {
-        while let Some((key, _, _)) = self.held.oldest() {
+        while let Some((key, version, _)) = self.held.oldest() {
             let key = key.to_vec();
             let before = self.held.len();
-            self.release_up_to(&key, i64::MAX, Release::EndOfInput, out)?;
+            self.release_up_to(&key, version, Release::EndOfInput, out)?;
             if self.held.len() >= before {
                 break;
             }
