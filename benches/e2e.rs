@@ -452,10 +452,9 @@ fn run(a: &Args) -> serde_json::Value {
     out
 }
 
-/// Receive time minus record timestamp of every record of `topic`
-/// (read_committed), in milliseconds, until `stop`.
-/// Receive time minus timestamp of each record of `topic` read until `stop`,
-/// for the records timestamped at `from` (epoch ms) or later.
+/// Receive time minus record timestamp, in milliseconds, of every record of
+/// `topic` (read_committed) timestamped at `from` (epoch ms) or later, until
+/// `stop`.
 fn latencies(brokers: &str, topic: &str, stop: &AtomicBool, from: &AtomicI64) -> Vec<i64> {
     let c: BaseConsumer<QuietContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
