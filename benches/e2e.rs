@@ -340,18 +340,15 @@ fn run(a: &Args) -> serde_json::Value {
         let stop = Arc::new(AtomicBool::new(false));
         // Records produced before this are the warm-up's, not counted.
         let counted_from = Arc::new(AtomicI64::new(i64::MAX));
-        let reader = {
-            let (brokers, topic) = (brokers.clone(), s.tiers[2].clone());
+        let read = |topic: &str| {
+            let (brokers, topic) = (brokers.clone(), topic.to_owned());
             let (stop, from) = (stop.clone(), counted_from.clone());
             std::thread::spawn(move || latencies(&brokers, &topic, &stop, &from))
         };
+        let reader = read(&s.tiers[2]);
         // Control: the same measurement on the input topic (producer →
         // broker → reader, no processor).
-        let control = {
-            let (brokers, topic) = (brokers.clone(), s.input.clone());
-            let (stop, from) = (stop.clone(), counted_from.clone());
-            std::thread::spawn(move || latencies(&brokers, &topic, &stop, &from))
-        };
+        let control = read(&s.input);
         std::thread::sleep(Duration::from_secs(1));
         counted_from.store(
             now_ms() + 1000 * a.latency_warmup_secs as i64,
