@@ -7,6 +7,12 @@
 //! step is a small function that returns a `Halt` when the record leaves
 //! the chain early; `process` turns that into the [`Outcome`].
 //!
+//! Framed Avro bound for Avro tiers takes the single pass
+//! ([`crate::schema::pass`]): decode, validation and projection in one walk
+//! of the bytes, no `Datum` tree; whatever it does not cover or would
+//! refuse goes down the tree path, which decides. Both give the same
+//! outcome for every record (`tests/properties.rs` checks it).
+//!
 //! It needs no Kafka: `replay`, the tests and the benchmarks call it
 //! directly, and the Kafka runtime calls it per record.
 //!
@@ -39,10 +45,10 @@ use crate::record::{
 };
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{
-    binary, derived_subject, json, json::Doc, json::Json, max_present_tier, CompiledSchema,
+    binary, derived_subject, json, json::Doc, json::Json, max_present_tier, pass, CompiledSchema,
     Envelope, Field, LookupError, SchemaError, SchemaLookup,
 };
-use crate::validate::{is_valid_event_type, validate};
+use crate::validate::{is_valid_event_type, validate, validate_envelope};
 
 /// Fatal or transient trouble: the record was not processed and must be
 /// offered again (transient) or the processor must stop (fatal).
@@ -142,6 +148,8 @@ pub struct Engine {
     stats: CacheStats,
     /// Refusals of derived schemas since the last [`Engine::take_refusals`].
     refusals: Vec<Refusal>,
+    /// Whether framed Avro bound for Avro tiers is read in the single pass.
+    single_pass: bool,
 }
 
 /// How often the engine's schema caches answered (hits) and how often it
@@ -170,7 +178,16 @@ impl Engine {
             missing_subjects: HashMap::new(),
             stats: CacheStats::default(),
             refusals: Vec::new(),
+            single_pass: true,
         }
+    }
+
+    /// Whether framed Avro bound for Avro tiers is read and projected in
+    /// one pass ([`crate::schema::pass`]; on by default). Off, every record
+    /// takes the tree path (decode, validate, project): the differential
+    /// tests and the benchmark compare the two.
+    pub fn set_single_pass(&mut self, on: bool) {
+        self.single_pass = on;
     }
 
     /// The registry's refusals of derived schemas since the last call (each
@@ -253,11 +270,15 @@ impl Engine {
         gaps: Gaps,
     ) -> Result<Outcome, EngineError> {
         let mut docs = Docs::default();
-        let routed = match self.decode(raw, &mut docs, registry) {
-            Ok((writer, datum, order_by)) => {
-                self.route(&writer, &datum, order_by, store, registry, gaps)
+        let routed = if let Some(value) = self.single_pass_input(raw) {
+            self.single(value, store, registry, gaps)
+        } else {
+            match self.decode(raw, &mut docs, registry) {
+                Ok((writer, datum, order_by)) => {
+                    self.route(&writer, &datum, order_by, store, registry, gaps)
+                }
+                Err(halt) => Err(halt),
             }
-            Err(halt) => Err(halt),
         };
         match routed {
             Ok(routed) => Ok(Outcome::Routed(routed)),
@@ -312,17 +333,8 @@ impl Engine {
         }
         match value[0] {
             0 => {
-                let Some(header) = value.get(1..5) else {
-                    return Err(Rejection::new(
-                        Reason::TruncatedFrame,
-                        "the frame is shorter than its 5-byte header",
-                    )
-                    .into());
-                };
-                let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
-                let writer = self.writer_by_id(id, registry)?;
-                let datum = binary::decode(&writer.schema, &value[5..])
-                    .map_err(|e| Rejection::new(Reason::MalformedAvro, e.to_string()))?;
+                let (writer, body) = self.framed_writer(value, registry)?;
+                let datum = read_avro(&writer, body)?;
                 Ok((writer, datum, OrderBy::EntityVersion))
             }
             b'{' => {
@@ -346,6 +358,118 @@ impl Engine {
             )
             .into()),
         }
+    }
+
+    /// The writer schema of a Confluent-framed Avro value, and its body.
+    fn framed_writer<'v>(
+        &mut self,
+        value: &'v [u8],
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<(Arc<Writer>, &'v [u8]), Halt> {
+        let Some(header) = value.get(1..5) else {
+            return Err(Rejection::new(
+                Reason::TruncatedFrame,
+                "the frame is shorter than its 5-byte header",
+            )
+            .into());
+        };
+        let id = u32::from_be_bytes(header.try_into().expect("4 bytes"));
+        let writer = self.writer_by_id(id, registry)?;
+        Ok((writer, &value[5..]))
+    }
+
+    /// The value, when the record takes the single pass: framed Avro, not
+    /// from an adapted topic, bound for Avro tiers.
+    fn single_pass_input<'v>(&self, raw: &RawRecord<'v>) -> Option<&'v [u8]> {
+        let value = raw.value?;
+        (self.single_pass
+            && self.config.format == OutputFormat::Avro
+            && value.first() == Some(&0)
+            && (self.config.adapters.is_empty()
+                || !self.config.adapters.contains_key(&*raw.source.topic)))
+        .then_some(value)
+    }
+
+    /// A framed Avro event through the single pass ([`crate::schema::pass`]):
+    /// read, checked and projected in one walk, then ordered and routed as
+    /// [`Engine::route`] does. Whatever the pass leaves to the tree (a value
+    /// it would refuse, a declared tier below what the event holds, shapes
+    /// it does not cover) is decoded and routed by the tree path instead,
+    /// which gives the rejection; nothing is asked of the registry or the
+    /// store before that choice is made.
+    fn single(
+        &mut self,
+        value: &[u8],
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Routed, Halt> {
+        let (writer, body) = self.framed_writer(value, registry)?;
+        let schema = &writer.schema;
+        let mut bodies: [Vec<u8>; 3] = Default::default();
+        for b in &mut bodies {
+            // The frame's schema id is written once the tier's derived
+            // schema has one.
+            *b = start_value(Framing::Avro(0));
+        }
+        let Ok(env) = schema.envelope() else {
+            return self.tree(&writer, body, store, registry, gaps);
+        };
+        let hasher = self.hasher.as_deref();
+        let Some(pass) = pass::project(schema, env, body, hasher, &mut bodies) else {
+            return self.tree(&writer, body, store, registry, gaps);
+        };
+        let Datum::Record(values) = &pass.envelope else {
+            return self.tree(&writer, body, store, registry, gaps);
+        };
+        if validate_envelope(env, values).is_err() {
+            return self.tree(&writer, body, store, registry, gaps);
+        }
+        let event = Event {
+            schema,
+            env,
+            fields: schema.root_fields(),
+            datum: &pass.envelope,
+            values,
+        };
+        let tiers = match self.check_tier(&event, Some(pass.present)) {
+            Ok(tiers) if tiers.mismatch.is_none() => tiers,
+            _ => return self.tree(&writer, body, store, registry, gaps),
+        };
+        let bodies = Bodies::Passed {
+            bodies,
+            entity_pseudonym: pass.entity_pseudonym,
+        };
+        self.emit(
+            &writer,
+            &event,
+            tiers,
+            bodies,
+            OrderBy::EntityVersion,
+            store,
+            registry,
+            gaps,
+        )
+    }
+
+    /// A framed Avro body down the tree path: decoded, then routed.
+    fn tree(
+        &mut self,
+        writer: &Writer,
+        body: &[u8],
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Routed, Halt> {
+        let datum = read_avro(writer, body)?;
+        self.route(
+            writer,
+            &datum,
+            OrderBy::EntityVersion,
+            store,
+            registry,
+            gaps,
+        )
     }
 
     /// Reads a canonical JSON event against the schema registered for its
@@ -398,12 +522,52 @@ impl Engine {
         gaps: Gaps,
     ) -> Result<Routed, Halt> {
         let event = Event::validate(&writer.schema, datum)?;
-        let tiers = self.check_tier(&event)?;
-        let ordered = self.order(&event, order_by, &*store, gaps)?;
+        let tiers = self.check_tier(&event, None)?;
+        self.emit(
+            writer,
+            &event,
+            tiers,
+            Bodies::Tree,
+            order_by,
+            store,
+            registry,
+            gaps,
+        )
+    }
+
+    /// A checked event through order, projection (unless the single pass
+    /// made the bodies) and routing; the store takes the new version only
+    /// once every tier record is built.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        writer: &Writer,
+        event: &Event<'_, '_>,
+        tiers: TierCheck,
+        bodies: Bodies,
+        order_by: OrderBy,
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Routed, Halt> {
+        let ordered = self.order(event, order_by, &*store, gaps)?;
         let hasher = self.hasher.clone();
         let mut pseudonyms = Pseudonyms::new(hasher.as_deref(), event.entity_id());
-        let projected = self.project(writer, &event, tiers.reached, &mut pseudonyms, registry)?;
-        let records = self.build_records(&event, ordered.verdict, projected, &mut pseudonyms)?;
+        let projected = match bodies {
+            Bodies::Tree => {
+                self.project(writer, event, tiers.reached, &mut pseudonyms, registry)?
+            }
+            Bodies::Passed {
+                bodies,
+                entity_pseudonym,
+            } => {
+                if let Some(p) = entity_pseudonym {
+                    pseudonyms.remember_entity(p);
+                }
+                self.frame(writer, tiers.reached, bodies, registry)?
+            }
+        };
+        let records = self.build_records(event, ordered.verdict, projected, &mut pseudonyms)?;
         if let Some(state) = &ordered.state {
             store.record(&state.key, state.version);
         }
@@ -423,7 +587,13 @@ impl Engine {
     /// reported and routed (projection removes what each tier may not see
     /// whatever the declaration says), or dead-lettered where the topology
     /// asks for it.
-    fn check_tier(&self, event: &Event<'_, '_>) -> Result<TierCheck, Rejection> {
+    /// `present`: the highest tier the event holds, when the single pass
+    /// found it already (its path is not known then).
+    fn check_tier(
+        &self,
+        event: &Event<'_, '_>,
+        present: Option<Tier>,
+    ) -> Result<TierCheck, Rejection> {
         let env = event.env;
         let Some(declared) = event
             .schema
@@ -438,7 +608,10 @@ impl Engine {
                 "privacy_tier is not one of public, internal, restricted",
             ));
         };
-        let (present, path) = max_present_tier(event.schema, event.datum);
+        let (present, path) = match present {
+            Some(t) => (t, None),
+            None => max_present_tier(event.schema, event.datum),
+        };
         let mismatch = (present > declared).then(|| path.unwrap_or_default());
         if let Some(p) = &mismatch {
             if self.config.on_tier_mismatch == MismatchPolicy::DeadLetter {
@@ -558,6 +731,26 @@ impl Engine {
             OutputFormat::Json => {
                 write_json_projections(event.schema, event.datum, &tiers, pseudonyms, &mut bufs)?;
             }
+        }
+        Ok(Projected { tiers, bufs })
+    }
+
+    /// The single pass's bodies of the reached tiers, framed with their
+    /// derived schemas' ids (registering each the first time, as
+    /// [`Engine::project`] does).
+    fn frame(
+        &mut self,
+        writer: &Writer,
+        tiers: Vec<Tier>,
+        mut bodies: [Vec<u8>; 3],
+        registry: &mut dyn SchemaLookup,
+    ) -> Result<Projected, Halt> {
+        let mut bufs: [Vec<u8>; 3] = Default::default();
+        for (buf, tier) in bufs.iter_mut().zip(&tiers) {
+            let id = self.derived_id(writer, *tier, registry)?;
+            let mut body = std::mem::take(&mut bodies[tier.index()]);
+            body[1..5].copy_from_slice(&id.to_be_bytes());
+            *buf = body;
         }
         Ok(Projected { tiers, bufs })
     }
@@ -981,6 +1174,24 @@ struct Ordered {
 struct Docs<'v> {
     adapted: Option<serde_json::Value>,
     canonical: Option<Json<'v>>,
+}
+
+/// Where an event's tier bodies come from.
+enum Bodies {
+    /// Projected from the decoded tree once the event is ordered.
+    Tree,
+    /// Written by the single pass, by tier index, each after a frame header
+    /// whose schema id is still to be set.
+    Passed {
+        bodies: [Vec<u8>; 3],
+        entity_pseudonym: Option<[u8; 64]>,
+    },
+}
+
+/// A framed Avro body read with its writer schema.
+fn read_avro<'v>(writer: &Writer, body: &'v [u8]) -> Result<Datum<'v>, Halt> {
+    binary::decode(&writer.schema, body)
+        .map_err(|e| Rejection::new(Reason::MalformedAvro, e.to_string()).into())
 }
 
 /// The projected values of one event, ready to be framed into records.

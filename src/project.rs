@@ -124,6 +124,12 @@ impl<'e> Pseudonyms<'e> {
         self.hasher.is_some()
     }
 
+    /// Takes the `entity_id`'s pseudonym computed elsewhere (the single
+    /// pass, [`crate::schema::pass`]) with the same hasher.
+    pub fn remember_entity(&mut self, pseudonym: [u8; 64]) {
+        self.memo = Some(pseudonym);
+    }
+
     /// The pseudonym of `value` as 64 ASCII hex bytes.
     ///
     /// # Errors

@@ -50,6 +50,18 @@ pub fn validate(
             "the event is not a record",
         ));
     };
+    validate_envelope(env, values)?;
+    let mut path = Vec::new();
+    walk(schema, schema.root(), datum, &mut path)
+}
+
+/// Checks the envelope's own rules on the root record's values (ids,
+/// versions, the event type's pattern); [`validate`] checks these first,
+/// then every field's.
+///
+/// # Errors
+/// The first failed rule as a [`Rejection`].
+pub fn validate_envelope(env: &Envelope, values: &[Datum<'_>]) -> Result<(), Rejection> {
     let event_type = values[env.event_type].as_str().unwrap_or("");
     if !is_valid_event_type(event_type) {
         return Err(Rejection::new(
@@ -88,8 +100,7 @@ pub fn validate(
             "schema_version is below 1",
         ));
     }
-    let mut path = Vec::new();
-    walk(schema, schema.root(), datum, &mut path)
+    Ok(())
 }
 
 fn walk<'s>(

@@ -51,7 +51,7 @@ pub enum DecodeError {
 const MAX_EMPTY_ITEMS: u64 = 1 << 16;
 
 /// Whether a value of the node's type can take no bytes at all.
-fn can_be_empty(s: &CompiledSchema, id: NodeId, depth: usize) -> bool {
+pub(super) fn can_be_empty(s: &CompiledSchema, id: NodeId, depth: usize) -> bool {
     if depth > MAX_DEPTH {
         return false;
     }
@@ -76,17 +76,17 @@ pub fn decode<'a>(schema: &CompiledSchema, bytes: &'a [u8]) -> Result<Datum<'a>,
     Ok(d.unwrap_or(Datum::Null))
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a [u8],
+    pub(super) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
             return Err(DecodeError::Eof);
         }
@@ -95,7 +95,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn long(&mut self) -> Result<i64, DecodeError> {
+    pub(super) fn long(&mut self) -> Result<i64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..70).step_by(7) {
             let b = *self.buf.get(self.pos).ok_or(DecodeError::Eof)?;
@@ -111,7 +111,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError::VarintOverflow)
     }
 
-    fn len(&mut self) -> Result<usize, DecodeError> {
+    pub(super) fn len(&mut self) -> Result<usize, DecodeError> {
         let n = self.long()?;
         if n < 0 || n as u64 > self.remaining() as u64 {
             return Err(DecodeError::BadLength);
@@ -119,7 +119,7 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    fn index(&mut self, limit: usize) -> Result<u32, DecodeError> {
+    pub(super) fn index(&mut self, limit: usize) -> Result<u32, DecodeError> {
         let i = self.long()?;
         if i < 0 || i as u64 >= limit as u64 {
             return Err(DecodeError::BadIndex);

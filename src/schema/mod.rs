@@ -15,6 +15,7 @@
 pub mod binary;
 pub mod json;
 mod lookup;
+pub mod pass;
 mod subject;
 
 pub use lookup::{LookupError, SchemaLookup};
