@@ -55,15 +55,28 @@ pub fn project<'a>(
         outs,
         present: Tier::Public,
         entity_id: None,
+        text: "",
         memo: None,
     };
     let mut values = Vec::with_capacity(fields.len());
     for (i, f) in fields.iter().enumerate() {
         let v = walk.field(f, 1, ALL_TIERS, Tier::Public, i == env.entity_id)?;
-        values.push(if is_envelope(env, i) {
-            v.datum()?
+        if !is_envelope(env, i) {
+            values.push(Datum::Null);
+            continue;
+        }
+        let d = match v.leaf {
+            Leaf::Null => Datum::Null,
+            Leaf::Int => Datum::Int(i32::try_from(v.number).ok()?),
+            Leaf::Long => Datum::Long(v.number),
+            Leaf::Str => Datum::String(Cow::Borrowed(walk.text)),
+            Leaf::Enum => Datum::Enum(u32::try_from(v.number).ok()?),
+            Leaf::Other => return None,
+        };
+        values.push(if v.branch == NO_BRANCH {
+            d
         } else {
-            Datum::Null
+            Datum::Union(v.branch, Box::new(d))
         });
     }
     if walk.r.pos != body.len() {
@@ -95,53 +108,46 @@ fn is_envelope(env: &Envelope, i: usize) -> bool {
         || env.correlation_id == Some(i)
 }
 
-/// A value as far as the steps after it need it: rules, hashing, the
-/// present tier and the envelope.
-#[derive(Debug, Clone, Copy)]
-enum Leaf<'a> {
+/// What kind of value was read, as far as the steps after it need it:
+/// rules, hashing, the present tier and the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaf {
     Null,
-    Int(i32),
-    Long(i64),
-    Str(&'a str),
-    Enum(u32),
+    Int,
+    Long,
+    /// A string: [`Walk::text`] holds it until the next one is read.
+    Str,
+    Enum,
     /// Anything else (a record, an array, bytes, a number with a fraction).
     Other,
 }
 
+/// A value read. Sixteen bytes, so that it comes back in registers: a
+/// larger one came back through memory, and was read back before the
+/// stores had landed (a store-forwarding stall on every field).
 #[derive(Debug, Clone, Copy)]
-struct Read<'a> {
-    /// The union branch taken, for a union.
-    branch: Option<u32>,
-    leaf: Leaf<'a>,
+struct Read {
+    /// An `int`'s or `long`'s value, an enum's index.
+    number: i64,
+    /// The union branch taken, or [`NO_BRANCH`].
+    branch: u32,
+    leaf: Leaf,
 }
 
-impl<'a> Read<'a> {
-    fn leaf(leaf: Leaf<'a>) -> Self {
-        Read { branch: None, leaf }
-    }
+/// [`Read::branch`] of a value that is not a union's.
+const NO_BRANCH: u32 = u32::MAX;
 
-    fn as_i64(self) -> Option<i64> {
-        match self.leaf {
-            Leaf::Int(i) => Some(i64::from(i)),
-            Leaf::Long(l) => Some(l),
-            _ => None,
+impl Read {
+    fn leaf(leaf: Leaf, number: i64) -> Self {
+        Read {
+            number,
+            branch: NO_BRANCH,
+            leaf,
         }
     }
 
-    /// The value as the tree would hold it; `None` for a composite.
-    fn datum(self) -> Option<Datum<'a>> {
-        let d = match self.leaf {
-            Leaf::Null => Datum::Null,
-            Leaf::Int(i) => Datum::Int(i),
-            Leaf::Long(l) => Datum::Long(l),
-            Leaf::Str(s) => Datum::String(Cow::Borrowed(s)),
-            Leaf::Enum(i) => Datum::Enum(i),
-            Leaf::Other => return None,
-        };
-        Some(match self.branch {
-            Some(i) => Datum::Union(i, Box::new(d)),
-            None => d,
-        })
+    fn as_i64(self) -> Option<i64> {
+        matches!(self.leaf, Leaf::Int | Leaf::Long).then_some(self.number)
     }
 }
 
@@ -153,6 +159,8 @@ struct Walk<'p, 'a> {
     present: Tier,
     /// The `entity_id`, once read: its pseudonym is computed once.
     entity_id: Option<&'a str>,
+    /// The last string read.
+    text: &'a str,
     memo: Option<[u8; 64]>,
 }
 
@@ -190,7 +198,7 @@ impl<'a> Walk<'_, 'a> {
         mask: u8,
         ceiling: Tier,
         is_entity_id: bool,
-    ) -> Option<Read<'a>> {
+    ) -> Option<Read> {
         let (mut keep, mut hash) = (0u8, 0u8);
         for (i, t) in Tier::ALL.into_iter().enumerate() {
             if mask & (1 << i) != 0 {
@@ -208,26 +216,24 @@ impl<'a> Walk<'_, 'a> {
         let v = self.value(f.node, depth, keep, t)?;
         let broken = match f.rule {
             NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
-            NameRule::Instant => matches!(v.leaf, Leaf::Str(x) if !is_utc_instant(x)),
+            NameRule::Instant => v.leaf == Leaf::Str && !is_utc_instant(self.text),
             _ => false,
         };
         if broken {
             return None;
         }
-        if !matches!(v.leaf, Leaf::Null) {
+        if v.leaf != Leaf::Null {
             self.present = self.present.max(t);
         }
-        if is_entity_id {
-            if let Leaf::Str(x) = v.leaf {
-                self.entity_id = Some(x);
-            }
+        if is_entity_id && v.leaf == Leaf::Str {
+            self.entity_id = Some(self.text);
         }
         if hash != 0 {
-            if let Some(i) = v.branch {
-                self.put_long(hash, i64::from(i));
+            if v.branch != NO_BRANCH {
+                self.put_long(hash, i64::from(v.branch));
             }
-            if let Leaf::Str(x) = v.leaf {
-                let hex = self.pseudonym(x)?;
+            if v.leaf == Leaf::Str {
+                let hex = self.pseudonym(self.text)?;
                 self.put_long(hash, hex.len() as i64);
                 self.put(hash, &hex);
             }
@@ -248,11 +254,12 @@ impl<'a> Walk<'_, 'a> {
     }
 
     /// One value of node `id`, written to the outputs in `mask`.
-    fn value(&mut self, id: NodeId, depth: usize, mask: u8, ceiling: Tier) -> Option<Read<'a>> {
+    fn value(&mut self, id: NodeId, depth: usize, mask: u8, ceiling: Tier) -> Option<Read> {
         if depth > MAX_DEPTH {
             return None;
         }
         let s = self.s;
+        let mut number = 0;
         let leaf = match &s.node(id).kind {
             Kind::Null => Leaf::Null,
             Kind::Boolean => {
@@ -265,14 +272,16 @@ impl<'a> Walk<'_, 'a> {
             }
             Kind::Int => {
                 let l = self.r.long().ok()?;
-                let i = i32::try_from(l).ok()?;
+                i32::try_from(l).ok()?;
                 self.put_long(mask, l);
-                Leaf::Int(i)
+                number = l;
+                Leaf::Int
             }
             Kind::Long => {
                 let l = self.r.long().ok()?;
                 self.put_long(mask, l);
-                Leaf::Long(l)
+                number = l;
+                Leaf::Long
             }
             Kind::Float => {
                 let b = self.r.take(4).ok()?;
@@ -305,12 +314,14 @@ impl<'a> Walk<'_, 'a> {
                 }
                 self.put_long(mask, n as i64);
                 self.put(mask, b);
-                Leaf::Str(x)
+                self.text = x;
+                Leaf::Str
             }
             Kind::Enum(symbols) => {
                 let i = self.r.index(symbols.len()).ok()?;
                 self.put_long(mask, i64::from(i));
-                Leaf::Enum(i)
+                number = i64::from(i);
+                Leaf::Enum
             }
             Kind::Array(items) => {
                 if can_be_empty(s, *items, depth + 1) {
@@ -348,13 +359,10 @@ impl<'a> Walk<'_, 'a> {
                 let i = self.r.index(branches.len()).ok()?;
                 self.put_long(mask, i64::from(i));
                 let inner = self.value(branches[i as usize], depth + 1, mask, ceiling)?;
-                if inner.branch.is_some() {
+                if inner.branch != NO_BRANCH || i == NO_BRANCH {
                     return None;
                 }
-                return Some(Read {
-                    branch: Some(i),
-                    leaf: inner.leaf,
-                });
+                return Some(Read { branch: i, ..inner });
             }
             Kind::Record(fields) => {
                 for f in fields {
@@ -363,7 +371,7 @@ impl<'a> Walk<'_, 'a> {
                 Leaf::Other
             }
         };
-        Some(Read::leaf(leaf))
+        Some(Read::leaf(leaf, number))
     }
 
     /// The count of an array's or map's first block: only a plain count
