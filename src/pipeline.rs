@@ -131,7 +131,9 @@ type Cached = Result<Arc<Writer>, Rejection>;
 pub struct Engine {
     config: Arc<EngineConfig>,
     hasher: Option<Arc<Hasher>>,
-    by_id: HashMap<u32, Cached>,
+    /// Looked up once per event: foldhash, a fraction of SipHash on a `u32`
+    /// (its keys are ids the registry holds).
+    by_id: HashMap<u32, Cached, foldhash::fast::RandomState>,
     /// (subject, version) → id: versions never change, so this is never
     /// refreshed.
     by_subject: HashMap<(String, u32), u32>,
@@ -171,7 +173,7 @@ impl Engine {
         Engine {
             config,
             hasher: hasher.map(Arc::new),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             by_subject: HashMap::new(),
             by_event_type: HashMap::new(),
             missing_ids: HashSet::new(),

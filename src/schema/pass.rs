@@ -166,6 +166,7 @@ struct Walk<'p, 'a> {
 
 impl<'a> Walk<'_, 'a> {
     /// Writes the same bytes to every output in `mask`.
+    #[inline(always)]
     fn put(&mut self, mask: u8, bytes: &[u8]) {
         for (i, out) in self.outs.iter_mut().enumerate() {
             if mask & (1 << i) != 0 {
@@ -174,6 +175,7 @@ impl<'a> Walk<'_, 'a> {
         }
     }
 
+    #[inline(always)]
     fn put_long(&mut self, mask: u8, v: i64) {
         if (0..64).contains(&v) {
             let byte = (v as u8) << 1;
