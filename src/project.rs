@@ -287,6 +287,33 @@ pub fn encode_projections(
     p.node(s.root(), datum, mask)
 }
 
+/// Writes the same bytes to every output in `mask` (bit `i` is `outs[i]`).
+#[inline(always)]
+pub(crate) fn put_masked(outs: &mut [Vec<u8>; 3], mask: u8, bytes: &[u8]) {
+    for (i, out) in outs.iter_mut().enumerate() {
+        if mask & (1 << i) != 0 {
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Writes a zig-zag varint `long` to every output in `mask`.
+#[inline(always)]
+pub(crate) fn put_long_masked(outs: &mut [Vec<u8>; 3], mask: u8, v: i64) {
+    if (0..64).contains(&v) {
+        // One byte (lengths, union and enum indexes mostly are).
+        let byte = (v as u8) << 1;
+        for (i, out) in outs.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                out.push(byte);
+            }
+        }
+        return;
+    }
+    let (buf, n) = varint(v);
+    put_masked(outs, mask, &buf[..n]);
+}
+
 struct Projector<'p, 'e> {
     s: &'p CompiledSchema,
     tiers: &'p [Tier],
@@ -318,26 +345,11 @@ impl<'p, 'e> Projector<'p, 'e> {
 
     /// Writes the same bytes to every output in `mask`.
     fn put(&mut self, mask: u8, bytes: &[u8]) {
-        for (i, out) in self.outs.iter_mut().enumerate() {
-            if mask & (1 << i) != 0 {
-                out.extend_from_slice(bytes);
-            }
-        }
+        put_masked(self.outs, mask, bytes);
     }
 
     fn put_long(&mut self, mask: u8, v: i64) {
-        if (0..64).contains(&v) {
-            // One byte (lengths, union and enum indexes mostly are).
-            let byte = (v as u8) << 1;
-            for (i, out) in self.outs.iter_mut().enumerate() {
-                if mask & (1 << i) != 0 {
-                    out.push(byte);
-                }
-            }
-            return;
-        }
-        let (buf, n) = varint(v);
-        self.put(mask, &buf[..n]);
+        put_long_masked(self.outs, mask, v);
     }
 
     /// Projects `d` (of node `id`) into every output in `mask`, all of which

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use super::binary::{can_be_empty, Reader, MAX_DEPTH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
-use crate::project::{treatment, Hasher, Treatment};
+use crate::project::{put_long_masked, put_masked, treatment, Hasher, Treatment};
 use crate::record::{Datum, Tier};
 use crate::validate::is_utc_instant;
 
@@ -168,26 +168,12 @@ impl<'a> Walk<'_, 'a> {
     /// Writes the same bytes to every output in `mask`.
     #[inline(always)]
     fn put(&mut self, mask: u8, bytes: &[u8]) {
-        for (i, out) in self.outs.iter_mut().enumerate() {
-            if mask & (1 << i) != 0 {
-                out.extend_from_slice(bytes);
-            }
-        }
+        put_masked(self.outs, mask, bytes);
     }
 
     #[inline(always)]
     fn put_long(&mut self, mask: u8, v: i64) {
-        if (0..64).contains(&v) {
-            let byte = (v as u8) << 1;
-            for (i, out) in self.outs.iter_mut().enumerate() {
-                if mask & (1 << i) != 0 {
-                    out.push(byte);
-                }
-            }
-            return;
-        }
-        let (buf, n) = super::binary::varint(v);
-        self.put(mask, &buf[..n]);
+        put_long_masked(self.outs, mask, v);
     }
 
     /// One record field: read into the outputs in `mask` that keep it,
