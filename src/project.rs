@@ -103,7 +103,8 @@ impl Hasher {
 #[derive(Debug)]
 pub struct Pseudonyms<'e> {
     hasher: Option<&'e Hasher>,
-    entity_id: &'e [u8],
+    /// `None` until the single pass has read it ([`Pseudonyms::unnamed`]).
+    entity_id: Option<&'e [u8]>,
     memo: Option<[u8; 64]>,
 }
 
@@ -113,9 +114,32 @@ impl<'e> Pseudonyms<'e> {
     pub fn new(hasher: Option<&'e Hasher>, entity_id: &'e [u8]) -> Self {
         Pseudonyms {
             hasher,
-            entity_id,
+            entity_id: Some(entity_id),
             memo: None,
         }
+    }
+
+    /// The pseudonyms of an event whose `entity_id` is not read yet (the
+    /// single pass meets it in the record): named by
+    /// [`Pseudonyms::name_entity`].
+    #[must_use]
+    pub fn unnamed(hasher: Option<&'e Hasher>) -> Self {
+        Pseudonyms {
+            hasher,
+            entity_id: None,
+            memo: None,
+        }
+    }
+
+    /// Names the event's `entity_id`, once read.
+    pub fn name_entity(&mut self, entity_id: &'e [u8]) {
+        self.entity_id = Some(entity_id);
+    }
+
+    /// The `entity_id`'s pseudonym, if it was computed.
+    #[must_use]
+    pub fn entity_pseudonym(&self) -> Option<[u8; 64]> {
+        self.memo
     }
 
     /// Whether there is a key to hash with.
@@ -136,7 +160,7 @@ impl<'e> Pseudonyms<'e> {
     /// [`NoHashKey`] without a hasher.
     pub fn of(&mut self, value: &[u8]) -> Result<[u8; 64], NoHashKey> {
         let h = self.hasher.ok_or(NoHashKey)?;
-        if value != self.entity_id {
+        if self.entity_id != Some(value) {
             return Ok(h.pseudonym_hex(value));
         }
         Ok(*self.memo.get_or_insert_with(|| h.pseudonym_hex(value)))

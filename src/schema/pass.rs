@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use super::binary::{can_be_empty, Reader, MAX_DEPTH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
-use crate::project::{put_long_masked, put_masked, treatment, Hasher, Treatment};
+use crate::project::{put_long_masked, put_masked, treatment, Hasher, Pseudonyms, Treatment};
 use crate::record::{Datum, Tier};
 use crate::validate::is_utc_instant;
 
@@ -51,12 +51,10 @@ pub fn project<'a>(
     let mut walk = Walk {
         s: schema,
         r: Reader { buf: body, pos: 0 },
-        hasher,
+        pseudonyms: Pseudonyms::unnamed(hasher),
         outs,
         present: Tier::Public,
-        entity_id: None,
         text: "",
-        memo: None,
     };
     let mut values = Vec::with_capacity(fields.len());
     for (i, f) in fields.iter().enumerate() {
@@ -85,7 +83,7 @@ pub fn project<'a>(
     Some(Pass {
         envelope: Datum::Record(values),
         present: walk.present,
-        entity_pseudonym: walk.memo,
+        entity_pseudonym: walk.pseudonyms.entity_pseudonym(),
     })
 }
 
@@ -151,20 +149,18 @@ impl Read {
     }
 }
 
-struct Walk<'p, 'a> {
+struct Walk<'p, 'a: 'p> {
     s: &'p CompiledSchema,
     r: Reader<'a>,
-    hasher: Option<&'p Hasher>,
+    /// The `entity_id`'s pseudonym is computed once, once it is read.
+    pseudonyms: Pseudonyms<'p>,
     outs: &'p mut [Vec<u8>; 3],
     present: Tier,
-    /// The `entity_id`, once read: its pseudonym is computed once.
-    entity_id: Option<&'a str>,
     /// The last string read.
     text: &'a str,
-    memo: Option<[u8; 64]>,
 }
 
-impl<'a> Walk<'_, 'a> {
+impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// Writes the same bytes to every output in `mask`.
     #[inline(always)]
     fn put(&mut self, mask: u8, bytes: &[u8]) {
@@ -197,7 +193,7 @@ impl<'a> Walk<'_, 'a> {
                 }
             }
         }
-        if hash != 0 && self.hasher.is_none() {
+        if hash != 0 && !self.pseudonyms.can_hash() {
             return None;
         }
         let t = ceiling.max(f.class.tier);
@@ -214,31 +210,19 @@ impl<'a> Walk<'_, 'a> {
             self.present = self.present.max(t);
         }
         if is_entity_id && v.leaf == Leaf::Str {
-            self.entity_id = Some(self.text);
+            self.pseudonyms.name_entity(self.text.as_bytes());
         }
         if hash != 0 {
             if v.branch != NO_BRANCH {
                 self.put_long(hash, i64::from(v.branch));
             }
             if v.leaf == Leaf::Str {
-                let hex = self.pseudonym(self.text)?;
+                let hex = self.pseudonyms.of(self.text.as_bytes()).ok()?;
                 self.put_long(hash, hex.len() as i64);
                 self.put(hash, &hex);
             }
         }
         Some(v)
-    }
-
-    fn pseudonym(&mut self, value: &str) -> Option<[u8; 64]> {
-        let h = self.hasher?;
-        if self.entity_id != Some(value) {
-            return Some(h.pseudonym_hex(value.as_bytes()));
-        }
-        Some(
-            *self
-                .memo
-                .get_or_insert_with(|| h.pseudonym_hex(value.as_bytes())),
-        )
     }
 
     /// One value of node `id`, written to the outputs in `mask`.
