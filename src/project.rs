@@ -44,6 +44,23 @@ pub fn treatment(class: FieldClass, tier: Tier) -> Treatment {
     }
 }
 
+/// [`treatment`] for the outputs in `mask` (bit `i` is `tiers[i]`), as the
+/// bits of those that keep the field and those that hash it.
+#[inline(always)]
+pub(crate) fn treatment_masks(class: FieldClass, tiers: &[Tier], mask: u8) -> (u8, u8) {
+    let (mut keep, mut hash) = (0u8, 0u8);
+    for (i, t) in tiers.iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            match treatment(class, *t) {
+                Treatment::Keep => keep |= 1 << i,
+                Treatment::Hash => hash |= 1 << i,
+                Treatment::Remove => {}
+            }
+        }
+    }
+    (keep, hash)
+}
+
 /// Shortest hash key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
 
@@ -382,16 +399,7 @@ impl<'p, 'e> Projector<'p, 'e> {
         match (&self.s.node(id).kind, d) {
             (Kind::Record(fields), Datum::Record(values)) => {
                 for (f, v) in fields.iter().zip(values) {
-                    let (mut keep, mut hash) = (0u8, 0u8);
-                    for (i, t) in self.tiers.iter().enumerate() {
-                        if mask & (1 << i) != 0 {
-                            match treatment(f.class, *t) {
-                                Treatment::Keep => keep |= 1 << i,
-                                Treatment::Hash => hash |= 1 << i,
-                                Treatment::Remove => {}
-                            }
-                        }
-                    }
+                    let (keep, hash) = treatment_masks(f.class, self.tiers, mask);
                     if hash != 0 {
                         if !self.pseudonyms.can_hash() {
                             return Err(NoHashKey);
@@ -496,16 +504,7 @@ impl Projector<'_, '_> {
                     let (Some(f), Some(v)) = (fields.get(*i), values.get(*i)) else {
                         continue;
                     };
-                    let (mut keep, mut hash) = (0u8, 0u8);
-                    for (t, tier) in self.tiers.iter().enumerate() {
-                        if mask & (1 << t) != 0 {
-                            match treatment(f.class, *tier) {
-                                Treatment::Keep => keep |= 1 << t,
-                                Treatment::Hash => hash |= 1 << t,
-                                Treatment::Remove => {}
-                            }
-                        }
-                    }
+                    let (keep, hash) = treatment_masks(f.class, self.tiers, mask);
                     let here = keep | hash;
                     if here == 0 {
                         continue;

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use super::binary::{can_be_empty, Reader, MAX_DEPTH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
-use crate::project::{put_long_masked, put_masked, treatment, Hasher, Pseudonyms, Treatment};
+use crate::project::{put_long_masked, put_masked, treatment_masks, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
 use crate::validate::is_utc_instant;
 
@@ -183,16 +183,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         ceiling: Tier,
         is_entity_id: bool,
     ) -> Option<Read> {
-        let (mut keep, mut hash) = (0u8, 0u8);
-        for (i, t) in Tier::ALL.into_iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                match treatment(f.class, t) {
-                    Treatment::Keep => keep |= 1 << i,
-                    Treatment::Hash => hash |= 1 << i,
-                    Treatment::Remove => {}
-                }
-            }
-        }
+        let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
         if hash != 0 && !self.pseudonyms.can_hash() {
             return None;
         }
