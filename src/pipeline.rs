@@ -408,15 +408,12 @@ impl Engine {
     ) -> Result<Routed, Halt> {
         let (writer, body) = self.framed_writer(value, registry)?;
         let schema = &writer.schema;
-        let mut bodies: [Vec<u8>; 3] = Default::default();
-        for b in &mut bodies {
-            // The frame's schema id is written once the tier's derived
-            // schema has one.
-            *b = start_value(Framing::Avro(0));
-        }
         let Ok(env) = schema.envelope() else {
             return self.tree(&writer, body, store, registry, gaps);
         };
+        // The frame's schema id is written once the tier's derived schema
+        // has one.
+        let mut bodies = [(); 3].map(|()| start_value(Framing::Avro(0)));
         let hasher = self.hasher.as_deref();
         let Some(pass) = pass::project(schema, env, body, hasher, &mut bodies) else {
             return self.tree(&writer, body, store, registry, gaps);
