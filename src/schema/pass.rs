@@ -4,11 +4,14 @@
 //!
 //! It does what decode, validation, the present-tier walk and
 //! [`crate::project::encode_projections`] do one after the other, for the
-//! common case only. Anything else is a miss (`None`), and the engine then
-//! takes the tree path, which decides: a value the decoder or validation
-//! refuses, an array or map written in several blocks or with a byte size
-//! (the tree writes one block), items that can take no bytes, a field to
-//! hash without a key, an envelope field that is not a scalar. So the pass
+//! common case only. A kept value is copied as the bytes it was read from,
+//! in runs that end only where a tier drops or hashes a field. Anything
+//! else is a miss (`None`), and the engine then takes the tree path, which
+//! decides: a value the decoder or validation refuses, an array or map
+//! written in several blocks or with a byte size (the tree writes one
+//! block), a varint longer than its shortest form (the tree writes the
+//! shortest), items that can take no bytes, a field to hash without a key,
+//! an envelope field that is not a scalar. So the pass
 //! never dead-letters anything itself, and what it accepts comes out byte
 //! for byte as the tree path writes it: `tests/properties.rs` runs both on
 //! the same records, well-formed, anomalous and mutated.
@@ -19,7 +22,7 @@ use super::binary::{can_be_empty, Reader, MAX_DEPTH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
 use crate::project::{put_long_masked, put_masked, treatment_masks, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
-use crate::validate::is_utc_instant;
+use crate::validate::{is_utc_instant, is_uuid};
 
 /// What the pass read besides the tier bodies.
 #[derive(Debug)]
@@ -53,6 +56,7 @@ pub fn project<'a>(
         r: Reader { buf: body, pos: 0 },
         pseudonyms: Pseudonyms::unnamed(hasher),
         outs,
+        runs: [0; 3],
         present: Tier::Public,
         text: "",
     };
@@ -80,6 +84,7 @@ pub fn project<'a>(
     if walk.r.pos != body.len() {
         return None;
     }
+    walk.flush(ALL_TIERS, body.len());
     Some(Pass {
         envelope: Datum::Record(values),
         present: walk.present,
@@ -149,12 +154,19 @@ impl Read {
     }
 }
 
+/// A kept value comes out as the bytes it was read from (the pass reads
+/// only canonical varints and single-block arrays and maps, which the tree
+/// path writes back unchanged), so each output copies runs of the input:
+/// `runs[i]` is where the run not yet copied to `outs[i]` starts. A field
+/// that an output drops or hashes ends its run ([`Walk::flush`]), and the
+/// next starts after the field.
 struct Walk<'p, 'a: 'p> {
     s: &'p CompiledSchema,
     r: Reader<'a>,
     /// The `entity_id`'s pseudonym is computed once, once it is read.
     pseudonyms: Pseudonyms<'p>,
     outs: &'p mut [Vec<u8>; 3],
+    runs: [usize; 3],
     present: Tier,
     /// The last string read.
     text: &'a str,
@@ -188,6 +200,10 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             return None;
         }
         let t = ceiling.max(f.class.tier);
+        let cut = mask & !keep;
+        if cut != 0 {
+            self.flush(cut, self.r.pos);
+        }
         let v = self.value(f.node, depth, keep, t)?;
         let broken = match f.rule {
             NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
@@ -213,10 +229,51 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 self.put(hash, &hex);
             }
         }
+        if cut != 0 {
+            for (i, run) in self.runs.iter_mut().enumerate() {
+                if cut & (1 << i) != 0 {
+                    *run = self.r.pos;
+                }
+            }
+        }
         Some(v)
     }
 
-    /// One value of node `id`, written to the outputs in `mask`.
+    /// Copies each run in `mask` up to `end` (exclusive) to its output.
+    fn flush(&mut self, mask: u8, end: usize) {
+        let buf = self.r.buf;
+        for (i, (out, run)) in self.outs.iter_mut().zip(&self.runs).enumerate() {
+            if mask & (1 << i) != 0 {
+                out.extend_from_slice(&buf[*run..end]);
+            }
+        }
+    }
+
+    /// A varint `long` in its shortest form: a longer one (which the tree
+    /// path would write back shorter) is a miss.
+    #[inline(always)]
+    fn long(&mut self) -> Option<i64> {
+        let start = self.r.pos;
+        let v = self.r.long().ok()?;
+        (self.r.pos - start == varint_len(v)).then_some(v)
+    }
+
+    /// A length: a canonical `long` that the bytes left can hold.
+    #[inline(always)]
+    fn len(&mut self) -> Option<usize> {
+        let n = self.long()?;
+        (n >= 0 && n as u64 <= self.r.remaining() as u64).then_some(n as usize)
+    }
+
+    /// A union branch or enum symbol: a canonical `long` below `limit`.
+    #[inline(always)]
+    fn index(&mut self, limit: usize) -> Option<u32> {
+        let i = self.long()?;
+        (i >= 0 && (i as u64) < limit as u64).then_some(i as u32)
+    }
+
+    /// One value of node `id`, read and checked. The outputs in `mask` keep
+    /// it: their runs cover its bytes.
     fn value(&mut self, id: NodeId, depth: usize, mask: u8, ceiling: Tier) -> Option<Read> {
         if depth > MAX_DEPTH {
             return None;
@@ -226,64 +283,50 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         let leaf = match &s.node(id).kind {
             Kind::Null => Leaf::Null,
             Kind::Boolean => {
-                let b = self.r.take(1).ok()?[0];
-                if b > 1 {
+                if self.r.take(1).ok()?[0] > 1 {
                     return None;
                 }
-                self.put(mask, &[b]);
                 Leaf::Other
             }
             Kind::Int => {
-                let l = self.r.long().ok()?;
+                let l = self.long()?;
                 i32::try_from(l).ok()?;
-                self.put_long(mask, l);
                 number = l;
                 Leaf::Int
             }
             Kind::Long => {
-                let l = self.r.long().ok()?;
-                self.put_long(mask, l);
+                let l = self.long()?;
                 number = l;
                 Leaf::Long
             }
             Kind::Float => {
-                let b = self.r.take(4).ok()?;
-                self.put(mask, b);
+                self.r.take(4).ok()?;
                 Leaf::Other
             }
             Kind::Double => {
-                let b = self.r.take(8).ok()?;
-                self.put(mask, b);
+                self.r.take(8).ok()?;
                 Leaf::Other
             }
             Kind::Fixed(n) => {
-                let b = self.r.take(*n).ok()?;
-                self.put(mask, b);
+                self.r.take(*n).ok()?;
                 Leaf::Other
             }
             Kind::Bytes => {
-                let n = self.r.len().ok()?;
-                let b = self.r.take(n).ok()?;
-                self.put_long(mask, n as i64);
-                self.put(mask, b);
+                let n = self.len()?;
+                self.r.take(n).ok()?;
                 Leaf::Other
             }
             kind @ (Kind::String | Kind::Uuid) => {
-                let n = self.r.len().ok()?;
-                let b = self.r.take(n).ok()?;
-                let x = std::str::from_utf8(b).ok()?;
-                if matches!(kind, Kind::Uuid) && uuid::Uuid::try_parse(x).is_err() {
+                let n = self.len()?;
+                let x = std::str::from_utf8(self.r.take(n).ok()?).ok()?;
+                if matches!(kind, Kind::Uuid) && !is_uuid(x) {
                     return None;
                 }
-                self.put_long(mask, n as i64);
-                self.put(mask, b);
                 self.text = x;
                 Leaf::Str
             }
             Kind::Enum(symbols) => {
-                let i = self.r.index(symbols.len()).ok()?;
-                self.put_long(mask, i64::from(i));
-                number = i64::from(i);
+                number = i64::from(self.index(symbols.len())?);
                 Leaf::Enum
             }
             Kind::Array(items) => {
@@ -292,35 +335,27 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 }
                 let n = self.block()?;
                 if n > 0 {
-                    self.put_long(mask, n as i64);
                     for _ in 0..n {
                         self.value(*items, depth + 1, mask, ceiling)?;
                     }
                     self.end_of_blocks()?;
                 }
-                self.put(mask, &[0]);
                 Leaf::Other
             }
             Kind::Map(values) => {
                 let n = self.block()?;
                 if n > 0 {
-                    self.put_long(mask, n as i64);
                     for _ in 0..n {
-                        let klen = self.r.len().ok()?;
-                        let k = self.r.take(klen).ok()?;
-                        std::str::from_utf8(k).ok()?;
-                        self.put_long(mask, klen as i64);
-                        self.put(mask, k);
+                        let klen = self.len()?;
+                        std::str::from_utf8(self.r.take(klen).ok()?).ok()?;
                         self.value(*values, depth + 1, mask, ceiling)?;
                     }
                     self.end_of_blocks()?;
                 }
-                self.put(mask, &[0]);
                 Leaf::Other
             }
             Kind::Union(branches) => {
-                let i = self.r.index(branches.len()).ok()?;
-                self.put_long(mask, i64::from(i));
+                let i = self.index(branches.len())?;
                 let inner = self.value(branches[i as usize], depth + 1, mask, ceiling)?;
                 if inner.branch != NO_BRANCH || i == NO_BRANCH {
                     return None;
@@ -340,7 +375,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// The count of an array's or map's first block: only a plain count
     /// (no byte size) that the bytes left can hold.
     fn block(&mut self) -> Option<usize> {
-        let n = self.r.long().ok()?;
+        let n = self.long()?;
         if n < 0 || n as u64 > self.r.remaining() as u64 {
             return None;
         }
@@ -349,6 +384,12 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
 
     /// The end of an array or map after its first block: one block only.
     fn end_of_blocks(&mut self) -> Option<()> {
-        (self.r.long().ok()? == 0).then_some(())
+        (self.long()? == 0).then_some(())
     }
+}
+
+/// The bytes of `v`'s shortest zig-zag varint.
+fn varint_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
 }
