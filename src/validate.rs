@@ -37,9 +37,9 @@ pub fn is_utc_instant(s: &str) -> bool {
 }
 
 /// The form producers write, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z` with a real
-/// date and time, checked without chrono's general parser (a quarter of
-/// its cost). Only ever says yes to what chrono accepts too; anything else
-/// goes to chrono, which decides.
+/// date and time, checked without chrono's general parser (about a third
+/// of its time on the pure path). Only ever says yes to what chrono accepts
+/// too; anything else goes to chrono, which decides.
 fn plain_utc_instant(b: &[u8]) -> bool {
     let Some((
         [y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1],
@@ -271,6 +271,18 @@ mod tests {
         assert!(!is_utc_instant("2026-05-01T12:00:00+02:00"));
         assert!(!is_utc_instant("2026-05-01"));
         assert!(!is_utc_instant("yesterday"));
+        // Leap days: every fourth year, not every hundredth, every 400th.
+        for (t, ok) in [
+            ("2024-02-29T00:00:00Z", true),
+            ("2000-02-29T00:00:00Z", true),
+            ("1900-02-29T00:00:00Z", false),
+            ("2023-02-29T00:00:00Z", false),
+            ("2023-04-31T00:00:00Z", false),
+            ("2023-12-31T23:59:59.999999999Z", true),
+        ] {
+            assert_eq!(is_utc_instant(t), ok, "{t}");
+            assert_eq!(plain_utc_instant(t.as_bytes()), ok, "{t}");
+        }
     }
 
     /// Random edits of valid instants and UUIDs: the fast checks say yes
