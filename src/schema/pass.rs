@@ -375,11 +375,9 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// The count of an array's or map's first block: only a plain count
     /// (no byte size) that the bytes left can hold.
     fn block(&mut self) -> Option<usize> {
-        let n = self.long()?;
-        if n < 0 || n as u64 > self.r.remaining() as u64 {
-            return None;
-        }
-        Some(n as usize)
+        // The same bounds as a length: no negative count (a count followed
+        // by a byte size), none larger than the bytes left.
+        self.len()
     }
 
     /// The end of an array or map after its first block: one block only.
