@@ -45,8 +45,8 @@ use crate::record::{
 };
 use crate::route::{dead_letter, event_routing, start_value, tier_record, Framing};
 use crate::schema::{
-    binary, derived_subject, json, json::Doc, json::Json, max_present_tier, pass, CompiledSchema,
-    Envelope, Field, LookupError, SchemaError, SchemaLookup,
+    binary, derived_subject, json, json::Doc, json::Json, json_pass, max_present_tier, pass,
+    CompiledSchema, Envelope, Field, LookupError, SchemaError, SchemaLookup,
 };
 use crate::validate::{is_valid_event_type, validate, validate_envelope};
 
@@ -271,16 +271,10 @@ impl Engine {
         registry: &mut dyn SchemaLookup,
         gaps: Gaps,
     ) -> Result<Outcome, EngineError> {
-        let mut docs = Docs::default();
-        let routed = if let Some(value) = self.single_pass_input(raw) {
-            self.single(value, store, registry, gaps)
-        } else {
-            match self.decode(raw, &mut docs, registry) {
-                Ok((writer, datum, order_by)) => {
-                    self.route(&writer, &datum, order_by, store, registry, gaps)
-                }
-                Err(halt) => Err(halt),
-            }
+        let routed = match self.single_pass_input(raw) {
+            Some(SinglePass::Avro(value)) => self.single(value, store, registry, gaps),
+            Some(SinglePass::Json(value)) => self.single_json(raw, value, store, registry, gaps),
+            None => self.decoded(raw, store, registry, gaps),
         };
         match routed {
             Ok(routed) => Ok(Outcome::Routed(routed)),
@@ -380,16 +374,35 @@ impl Engine {
         Ok((writer, &value[5..]))
     }
 
-    /// The value, when the record takes the single pass: framed Avro, not
-    /// from an adapted topic, bound for Avro tiers.
-    fn single_pass_input<'v>(&self, raw: &RawRecord<'v>) -> Option<&'v [u8]> {
+    /// A record down the tree path: decoded, then routed.
+    fn decoded(
+        &mut self,
+        raw: &RawRecord<'_>,
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Routed, Halt> {
+        let mut docs = Docs::default();
+        let (writer, datum, order_by) = self.decode(raw, &mut docs, registry)?;
+        self.route(&writer, &datum, order_by, store, registry, gaps)
+    }
+
+    /// The value, when the record takes a single pass: not from an adapted
+    /// topic, and framed Avro bound for Avro tiers or a JSON object bound
+    /// for JSON tiers.
+    fn single_pass_input<'v>(&self, raw: &RawRecord<'v>) -> Option<SinglePass<'v>> {
         let value = raw.value?;
-        (self.single_pass
-            && self.config.format == OutputFormat::Avro
-            && value.first() == Some(&0)
-            && (self.config.adapters.is_empty()
-                || !self.config.adapters.contains_key(&*raw.source.topic)))
-        .then_some(value)
+        if !self.single_pass
+            || (!self.config.adapters.is_empty()
+                && self.config.adapters.contains_key(&*raw.source.topic))
+        {
+            return None;
+        }
+        match (self.config.format, value.first()) {
+            (OutputFormat::Avro, Some(0)) => Some(SinglePass::Avro(value)),
+            (OutputFormat::Json, Some(b'{')) => Some(SinglePass::Json(value)),
+            _ => None,
+        }
     }
 
     /// A framed Avro event through the single pass ([`crate::schema::pass`]):
@@ -415,14 +428,35 @@ impl Engine {
         // has one.
         let mut bodies = [(); 3].map(|()| start_value(Framing::Avro(0)));
         let hasher = self.hasher.as_deref();
-        let Some(pass) = pass::project(schema, env, body, hasher, &mut bodies) else {
-            return self.tree(&writer, body, store, registry, gaps);
-        };
+        let pass = pass::project(schema, env, body, hasher, &mut bodies);
+        match pass.and_then(|pass| self.passed(&writer, env, &pass, bodies, store, registry, gaps))
+        {
+            Some(routed) => routed,
+            None => self.tree(&writer, body, store, registry, gaps),
+        }
+    }
+
+    /// What a single pass read, through the steps after it: the envelope
+    /// checked, the tier check, order, framing and routing. `None` when the
+    /// tree path must decide (an envelope value it would refuse, a declared
+    /// tier below what the event holds), before the store is asked.
+    #[allow(clippy::too_many_arguments)]
+    fn passed(
+        &mut self,
+        writer: &Writer,
+        env: &Envelope,
+        pass: &pass::Pass<'_>,
+        bodies: [Vec<u8>; 3],
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Option<Result<Routed, Halt>> {
+        let schema = &writer.schema;
         let Datum::Record(values) = &pass.envelope else {
-            return self.tree(&writer, body, store, registry, gaps);
+            return None;
         };
         if validate_envelope(env, values).is_err() {
-            return self.tree(&writer, body, store, registry, gaps);
+            return None;
         }
         let event = Event {
             schema,
@@ -433,14 +467,14 @@ impl Engine {
         };
         let tiers = match self.check_tier(&event, Some(pass.present)) {
             Ok(tiers) if tiers.mismatch.is_none() => tiers,
-            _ => return self.tree(&writer, body, store, registry, gaps),
+            _ => return None,
         };
         let bodies = Bodies::Passed {
             bodies,
             entity_pseudonym: pass.entity_pseudonym,
         };
-        self.emit(
-            &writer,
+        Some(self.emit(
+            writer,
             &event,
             tiers,
             bodies,
@@ -448,7 +482,49 @@ impl Engine {
             store,
             registry,
             gaps,
-        )
+        ))
+    }
+
+    /// A canonical JSON event through the JSON single pass
+    /// ([`crate::schema::json_pass`]), then ordered and routed as
+    /// [`Engine::route`] does. Whatever the pass leaves to the tree path
+    /// (before or after the schema is looked up) is decoded and routed
+    /// there instead, which gives the rejection: so is an event whose schema
+    /// cannot be looked up (the tree path then asks again with what it
+    /// reads), and one whose top-level `event_type` and `schema_version`
+    /// are not the ones the schema was looked up with.
+    fn single_json(
+        &mut self,
+        raw: &RawRecord<'_>,
+        value: &[u8],
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Routed, Halt> {
+        let Some(head) = json_pass::head(value) else {
+            return self.decoded(raw, store, registry, gaps);
+        };
+        let found = self.writer_for_event_type(
+            &raw.source.topic,
+            head.event_type,
+            head.schema_version,
+            registry,
+        );
+        let Ok(writer) = found else {
+            return self.decoded(raw, store, registry, gaps);
+        };
+        let Ok(env) = writer.schema.envelope() else {
+            return self.decoded(raw, store, registry, gaps);
+        };
+        let mut bodies = [(); 3].map(|()| start_value(Framing::Json));
+        let hasher = self.hasher.clone();
+        let pass = json_pass::project(&writer.schema, env, value, hasher.as_deref(), &mut bodies)
+            .filter(|pass| head.is_read_in(env, pass));
+        match pass.and_then(|pass| self.passed(&writer, env, &pass, bodies, store, registry, gaps))
+        {
+            Some(routed) => routed,
+            None => self.decoded(raw, store, registry, gaps),
+        }
     }
 
     /// A framed Avro body down the tree path: decoded, then routed.
@@ -734,8 +810,8 @@ impl Engine {
         Ok(Projected { tiers, bufs })
     }
 
-    /// The single pass's bodies of the reached tiers, framed with their
-    /// derived schemas' ids (registering each the first time, as
+    /// A single pass's bodies of the reached tiers; Avro bodies framed with
+    /// their derived schemas' ids (registering each the first time, as
     /// [`Engine::project`] does).
     fn frame(
         &mut self,
@@ -746,9 +822,11 @@ impl Engine {
     ) -> Result<Projected, Halt> {
         let mut bufs: [Vec<u8>; 3] = Default::default();
         for (buf, tier) in bufs.iter_mut().zip(&tiers) {
-            let id = self.derived_id(writer, *tier, registry)?;
             let mut body = std::mem::take(&mut bodies[tier.index()]);
-            body[1..5].copy_from_slice(&id.to_be_bytes());
+            if self.config.format == OutputFormat::Avro {
+                let id = self.derived_id(writer, *tier, registry)?;
+                body[1..5].copy_from_slice(&id.to_be_bytes());
+            }
             *buf = body;
         }
         Ok(Projected { tiers, bufs })
@@ -1175,12 +1253,20 @@ struct Docs<'v> {
     canonical: Option<Json<'v>>,
 }
 
+/// A record's value, for the single pass that reads it.
+enum SinglePass<'v> {
+    /// Framed Avro, for Avro tiers ([`crate::schema::pass`]).
+    Avro(&'v [u8]),
+    /// A JSON object, for JSON tiers ([`crate::schema::json_pass`]).
+    Json(&'v [u8]),
+}
+
 /// Where an event's tier bodies come from.
 enum Bodies {
     /// Projected from the decoded tree once the event is ordered.
     Tree,
-    /// Written by the single pass, by tier index, each after a frame header
-    /// whose schema id is still to be set.
+    /// Written by a single pass, by tier index: Avro bodies each after a
+    /// frame header whose schema id is still to be set, or JSON values.
     Passed {
         bodies: [Vec<u8>; 3],
         entity_pseudonym: Option<[u8; 64]>,

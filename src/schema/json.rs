@@ -420,7 +420,7 @@ fn resolve_node<'a, 's, D: Doc>(
     })
 }
 
-fn branch_name(s: &CompiledSchema, id: NodeId) -> Cow<'_, str> {
+pub(super) fn branch_name(s: &CompiledSchema, id: NodeId) -> Cow<'_, str> {
     let n = s.node(id);
     if let Some(full) = &n.fullname {
         return Cow::Borrowed(full);
@@ -641,7 +641,7 @@ fn scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 }
 
 /// A float as `render` turns it into JSON: `null` when not finite.
-fn number(out: &mut Vec<u8>, f: f64) {
+pub(super) fn number(out: &mut Vec<u8>, f: f64) {
     match Number::from_f64(f) {
         Some(n) => scalar(out, &n),
         None => out.extend_from_slice(b"null"),

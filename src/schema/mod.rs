@@ -14,6 +14,7 @@
 
 pub mod binary;
 pub mod json;
+pub mod json_pass;
 mod lookup;
 pub mod pass;
 mod subject;

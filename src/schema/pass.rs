@@ -67,19 +67,7 @@ pub fn project<'a>(
             values.push(Datum::Null);
             continue;
         }
-        let d = match v.leaf {
-            Leaf::Null => Datum::Null,
-            Leaf::Int => Datum::Int(i32::try_from(v.number).ok()?),
-            Leaf::Long => Datum::Long(v.number),
-            Leaf::Str => Datum::String(Cow::Borrowed(walk.text)),
-            Leaf::Enum => Datum::Enum(u32::try_from(v.number).ok()?),
-            Leaf::Other => return None,
-        };
-        values.push(if v.branch == NO_BRANCH {
-            d
-        } else {
-            Datum::Union(v.branch, Box::new(d))
-        });
+        values.push(envelope_datum(v, walk.text)?);
     }
     if walk.r.pos != body.len() {
         return None;
@@ -92,10 +80,29 @@ pub fn project<'a>(
     })
 }
 
-/// Every tier's bit: bit `i` is `Tier::ALL[i]`.
-const ALL_TIERS: u8 = 0b111;
+/// An envelope field's value as the steps after the pass read it; `text`
+/// is the string `v` read, if it is one. `None` for a value that is not a
+/// scalar.
+pub(super) fn envelope_datum(v: Read, text: &str) -> Option<Datum<'_>> {
+    let d = match v.leaf {
+        Leaf::Null => Datum::Null,
+        Leaf::Int => Datum::Int(i32::try_from(v.number).ok()?),
+        Leaf::Long => Datum::Long(v.number),
+        Leaf::Str => Datum::String(Cow::Borrowed(text)),
+        Leaf::Enum => Datum::Enum(u32::try_from(v.number).ok()?),
+        Leaf::Other => return None,
+    };
+    Some(if v.branch == NO_BRANCH {
+        d
+    } else {
+        Datum::Union(v.branch, Box::new(d))
+    })
+}
 
-fn is_envelope(env: &Envelope, i: usize) -> bool {
+/// Every tier's bit: bit `i` is `Tier::ALL[i]`.
+pub(super) const ALL_TIERS: u8 = 0b111;
+
+pub(super) fn is_envelope(env: &Envelope, i: usize) -> bool {
     [
         env.event_id,
         env.event_type,
@@ -114,7 +121,7 @@ fn is_envelope(env: &Envelope, i: usize) -> bool {
 /// What kind of value was read, as far as the steps after it need it:
 /// rules, hashing, the present tier and the envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Leaf {
+pub(super) enum Leaf {
     Null,
     Int,
     Long,
@@ -129,19 +136,19 @@ enum Leaf {
 /// larger one came back through memory, and was read back before the
 /// stores had landed (a store-forwarding stall on every field).
 #[derive(Debug, Clone, Copy)]
-struct Read {
+pub(super) struct Read {
     /// An `int`'s or `long`'s value, an enum's index.
-    number: i64,
+    pub(super) number: i64,
     /// The union branch taken, or [`NO_BRANCH`].
-    branch: u32,
-    leaf: Leaf,
+    pub(super) branch: u32,
+    pub(super) leaf: Leaf,
 }
 
 /// [`Read::branch`] of a value that is not a union's.
-const NO_BRANCH: u32 = u32::MAX;
+pub(super) const NO_BRANCH: u32 = u32::MAX;
 
 impl Read {
-    fn leaf(leaf: Leaf, number: i64) -> Self {
+    pub(super) fn leaf(leaf: Leaf, number: i64) -> Self {
         Read {
             number,
             branch: NO_BRANCH,
@@ -149,7 +156,7 @@ impl Read {
         }
     }
 
-    fn as_i64(self) -> Option<i64> {
+    pub(super) fn as_i64(self) -> Option<i64> {
         matches!(self.leaf, Leaf::Int | Leaf::Long).then_some(self.number)
     }
 }

@@ -1,0 +1,851 @@
+//! The single pass for JSON: a canonical JSON event read against its
+//! writer schema and written into the three tiers' JSON values in the same
+//! walk, without a parsed document or a [`Datum`] tree in between.
+//!
+//! It does what [`super::json::resolve`], validation, the present-tier walk
+//! and [`crate::project::write_json_projections`] do one after the other,
+//! for the common case only: objects whose keys come in ascending order (as
+//! the tier values write them), strings without escapes, numbers in their
+//! plain form, unions with at most one branch besides `null`. Anything else
+//! is a miss (`None`) and the engine takes the tree path, which decides: a
+//! text that is not JSON, a value the schema or validation refuses, a
+//! missing field whose default is not `null`, bytes and fixed values, a
+//! value that could be a union's tagged form (`{"<branch>": value}`), a
+//! field to hash without a key. So the pass never dead-letters anything
+//! itself, and what it accepts comes out byte for byte as the tree path
+//! writes it: `tests/properties.rs` runs both on the same events,
+//! well-formed, anomalous and mutated.
+
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+use serde_json::Value;
+
+use super::binary::MAX_DEPTH;
+use super::json::{self, branch_name};
+use super::pass::{envelope_datum, is_envelope, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH};
+use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
+use crate::project::{put_masked, treatment_masks, Hasher, Pseudonyms};
+use crate::record::{Datum, Tier};
+use crate::validate::{is_utc_instant, is_uuid, is_valid_event_type};
+
+/// What picks a JSON event's schema, read before the schema is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The top-level `event_type`, matching `^[a-z]+\.[a-z_]+$`.
+    pub event_type: &'a str,
+    /// The top-level `schema_version`, at least 1.
+    pub schema_version: u32,
+}
+
+/// The `event_type` and `schema_version` a JSON event's schema is looked up
+/// with: found by their compact keys (`"event_type":"`, `"schema_version":`)
+/// where the text has them, read from its top level otherwise. A guess
+/// either way: the engine uses the schema only if the pass then reads the
+/// same two values at the top level ([`Head::is_read_in`]), and leaves the
+/// event to the tree path otherwise, and when the schema cannot be looked
+/// up. `None` when nothing usable is found; the tree path then decides, and
+/// gives the rejection of a missing or invalid `event_type` or
+/// `schema_version`.
+#[must_use]
+pub fn head(value: &[u8]) -> Option<Head<'_>> {
+    static EVENT_TYPE: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(b"\"event_type\":\""));
+    static SCHEMA_VERSION: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(b"\"schema_version\":"));
+    let compact = || {
+        let at = EVENT_TYPE.find(value)? + EVENT_TYPE.needle().len();
+        let n = string_len(value.get(at..)?)?;
+        let event_type = std::str::from_utf8(&value[at..at + n]).ok()?;
+        let at = SCHEMA_VERSION.find(value)? + SCHEMA_VERSION.needle().len();
+        let digits = value[at..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let version = std::str::from_utf8(&value[at..at + digits]).ok()?;
+        Some((event_type, version.parse::<u32>().ok()?))
+    };
+    let (event_type, schema_version) = compact().or_else(|| top_level(value))?;
+    (is_valid_event_type(event_type) && schema_version >= 1).then_some(Head {
+        event_type,
+        schema_version,
+    })
+}
+
+impl Head<'_> {
+    /// Whether `pass` read this `event_type` and `schema_version` at the top
+    /// level of the event, the values the tree path looks its schema up
+    /// with.
+    #[must_use]
+    pub fn is_read_in(&self, env: &Envelope, pass: &Pass<'_>) -> bool {
+        let Datum::Record(values) = &pass.envelope else {
+            return false;
+        };
+        values[env.event_type].as_str() == Some(self.event_type)
+            && values[env.schema_version].as_i64() == Some(i64::from(self.schema_version))
+    }
+}
+
+/// `event_type` and `schema_version` read from the top level of a JSON
+/// object whose keys ascend.
+fn top_level(value: &[u8]) -> Option<(&str, u32)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut sc = Scan::new(text);
+    let (mut event_type, mut schema_version) = (None, None);
+    let mut key = sc.open_object()?;
+    while let Some(k) = key {
+        match k {
+            "event_type" => event_type = Some(sc.string()?),
+            "schema_version" => {
+                let (n, integer) = sc.number()?;
+                schema_version = Some(n.parse::<u32>().ok().filter(|_| integer)?);
+            }
+            _ => sc.skip(1)?,
+        }
+        key = sc.next_key(k)?;
+    }
+    Some((event_type?, schema_version?))
+}
+
+/// Reads `value` (a JSON object) with `schema`, whose envelope is `env`, and
+/// appends each tier's projected JSON value to `outs[tier.index()]`. `None`
+/// when the tree path must decide; `outs` then hold partial values, which
+/// the caller drops.
+pub fn project<'a>(
+    schema: &CompiledSchema,
+    env: &Envelope,
+    value: &'a [u8],
+    hasher: Option<&Hasher>,
+    outs: &mut [Vec<u8>; 3],
+) -> Option<Pass<'a>> {
+    let text = std::str::from_utf8(value).ok()?;
+    let root = schema.root();
+    let Kind::Record(fields) = &schema.node(root).kind else {
+        return None;
+    };
+    let mut walk = Walk {
+        s: schema,
+        sc: Scan::new(text),
+        pseudonyms: Pseudonyms::unnamed(hasher),
+        outs,
+        present: Tier::Public,
+        text: "",
+        scratch: Vec::new(),
+    };
+    let mut values = Vec::new();
+    values.resize_with(fields.len(), || Datum::Null);
+    walk.record(
+        root,
+        fields,
+        0,
+        ALL_TIERS,
+        Tier::Public,
+        Some((env, &mut values)),
+    )
+    .ok()?;
+    walk.sc.ws();
+    if walk.sc.pos != value.len() {
+        return None;
+    }
+    Some(Pass {
+        envelope: Datum::Record(values),
+        present: walk.present,
+        entity_pseudonym: walk.pseudonyms.entity_pseudonym(),
+    })
+}
+
+/// A cursor over a JSON text that reads the part of JSON the pass covers:
+/// every method returns `None` (or `false`) at anything else.
+#[derive(Clone, Copy)]
+struct Scan<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn new(text: &'a str) -> Self {
+        Scan {
+            text,
+            b: text.as_bytes(),
+            pos: 0,
+        }
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.pos += usize::from(hit);
+        hit
+    }
+
+    fn byte(&mut self, c: u8) -> Option<()> {
+        self.eat(c).then_some(())
+    }
+
+    /// A string without escapes or control characters; its text.
+    fn string(&mut self) -> Option<&'a str> {
+        self.byte(b'"')?;
+        let start = self.pos;
+        let n = string_len(self.b.get(start..)?)?;
+        self.pos = start + n + 1;
+        // Both ends are quotes, ASCII: the slice is on character boundaries.
+        self.text.get(start..start + n)
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// A number in JSON's grammar; its text and whether it is an integer
+    /// (no fraction, no exponent).
+    fn number(&mut self) -> Option<(&'a str, bool)> {
+        let start = self.pos;
+        self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.pos += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let mut integer = true;
+        if self.eat(b'.') {
+            if self.digits() == 0 {
+                return None;
+            }
+            integer = false;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            integer = false;
+        }
+        Some((self.text.get(start..self.pos)?, integer))
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.pos + word.len();
+        (self.b.get(self.pos..end)? == word).then(|| self.pos = end)
+    }
+
+    /// After a key's string: `:` and the whitespace around it.
+    fn colon(&mut self) -> Option<()> {
+        self.ws();
+        self.byte(b':')?;
+        self.ws();
+        Some(())
+    }
+
+    /// `{`, and its first key if it has one (the cursor then at its value).
+    fn open_object(&mut self) -> Option<Option<&'a str>> {
+        self.ws();
+        self.byte(b'{')?;
+        self.ws();
+        if self.eat(b'}') {
+            return Some(None);
+        }
+        let k = self.string()?;
+        self.colon()?;
+        Some(Some(k))
+    }
+
+    /// After a value in an object whose last key was `prev`: the next key,
+    /// which must come after `prev` (no duplicates, ascending), or `None`
+    /// at the closing `}`.
+    fn next_key(&mut self, prev: &str) -> Option<Option<&'a str>> {
+        self.ws();
+        if self.eat(b'}') {
+            return Some(None);
+        }
+        self.byte(b',')?;
+        self.ws();
+        let k = self.string()?;
+        if k <= prev {
+            return None;
+        }
+        self.colon()?;
+        Some(Some(k))
+    }
+
+    /// Skips a value, checking it.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' => {
+                self.pos += 1;
+                self.ws();
+                if !self.eat(b'}') {
+                    loop {
+                        self.string()?;
+                        self.colon()?;
+                        self.skip(depth + 1)?;
+                        self.ws();
+                        if self.eat(b',') {
+                            self.ws();
+                            continue;
+                        }
+                        self.byte(b'}')?;
+                        break;
+                    }
+                }
+            }
+            b'[' => {
+                self.pos += 1;
+                self.ws();
+                if !self.eat(b']') {
+                    loop {
+                        self.skip(depth + 1)?;
+                        self.ws();
+                        if self.eat(b',') {
+                            self.ws();
+                            continue;
+                        }
+                        self.byte(b']')?;
+                        break;
+                    }
+                }
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => {
+                self.number()?;
+            }
+        }
+        Some(())
+    }
+}
+
+/// The length of the string that `rest` starts with, up to its closing
+/// quote; `None` at a backslash or a control character first, or without a
+/// closing quote. Eight bytes at a time: in each word, the lowest byte
+/// flagged by any of the three tests is the first such byte (a test can
+/// flag a byte wrongly only above one it flags rightly).
+fn string_len(rest: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    let mut words = rest.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let slash = x ^ (ONES * u64::from(b'\\'));
+        let hits = (quote.wrapping_sub(ONES) & !quote)
+            | (slash.wrapping_sub(ONES) & !slash)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
+        let hits = hits & HIGH;
+        if hits != 0 {
+            let i = at + (hits.trailing_zeros() / 8) as usize;
+            return (rest[i] == b'"').then_some(i);
+        }
+        at += 8;
+    }
+    for (i, c) in words.remainder().iter().enumerate() {
+        match c {
+            b'"' => return Some(at + i),
+            b'\\' | 0..0x20 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+struct Walk<'p, 'a: 'p> {
+    s: &'p CompiledSchema,
+    sc: Scan<'a>,
+    /// The `entity_id`'s pseudonym is computed once, once it is read.
+    pseudonyms: Pseudonyms<'p>,
+    outs: &'p mut [Vec<u8>; 3],
+    present: Tier,
+    /// The last string read.
+    text: &'a str,
+    /// Where a number is formatted.
+    scratch: Vec<u8>,
+}
+
+/// Why the walk stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The value does not resolve to the type, exactly where
+    /// [`super::json::resolve`] finds that it does not: a union then tries
+    /// its next branch, as `resolve` does.
+    Misfit,
+    /// Anything else: the tree path decides.
+    Miss,
+}
+
+use Stop::{Misfit, Miss};
+
+type Step<T> = Result<T, Stop>;
+
+/// A scan's `None` (a text the pass does not read) as a [`Stop::Miss`].
+trait OrMiss<T> {
+    fn or_miss(self) -> Step<T>;
+}
+
+impl<T> OrMiss<T> for Option<T> {
+    #[inline(always)]
+    fn or_miss(self) -> Step<T> {
+        self.ok_or(Miss)
+    }
+}
+
+/// A shape check: [`Stop::Misfit`] unless `fits`.
+#[inline(always)]
+fn fit(fits: bool) -> Step<()> {
+    if fits {
+        Ok(())
+    } else {
+        Err(Misfit)
+    }
+}
+
+/// The envelope of the root record, and its values as they are read.
+type Collect<'e, 'a> = Option<(&'e Envelope, &'e mut Vec<Datum<'a>>)>;
+
+impl<'p, 'a: 'p> Walk<'p, 'a> {
+    #[inline(always)]
+    fn put(&mut self, mask: u8, bytes: &[u8]) {
+        put_masked(self.outs, mask, bytes);
+    }
+
+    /// The bytes read since `start`, to every output in `mask`.
+    #[inline(always)]
+    fn copy(&mut self, mask: u8, start: usize) {
+        let b = self.sc.b;
+        put_masked(self.outs, mask, &b[start..self.sc.pos]);
+    }
+
+    /// A record's object, at depth `depth`: fields in name order, as the
+    /// tier values write them, merged with the object's keys (ascending);
+    /// keys the schema does not have are skipped. At the root, `env`
+    /// collects the envelope's values.
+    fn record(
+        &mut self,
+        id: NodeId,
+        fields: &'p [Field],
+        depth: usize,
+        mask: u8,
+        ceiling: Tier,
+        mut env: Collect<'_, 'a>,
+    ) -> Step<()> {
+        let s = self.s;
+        fit(self.sc.peek() == Some(b'{'))?;
+        let mut key = self.sc.open_object().or_miss()?;
+        self.put(mask, b"{");
+        // The outputs that have no field of this object yet.
+        let mut empty = mask;
+        for &i in s.sorted_fields(id) {
+            let f = &fields[i];
+            while let Some(k) = key.filter(|k| *k < f.name.as_str()) {
+                self.sc.skip(depth + 1).or_miss()?;
+                key = self.sc.next_key(k).or_miss()?;
+            }
+            let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
+            if hash != 0 && !self.pseudonyms.can_hash() {
+                return Err(Miss);
+            }
+            let here = keep | hash;
+            self.put(here & !empty, b",");
+            empty &= !here;
+            self.put(here, b"\"");
+            self.put(here, f.name.as_bytes());
+            self.put(here, b"\":");
+            let is_entity_id = env.as_ref().is_some_and(|(e, _)| e.entity_id == i);
+            let v = match key {
+                Some(k) if k == f.name => {
+                    let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
+                    key = self.sc.next_key(k).or_miss()?;
+                    v
+                }
+                _ => {
+                    let branch = missing(s, f)?;
+                    self.put(here, b"null");
+                    Read {
+                        number: 0,
+                        branch,
+                        leaf: Leaf::Null,
+                    }
+                }
+            };
+            if let Some((e, values)) = env.as_mut() {
+                if is_envelope(e, i) {
+                    values[i] = envelope_datum(v, self.text).or_miss()?;
+                }
+            }
+        }
+        while let Some(k) = key {
+            self.sc.skip(depth + 1).or_miss()?;
+            key = self.sc.next_key(k).or_miss()?;
+        }
+        self.put(mask, b"}");
+        Ok(())
+    }
+
+    /// A field's value: read into the outputs in `keep`, pseudonymised into
+    /// those in `hash`, checked against its name's rule. `ceiling`: the
+    /// highest label on the way from the root.
+    fn field(
+        &mut self,
+        f: &Field,
+        depth: usize,
+        keep: u8,
+        hash: u8,
+        ceiling: Tier,
+        is_entity_id: bool,
+    ) -> Step<Read> {
+        let t = ceiling.max(f.class.tier);
+        let v = self.value(f.node, depth + 1, keep, t)?;
+        let broken = match f.rule {
+            NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
+            NameRule::Instant => v.leaf == Leaf::Str && !is_utc_instant(self.text),
+            _ => false,
+        };
+        if broken {
+            // Resolved, then refused by validation: the tree path's answer.
+            return Err(Miss);
+        }
+        if v.leaf != Leaf::Null {
+            self.present = self.present.max(t);
+        }
+        if is_entity_id && v.leaf == Leaf::Str {
+            self.pseudonyms.name_entity(self.text.as_bytes());
+        }
+        if hash != 0 {
+            if v.leaf == Leaf::Str {
+                let hex = self.pseudonyms.of(self.text.as_bytes()).map_err(|_| Miss)?;
+                self.put(hash, b"\"");
+                self.put(hash, &hex);
+                self.put(hash, b"\"");
+            } else {
+                self.put(hash, b"null");
+            }
+        }
+        Ok(v)
+    }
+
+    /// One value of node `id`, read, checked and written to the outputs in
+    /// `mask`.
+    fn value(&mut self, id: NodeId, depth: usize, mask: u8, ceiling: Tier) -> Step<Read> {
+        if depth > MAX_DEPTH {
+            return Err(Miss);
+        }
+        let s = self.s;
+        let start = self.sc.pos;
+        let c = self.sc.peek().or_miss()?;
+        let number_ahead = c == b'-' || c.is_ascii_digit();
+        let mut number = 0;
+        let leaf = match &s.node(id).kind {
+            Kind::Null => {
+                fit(c == b'n')?;
+                self.sc.literal(b"null").or_miss()?;
+                self.copy(mask, start);
+                Leaf::Null
+            }
+            Kind::Boolean => {
+                fit(c == b't' || c == b'f')?;
+                let word: &[u8] = if c == b't' { b"true" } else { b"false" };
+                self.sc.literal(word).or_miss()?;
+                self.copy(mask, start);
+                Leaf::Other
+            }
+            kind @ (Kind::Int | Kind::Long) => {
+                fit(number_ahead)?;
+                let (text, integer) = self.sc.number().or_miss()?;
+                // A fraction or an exponent is a float to the tree path's
+                // parser, not an integer.
+                fit(integer)?;
+                // The plain form only: `-0` is written back as `0`.
+                if text == "-0" {
+                    return Err(Miss);
+                }
+                let l: i64 = text.parse().map_err(|_| Misfit)?;
+                let int = matches!(kind, Kind::Int);
+                if int {
+                    fit(i32::try_from(l).is_ok())?;
+                }
+                self.copy(mask, start);
+                number = l;
+                if int {
+                    Leaf::Int
+                } else {
+                    Leaf::Long
+                }
+            }
+            kind @ (Kind::Float | Kind::Double) => {
+                fit(number_ahead)?;
+                let (text, _) = self.sc.number().or_miss()?;
+                // Parsed as the tree path's parser parses it.
+                let f: f64 = serde_json::from_str(text).map_err(|_| Miss)?;
+                if !f.is_finite() {
+                    return Err(Miss);
+                }
+                let mut w = std::mem::take(&mut self.scratch);
+                w.clear();
+                json::number(
+                    &mut w,
+                    if matches!(kind, Kind::Float) {
+                        f64::from(f as f32)
+                    } else {
+                        f
+                    },
+                );
+                self.put(mask, &w);
+                self.scratch = w;
+                Leaf::Other
+            }
+            kind @ (Kind::String | Kind::Uuid) => {
+                fit(c == b'"')?;
+                let x = self.sc.string().or_miss()?;
+                if matches!(kind, Kind::Uuid) && !is_uuid(x) {
+                    return Err(Miss);
+                }
+                self.copy(mask, start);
+                self.text = x;
+                Leaf::Str
+            }
+            Kind::Enum(symbols) => {
+                fit(c == b'"')?;
+                let x = self.sc.string().or_miss()?;
+                number = symbols.iter().position(|y| y == x).ok_or(Misfit)? as i64;
+                self.copy(mask, start);
+                Leaf::Enum
+            }
+            Kind::Bytes | Kind::Fixed(_) => {
+                fit(c == b'"')?;
+                return Err(Miss);
+            }
+            Kind::Array(items) => {
+                fit(c == b'[')?;
+                self.sc.byte(b'[').or_miss()?;
+                self.sc.ws();
+                self.put(mask, b"[");
+                if !self.sc.eat(b']') {
+                    loop {
+                        self.value(*items, depth + 1, mask, ceiling)?;
+                        self.sc.ws();
+                        if self.sc.eat(b',') {
+                            self.sc.ws();
+                            self.put(mask, b",");
+                            continue;
+                        }
+                        self.sc.byte(b']').or_miss()?;
+                        break;
+                    }
+                }
+                self.put(mask, b"]");
+                Leaf::Other
+            }
+            Kind::Map(values) => {
+                fit(c == b'{')?;
+                self.sc.byte(b'{').or_miss()?;
+                self.sc.ws();
+                self.put(mask, b"{");
+                let mut prev: Option<&str> = None;
+                if !self.sc.eat(b'}') {
+                    loop {
+                        let at = self.sc.pos;
+                        let k = self.sc.string().or_miss()?;
+                        // Ascending, as the tree path writes a map's keys.
+                        if prev.is_some_and(|p| p >= k) {
+                            return Err(Miss);
+                        }
+                        if prev.is_some() {
+                            self.put(mask, b",");
+                        }
+                        prev = Some(k);
+                        self.copy(mask, at);
+                        self.put(mask, b":");
+                        self.sc.colon().or_miss()?;
+                        self.value(*values, depth + 1, mask, ceiling)?;
+                        self.sc.ws();
+                        if self.sc.eat(b',') {
+                            self.sc.ws();
+                            continue;
+                        }
+                        self.sc.byte(b'}').or_miss()?;
+                        break;
+                    }
+                }
+                self.put(mask, b"}");
+                Leaf::Other
+            }
+            Kind::Union(branches) => return self.union(branches, depth, mask, ceiling),
+            Kind::Record(fields) => {
+                self.record(id, fields, depth, mask, ceiling, None)?;
+                Leaf::Other
+            }
+        };
+        Ok(Read::leaf(leaf, number))
+    }
+
+    /// A union's value: its branches tried in order, the first that the
+    /// value resolves to taken, as [`super::json::resolve`] takes it.
+    fn union(&mut self, branches: &[NodeId], depth: usize, mask: u8, ceiling: Tier) -> Step<Read> {
+        if self.maybe_tagged(branches, depth) {
+            return Err(Miss);
+        }
+        let (sc, present, text) = (self.sc, self.present, self.text);
+        let lens = self.outs.each_ref().map(Vec::len);
+        for (i, b) in branches.iter().enumerate() {
+            match self.value(*b, depth + 1, mask, ceiling) {
+                Ok(inner) => {
+                    let branch = u32::try_from(i)
+                        .ok()
+                        .filter(|b| *b != NO_BRANCH)
+                        .or_miss()?;
+                    return Ok(Read { branch, ..inner });
+                }
+                Err(Miss) => return Err(Miss),
+                Err(Misfit) => {
+                    // What the branch wrote and read is undone.
+                    self.sc = sc;
+                    self.present = present;
+                    self.text = text;
+                    for (out, len) in self.outs.iter_mut().zip(lens) {
+                        out.truncate(len);
+                    }
+                }
+            }
+        }
+        Err(Misfit)
+    }
+
+    /// Whether the value ahead is an object of one entry whose key names one
+    /// of `branches` that is not a map: the tree path reads it as the Avro
+    /// JSON encoding's `{"<branch>": value}`, so the pass leaves it alone.
+    fn maybe_tagged(&self, branches: &[NodeId], depth: usize) -> bool {
+        if self.sc.peek() != Some(b'{') {
+            return false;
+        }
+        let mut ahead = self.sc;
+        let Some(first) = ahead.open_object() else {
+            return true;
+        };
+        let Some(k) = first else { return false };
+        if ahead.skip(depth + 1).is_none() {
+            return true;
+        }
+        ahead.ws();
+        if ahead.peek() != Some(b'}') {
+            return false;
+        }
+        let s = self.s;
+        branches.iter().any(|b| {
+            let name = branch_name(s, *b);
+            let short = name.rsplit('.').next().unwrap_or(&name);
+            (k == name.as_ref() || k == short) && !matches!(s.node(*b).kind, Kind::Map(_))
+        })
+    }
+}
+
+/// A field the object does not have: with a `null` default, the union
+/// branch it reads as ([`NO_BRANCH`] for a `null` field, 0 for a union
+/// whose first branch is `null`). A [`Stop::Misfit`] without a default, as
+/// for [`super::json::resolve`]; any other default is resolved by the tree
+/// path.
+fn missing(s: &CompiledSchema, f: &Field) -> Step<u32> {
+    match f.attrs.get("default") {
+        None => return Err(Misfit),
+        Some(Value::Null) => {}
+        Some(_) => return Err(Miss),
+    }
+    match &s.node(f.node).kind {
+        Kind::Null => Ok(NO_BRANCH),
+        Kind::Union(branches)
+            if branches
+                .first()
+                .is_some_and(|b| matches!(s.node(*b).kind, Kind::Null)) =>
+        {
+            Ok(0)
+        }
+        _ => Err(Miss),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-at-a-time scan finds what a byte-by-byte one finds, for
+    /// every position of a quote, a backslash or a control character among
+    /// ASCII and multi-byte text.
+    #[test]
+    fn string_len_is_the_byte_by_byte_answer() {
+        fn plain(rest: &[u8]) -> Option<usize> {
+            for (i, c) in rest.iter().enumerate() {
+                match c {
+                    b'"' => return Some(i),
+                    b'\\' | 0..0x20 => return None,
+                    _ => {}
+                }
+            }
+            None
+        }
+        let fillers: [&[u8]; 4] = [b"a", "é".as_bytes(), "€".as_bytes(), b"\x7f"];
+        let specials: [&[u8]; 6] = [b"\"", b"\\", b"\x00", b"\x1f", b"\n", b" "];
+        for filler in fillers {
+            for len in 0..40 {
+                let base: Vec<u8> = filler.iter().copied().cycle().take(len).collect();
+                assert_eq!(string_len(&base), plain(&base));
+                for special in specials {
+                    for at in 0..=len {
+                        let mut s = base.clone();
+                        s.splice(at..at, special.iter().copied());
+                        s.extend_from_slice(b"\"tail");
+                        assert_eq!(string_len(&s), plain(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn head_reads_compact_and_spaced_text() {
+        let compact =
+            br#"{"a":{"event_type":"x.y"},"event_type":"user.created","schema_version":2}"#;
+        // The compact search finds the nested key first: a guess the
+        // engine checks against what the pass reads at the top level.
+        assert_eq!(head(compact).map(|h| h.event_type), Some("x.y"));
+        let spaced = br#"{ "event_type" : "user.created", "schema_version" : 2 }"#;
+        assert_eq!(
+            head(spaced),
+            Some(Head {
+                event_type: "user.created",
+                schema_version: 2
+            })
+        );
+        assert_eq!(
+            head(br#"{"event_type":"user.created","schema_version":0}"#),
+            None
+        );
+        assert_eq!(
+            head(br#"{"event_type":"User.created","schema_version":1}"#),
+            None
+        );
+    }
+}
