@@ -516,7 +516,10 @@ impl Engine {
         let Ok(env) = writer.schema.envelope() else {
             return self.decoded(raw, store, registry, gaps);
         };
-        let mut bodies = [(); 3].map(|()| start_value(Framing::Json));
+        // A JSON value starts empty ([`start_value`]); each has room for the
+        // whole event and pseudonyms wider than the values they replace, so
+        // it is not grown as it is written.
+        let mut bodies = [(); 3].map(|()| Vec::with_capacity(value.len() + 256));
         let hasher = self.hasher.clone();
         let pass = json_pass::project(&writer.schema, env, value, hasher.as_deref(), &mut bodies)
             .filter(|pass| head.is_read_in(env, pass));

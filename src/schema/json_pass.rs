@@ -5,16 +5,18 @@
 //! It does what [`super::json::resolve`], validation, the present-tier walk
 //! and [`crate::project::write_json_projections`] do one after the other,
 //! for the common case only: objects whose keys come in ascending order (as
-//! the tier values write them), strings without escapes, numbers in their
-//! plain form, unions with at most one branch besides `null`. Anything else
-//! is a miss (`None`) and the engine takes the tree path, which decides: a
-//! text that is not JSON, a value the schema or validation refuses, a
-//! missing field whose default is not `null`, bytes and fixed values, a
-//! value that could be a union's tagged form (`{"<branch>": value}`), a
-//! field to hash without a key. So the pass never dead-letters anything
-//! itself, and what it accepts comes out byte for byte as the tree path
-//! writes it: `tests/properties.rs` runs both on the same events,
-//! well-formed, anomalous and mutated.
+//! the tier values write them), strings without escapes, integers in their
+//! plain form. A union's branches are tried in order, and a branch is left
+//! for the next one only where `resolve` finds that the value does not fit
+//! it ([`Stop::Misfit`]). Anything else is a miss (`None`) and the engine
+//! takes the tree path, which decides: a text that is not JSON, a value
+//! that validation refuses, a missing field whose default is not `null`,
+//! bytes and fixed values, a value that could be a union's tagged form
+//! (`{"<branch>": value}`), a field to hash without a key. So the pass
+//! never dead-letters anything itself, and what it accepts comes out byte
+//! for byte as the tree path writes it: `tests/properties.rs` runs both on
+//! the same events, well-formed, anomalous, mutated and edited into the
+//! edge cases above.
 
 use std::sync::LazyLock;
 
@@ -161,6 +163,8 @@ struct Scan<'a> {
     text: &'a str,
     b: &'a [u8],
     pos: usize,
+    /// Where the last object key read starts (its opening quote).
+    key_at: usize,
 }
 
 impl<'a> Scan<'a> {
@@ -169,6 +173,7 @@ impl<'a> Scan<'a> {
             text,
             b: text.as_bytes(),
             pos: 0,
+            key_at: 0,
         }
     }
 
@@ -263,6 +268,7 @@ impl<'a> Scan<'a> {
         if self.eat(b'}') {
             return Some(None);
         }
+        self.key_at = self.pos;
         let k = self.string()?;
         self.colon()?;
         Some(Some(k))
@@ -278,6 +284,7 @@ impl<'a> Scan<'a> {
         }
         self.byte(b',')?;
         self.ws();
+        self.key_at = self.pos;
         let k = self.string()?;
         if k <= prev {
             return None;
@@ -470,14 +477,12 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 return Err(Miss);
             }
             let here = keep | hash;
-            self.put(here & !empty, b",");
+            let present = key.filter(|k| *k == f.name);
+            self.key(here, empty, &f.name, present.is_some());
             empty &= !here;
-            self.put(here, b"\"");
-            self.put(here, f.name.as_bytes());
-            self.put(here, b"\":");
             let is_entity_id = env.as_ref().is_some_and(|(e, _)| e.entity_id == i);
-            let v = match key {
-                Some(k) if k == f.name => {
+            let v = match present {
+                Some(k) => {
                     let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
                     key = self.sc.next_key(k).or_miss()?;
                     v
@@ -504,6 +509,29 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         }
         self.put(mask, b"}");
         Ok(())
+    }
+
+    /// A field's key, `"name":`, to the outputs in `here`, after a comma in
+    /// those that are not `empty`: copied from the input, with the comma
+    /// before it, where the key just read (`read`) is written there without
+    /// spaces.
+    fn key(&mut self, here: u8, empty: u8, name: &str, read: bool) {
+        let (b, at, end) = (self.sc.b, self.sc.key_at, self.sc.pos);
+        let comma = here & !empty;
+        if read && end - at == name.len() + 3 {
+            if comma != 0 && at > 0 && b[at - 1] == b',' {
+                self.put(comma, &b[at - 1..end]);
+                self.put(here & empty, &b[at..end]);
+            } else {
+                self.put(comma, b",");
+                self.put(here, &b[at..end]);
+            }
+        } else {
+            self.put(comma, b",");
+            self.put(here, b"\"");
+            self.put(here, name.as_bytes());
+            self.put(here, b"\":");
+        }
     }
 
     /// A field's value: read into the outputs in `keep`, pseudonymised into
