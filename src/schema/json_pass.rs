@@ -6,7 +6,12 @@
 //! and [`crate::project::write_json_projections`] do one after the other,
 //! for the common case only: objects whose keys come in ascending order (as
 //! the tier values write them), strings without escapes, integers in their
-//! plain form. A union's branches are tried in order, and a branch is left
+//! plain form. Text without whitespace between its tokens is walked in run
+//! mode: each output copies runs of the input and is written only where it
+//! differs (a field it drops or hashes, a key it does not know, a missing
+//! field, a comma, a number written otherwise), so the restricted value is
+//! mostly one copy. Other text is walked in write mode, everything written
+//! as it is read. A union's branches are tried in order, and a branch is left
 //! for the next one only where `resolve` finds that the value does not fit
 //! it ([`Stop::Misfit`]). Anything else is a miss (`None`) and the engine
 //! takes the tree path, which decides: a text that is not JSON, a value
@@ -121,9 +126,34 @@ pub fn project<'a>(
     outs: &mut [Vec<u8>; 3],
 ) -> Option<Pass<'a>> {
     let text = std::str::from_utf8(value).ok()?;
+    let lens = outs.each_ref().map(Vec::len);
+    // In run mode first; a text with whitespace between its tokens, which
+    // the outputs do not have, is walked again in write mode.
+    match walk(schema, env, text, hasher, outs, true) {
+        Err(true) => {
+            for (out, len) in outs.iter_mut().zip(lens) {
+                out.truncate(len);
+            }
+            walk(schema, env, text, hasher, outs, false).ok()
+        }
+        walked => walked.ok(),
+    }
+}
+
+/// [`project`] in run mode (`runs`) or write mode. `Err(spaced)` when the
+/// tree path must decide, or in run mode when the text has whitespace
+/// between its tokens (`spaced`).
+fn walk<'a>(
+    schema: &CompiledSchema,
+    env: &Envelope,
+    text: &'a str,
+    hasher: Option<&Hasher>,
+    outs: &mut [Vec<u8>; 3],
+    runs: bool,
+) -> Result<Pass<'a>, bool> {
     let root = schema.root();
     let Kind::Record(fields) = &schema.node(root).kind else {
-        return None;
+        return Err(false);
     };
     let mut walk = Walk {
         s: schema,
@@ -133,23 +163,31 @@ pub fn project<'a>(
         present: Tier::Public,
         text: "",
         scratch: Vec::new(),
+        runs: runs.then_some([0; 3]),
+        broken: false,
     };
     let mut values = Vec::new();
     values.resize_with(fields.len(), || Datum::Null);
-    walk.record(
+    let read = walk.record(
         root,
         fields,
         0,
         ALL_TIERS,
         Tier::Public,
         Some((env, &mut values)),
-    )
-    .ok()?;
-    walk.sc.ws();
-    if walk.sc.pos != value.len() {
-        return None;
+    );
+    let spaced = runs && walk.sc.spaced;
+    if read.is_err() || spaced {
+        return Err(spaced);
     }
-    Some(Pass {
+    // The rest of each run, up to the root's closing brace.
+    let end = walk.sc.pos;
+    walk.splice(ALL_TIERS, end, end, b"");
+    walk.sc.ws();
+    if walk.sc.pos != text.len() || walk.broken {
+        return Err(false);
+    }
+    Ok(Pass {
         envelope: Datum::Record(values),
         present: walk.present,
         entity_pseudonym: walk.pseudonyms.entity_pseudonym(),
@@ -165,6 +203,8 @@ struct Scan<'a> {
     pos: usize,
     /// Where the last object key read starts (its opening quote).
     key_at: usize,
+    /// Whether whitespace was skipped.
+    spaced: bool,
 }
 
 impl<'a> Scan<'a> {
@@ -174,12 +214,25 @@ impl<'a> Scan<'a> {
             b: text.as_bytes(),
             pos: 0,
             key_at: 0,
+            spaced: false,
         }
     }
 
     fn ws(&mut self) {
+        let start = self.pos;
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.pos) {
             self.pos += 1;
+        }
+        self.spaced |= self.pos != start;
+    }
+
+    /// Where the last key read begins with the comma before it, if the
+    /// comma is right before it.
+    fn sep(&self) -> usize {
+        if self.key_at > 0 && self.b[self.key_at - 1] == b',' {
+            self.key_at - 1
+        } else {
+            self.key_at
         }
     }
 
@@ -390,8 +443,15 @@ struct Walk<'p, 'a: 'p> {
     present: Tier,
     /// The last string read.
     text: &'a str,
-    /// Where a number is formatted.
+    /// Where a number or a literal is formatted.
     scratch: Vec<u8>,
+    /// In run mode, where the run of the input not yet copied to each
+    /// output starts: an output is written only where it differs from the
+    /// input ([`Walk::splice`]), and copies the runs between. `None` in
+    /// write mode, where everything is written as it is read.
+    runs: Option<[usize; 3]>,
+    /// A run mode splice came before the one before it: a miss.
+    broken: bool,
 }
 
 /// Why the walk stopped.
@@ -440,11 +500,48 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         put_masked(self.outs, mask, bytes);
     }
 
-    /// The bytes read since `start`, to every output in `mask`.
+    /// Bytes that come out as they were read: written in write mode, left
+    /// in the runs in run mode.
+    #[inline(always)]
+    fn same(&mut self, mask: u8, bytes: &[u8]) {
+        if self.runs.is_none() {
+            put_masked(self.outs, mask, bytes);
+        }
+    }
+
+    /// The bytes read since `start`, as [`Walk::same`].
     #[inline(always)]
     fn copy(&mut self, mask: u8, start: usize) {
+        if self.runs.is_none() {
+            let b = self.sc.b;
+            put_masked(self.outs, mask, &b[start..self.sc.pos]);
+        }
+    }
+
+    /// Each output in `mask` has `lit` where the input has `from..to`: in
+    /// run mode, its run up to `from` is copied, then `lit`, and its run
+    /// starts again at `to`; in write mode, `lit` is written.
+    fn splice(&mut self, mask: u8, from: usize, to: usize, lit: &[u8]) {
+        let Some(runs) = &mut self.runs else {
+            put_masked(self.outs, mask, lit);
+            return;
+        };
+        if mask == 0 {
+            return;
+        }
         let b = self.sc.b;
-        put_masked(self.outs, mask, &b[start..self.sc.pos]);
+        for (i, (out, run)) in self.outs.iter_mut().zip(runs.iter_mut()).enumerate() {
+            if mask & (1 << i) != 0 {
+                match b.get(*run..from) {
+                    Some(kept) => {
+                        out.extend_from_slice(kept);
+                        out.extend_from_slice(lit);
+                        *run = to;
+                    }
+                    None => self.broken = true,
+                }
+            }
+        }
     }
 
     /// A record's object, at depth `depth`: fields in name order, as the
@@ -463,13 +560,16 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         let s = self.s;
         fit(self.sc.peek() == Some(b'{'))?;
         let mut key = self.sc.open_object().or_miss()?;
-        self.put(mask, b"{");
+        self.same(mask, b"{");
         // The outputs that have no field of this object yet.
         let mut empty = mask;
         for &i in s.sorted_fields(id) {
             let f = &fields[i];
             while let Some(k) = key.filter(|k| *k < f.name.as_str()) {
+                // A key the schema does not have: cut out.
+                let sep = self.sc.sep();
                 self.sc.skip(depth + 1).or_miss()?;
+                self.splice(mask, sep, self.sc.pos, b"");
                 key = self.sc.next_key(k).or_miss()?;
             }
             let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
@@ -477,19 +577,20 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 return Err(Miss);
             }
             let here = keep | hash;
-            let present = key.filter(|k| *k == f.name);
-            self.key(here, empty, &f.name, present.is_some());
-            empty &= !here;
             let is_entity_id = env.as_ref().is_some_and(|(e, _)| e.entity_id == i);
-            let v = match present {
+            let v = match key.filter(|k| *k == f.name) {
                 Some(k) => {
+                    let sep = self.sc.sep();
+                    self.key(here, empty, &f.name);
                     let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
+                    // Cut out of the outputs that drop it.
+                    self.splice(mask & !here, sep, self.sc.pos, b"");
                     key = self.sc.next_key(k).or_miss()?;
                     v
                 }
-                _ => {
+                None => {
                     let branch = missing(s, f)?;
-                    self.put(here, b"null");
+                    self.missing_key(here, empty, &f.name, key.is_some());
                     Read {
                         number: 0,
                         branch,
@@ -497,6 +598,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                     }
                 }
             };
+            empty &= !here;
             if let Some((e, values)) = env.as_mut() {
                 if is_envelope(e, i) {
                     values[i] = envelope_datum(v, self.text).or_miss()?;
@@ -504,21 +606,33 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             }
         }
         while let Some(k) = key {
+            let sep = self.sc.sep();
             self.sc.skip(depth + 1).or_miss()?;
+            self.splice(mask, sep, self.sc.pos, b"");
             key = self.sc.next_key(k).or_miss()?;
         }
-        self.put(mask, b"}");
+        self.same(mask, b"}");
         Ok(())
     }
 
-    /// A field's key, `"name":`, to the outputs in `here`, after a comma in
-    /// those that are not `empty`: copied from the input, with the comma
-    /// before it, where the key just read (`read`) is written there without
-    /// spaces.
-    fn key(&mut self, here: u8, empty: u8, name: &str, read: bool) {
+    /// The key just read, `"name":`, in the outputs in `here`, after a
+    /// comma in those that are not `empty`. In write mode it is copied from
+    /// the input, with the comma before it, where it is written there
+    /// without spaces. In run mode only the comma can differ: the input has
+    /// one unless the key is its object's first.
+    fn key(&mut self, here: u8, empty: u8, name: &str) {
         let (b, at, end) = (self.sc.b, self.sc.key_at, self.sc.pos);
         let comma = here & !empty;
-        if read && end - at == name.len() + 3 {
+        if self.runs.is_some() {
+            let sep = self.sc.sep();
+            if sep < at {
+                self.splice(here & empty, sep, at, b"");
+            } else {
+                self.splice(comma, at, at, b",");
+            }
+            return;
+        }
+        if end - at == name.len() + 3 {
             if comma != 0 && at > 0 && b[at - 1] == b',' {
                 self.put(comma, &b[at - 1..end]);
                 self.put(here & empty, &b[at..end]);
@@ -534,6 +648,38 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         }
     }
 
+    /// The key of a field the object does not have and its `null` value, in
+    /// the outputs in `here`, after a comma in those that are not `empty`.
+    /// In run mode they go where the input has the next key (`before_key`),
+    /// with the comma before it, or its object's closing brace.
+    fn missing_key(&mut self, here: u8, empty: u8, name: &str, before_key: bool) {
+        let comma = here & !empty;
+        if self.runs.is_none() {
+            self.put(comma, b",");
+            self.put(here, b"\"");
+            self.put(here, name.as_bytes());
+            self.put(here, b"\":null");
+            return;
+        }
+        let at = if before_key {
+            self.sc.sep()
+        } else {
+            self.sc.pos - 1
+        };
+        let mut lit = std::mem::take(&mut self.scratch);
+        for first in [true, false] {
+            lit.clear();
+            if !first {
+                lit.push(b',');
+            }
+            lit.push(b'"');
+            lit.extend_from_slice(name.as_bytes());
+            lit.extend_from_slice(b"\":null");
+            self.splice(if first { here & empty } else { comma }, at, at, &lit);
+        }
+        self.scratch = lit;
+    }
+
     /// A field's value: read into the outputs in `keep`, pseudonymised into
     /// those in `hash`, checked against its name's rule. `ceiling`: the
     /// highest label on the way from the root.
@@ -547,6 +693,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         is_entity_id: bool,
     ) -> Step<Read> {
         let t = ceiling.max(f.class.tier);
+        let start = self.sc.pos;
         let v = self.value(f.node, depth + 1, keep, t)?;
         let broken = match f.rule {
             NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
@@ -564,13 +711,14 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             self.pseudonyms.name_entity(self.text.as_bytes());
         }
         if hash != 0 {
+            let end = self.sc.pos;
             if v.leaf == Leaf::Str {
                 let hex = self.pseudonyms.of(self.text.as_bytes()).map_err(|_| Miss)?;
-                self.put(hash, b"\"");
-                self.put(hash, &hex);
-                self.put(hash, b"\"");
+                let mut quoted = [b'"'; 66];
+                quoted[1..65].copy_from_slice(&hex);
+                self.splice(hash, start, end, &quoted);
             } else {
-                self.put(hash, b"null");
+                self.splice(hash, start, end, b"null");
             }
         }
         Ok(v)
@@ -642,7 +790,10 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                         f
                     },
                 );
-                self.put(mask, &w);
+                // In run mode only a number written otherwise is spliced.
+                if self.runs.is_none() || w != text.as_bytes() {
+                    self.splice(mask, start, self.sc.pos, &w);
+                }
                 self.scratch = w;
                 Leaf::Other
             }
@@ -671,28 +822,28 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 fit(c == b'[')?;
                 self.sc.byte(b'[').or_miss()?;
                 self.sc.ws();
-                self.put(mask, b"[");
+                self.same(mask, b"[");
                 if !self.sc.eat(b']') {
                     loop {
                         self.value(*items, depth + 1, mask, ceiling)?;
                         self.sc.ws();
                         if self.sc.eat(b',') {
                             self.sc.ws();
-                            self.put(mask, b",");
+                            self.same(mask, b",");
                             continue;
                         }
                         self.sc.byte(b']').or_miss()?;
                         break;
                     }
                 }
-                self.put(mask, b"]");
+                self.same(mask, b"]");
                 Leaf::Other
             }
             Kind::Map(values) => {
                 fit(c == b'{')?;
                 self.sc.byte(b'{').or_miss()?;
                 self.sc.ws();
-                self.put(mask, b"{");
+                self.same(mask, b"{");
                 let mut prev: Option<&str> = None;
                 if !self.sc.eat(b'}') {
                     loop {
@@ -703,11 +854,11 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                             return Err(Miss);
                         }
                         if prev.is_some() {
-                            self.put(mask, b",");
+                            self.same(mask, b",");
                         }
                         prev = Some(k);
                         self.copy(mask, at);
-                        self.put(mask, b":");
+                        self.same(mask, b":");
                         self.sc.colon().or_miss()?;
                         self.value(*values, depth + 1, mask, ceiling)?;
                         self.sc.ws();
@@ -719,7 +870,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                         break;
                     }
                 }
-                self.put(mask, b"}");
+                self.same(mask, b"}");
                 Leaf::Other
             }
             Kind::Union(branches) => return self.union(branches, depth, mask, ceiling),
@@ -737,7 +888,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         if self.maybe_tagged(branches, depth) {
             return Err(Miss);
         }
-        let (sc, present, text) = (self.sc, self.present, self.text);
+        let (sc, present, text, runs) = (self.sc, self.present, self.text, self.runs);
         let lens = self.outs.each_ref().map(Vec::len);
         for (i, b) in branches.iter().enumerate() {
             match self.value(*b, depth + 1, mask, ceiling) {
@@ -754,6 +905,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                     self.sc = sc;
                     self.present = present;
                     self.text = text;
+                    self.runs = runs;
                     for (out, len) in self.outs.iter_mut().zip(lens) {
                         out.truncate(len);
                     }
