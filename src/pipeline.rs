@@ -150,7 +150,8 @@ pub struct Engine {
     stats: CacheStats,
     /// Refusals of derived schemas since the last [`Engine::take_refusals`].
     refusals: Vec<Refusal>,
-    /// Whether framed Avro bound for Avro tiers is read in the single pass.
+    /// Whether framed Avro bound for Avro tiers, and JSON bound for JSON
+    /// tiers, are read in a single pass.
     single_pass: bool,
 }
 
@@ -184,10 +185,11 @@ impl Engine {
         }
     }
 
-    /// Whether framed Avro bound for Avro tiers is read and projected in
-    /// one pass ([`crate::schema::pass`]; on by default). Off, every record
-    /// takes the tree path (decode, validate, project): the differential
-    /// tests and the benchmark compare the two.
+    /// Whether framed Avro bound for Avro tiers ([`crate::schema::pass`])
+    /// and JSON bound for JSON tiers ([`crate::schema::json_pass`]) are read
+    /// and projected in one pass (on by default). Off, every record takes
+    /// the tree path (decode, validate, project): the differential tests
+    /// compare the two.
     pub fn set_single_pass(&mut self, on: bool) {
         self.single_pass = on;
     }
@@ -441,6 +443,7 @@ impl Engine {
     /// tree path must decide (an envelope value it would refuse, a declared
     /// tier below what the event holds), before the store is asked.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn passed(
         &mut self,
         writer: &Writer,

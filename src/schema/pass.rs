@@ -83,6 +83,7 @@ pub fn project<'a>(
 /// An envelope field's value as the steps after the pass read it; `text`
 /// is the string `v` read, if it is one. `None` for a value that is not a
 /// scalar.
+#[inline(always)]
 pub(super) fn envelope_datum(v: Read, text: &str) -> Option<Datum<'_>> {
     let d = match v.leaf {
         Leaf::Null => Datum::Null,
