@@ -420,7 +420,16 @@ fn resolve_node<'a, 's, D: Doc>(
     })
 }
 
-pub(super) fn branch_name(s: &CompiledSchema, id: NodeId) -> Cow<'_, str> {
+/// Whether `key` tags a value as union branch `id` in the Avro JSON
+/// encoding (`{"<branch type name>": value}`): the branch's full or short
+/// name, and the branch not a map (whose keys are its own).
+pub(super) fn is_tag_of(s: &CompiledSchema, id: NodeId, key: &str) -> bool {
+    let name = branch_name(s, id);
+    let short = name.rsplit('.').next().unwrap_or(&name);
+    (key == name.as_ref() || key == short) && !matches!(s.node(id).kind, Kind::Map(_))
+}
+
+fn branch_name(s: &CompiledSchema, id: NodeId) -> Cow<'_, str> {
     let n = s.node(id);
     if let Some(full) = &n.fullname {
         return Cow::Borrowed(full);
@@ -453,9 +462,7 @@ fn resolve_union<'a, 's, D: Doc>(
         if v.object_len() == 1 {
             let (k, inner) = v.entries().next().expect("one entry");
             for (i, b) in branches.iter().enumerate() {
-                let name = branch_name(s, *b);
-                let short = name.rsplit('.').next().unwrap_or(&name);
-                if (k == name.as_ref() || k == short) && !matches!(s.node(*b).kind, Kind::Map(_)) {
+                if is_tag_of(s, *b, k) {
                     return Ok(Datum::Union(
                         i as u32,
                         Box::new(resolve_node(s, *b, inner, path, depth + 1, order)?),

@@ -29,7 +29,7 @@ use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::binary::MAX_DEPTH;
-use super::json::{self, branch_name};
+use super::json::{self, is_tag_of};
 use super::pass::{envelope_datum, is_envelope, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
 use crate::project::{put_masked, treatment_masks, Hasher, Pseudonyms};
@@ -934,12 +934,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         if ahead.peek() != Some(b'}') {
             return false;
         }
-        let s = self.s;
-        branches.iter().any(|b| {
-            let name = branch_name(s, *b);
-            let short = name.rsplit('.').next().unwrap_or(&name);
-            (k == name.as_ref() || k == short) && !matches!(s.node(*b).kind, Kind::Map(_))
-        })
+        branches.iter().any(|b| is_tag_of(self.s, *b, k))
     }
 }
 
