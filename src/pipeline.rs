@@ -523,8 +523,8 @@ impl Engine {
         // whole event and pseudonyms wider than the values they replace, so
         // it is not grown as it is written.
         let mut bodies = [(); 3].map(|()| Vec::with_capacity(value.len() + 256));
-        let hasher = self.hasher.clone();
-        let pass = json_pass::project(&writer.schema, env, value, hasher.as_deref(), &mut bodies)
+        let hasher = self.hasher.as_deref();
+        let pass = json_pass::project(&writer.schema, env, value, hasher, &mut bodies)
             .filter(|pass| head.is_read_in(env, pass));
         match pass.and_then(|pass| self.passed(&writer, env, &pass, bodies, store, registry, gaps))
         {
