@@ -23,6 +23,7 @@
 //! the same events, well-formed, anomalous, mutated and edited into the
 //! edge cases above.
 
+use std::cmp::Ordering;
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
@@ -331,6 +332,16 @@ impl<'a> Scan<'a> {
     /// which must come after `prev` (no duplicates, ascending), or `None`
     /// at the closing `}`.
     fn next_key(&mut self, prev: &str) -> Option<Option<&'a str>> {
+        let key = self.following_key()?;
+        if key.is_some_and(|k| k <= prev) {
+            return None;
+        }
+        Some(key)
+    }
+
+    /// After a value in an object: the next key, whatever its order (the
+    /// caller checks it), or `None` at the closing `}`.
+    fn following_key(&mut self) -> Option<Option<&'a str>> {
         self.ws();
         if self.eat(b'}') {
             return Some(None);
@@ -339,9 +350,6 @@ impl<'a> Scan<'a> {
         self.ws();
         self.key_at = self.pos;
         let k = self.string()?;
-        if k <= prev {
-            return None;
-        }
         self.colon()?;
         Some(Some(k))
     }
@@ -563,14 +571,30 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         self.same(mask, b"{");
         // The outputs that have no field of this object yet.
         let mut empty = mask;
+        // The last key read before `key`. Keys must ascend (the order the
+        // tier values are written in; a duplicate does not). Each key read
+        // so far comes before the field at hand: one read or cut out
+        // earlier is before a field that is, and so is each field before
+        // it. So a key at or after that field's name comes after them all,
+        // and only a key before it is compared with `prev`.
+        let mut prev: Option<&str> = None;
         for &i in s.sorted_fields(id) {
             let f = &fields[i];
-            while let Some(k) = key.filter(|k| *k < f.name.as_str()) {
+            let mut order = Ordering::Greater;
+            while let Some(k) = key {
+                order = k.cmp(f.name.as_str());
+                if order != Ordering::Less {
+                    break;
+                }
                 // A key the schema does not have: cut out.
+                if prev.is_some_and(|p| k <= p) {
+                    return Err(Miss);
+                }
                 let sep = self.sc.sep();
                 self.sc.skip(depth + 1).or_miss()?;
                 self.splice(mask, sep, self.sc.pos, b"");
-                key = self.sc.next_key(k).or_miss()?;
+                prev = key;
+                key = self.sc.following_key().or_miss()?;
             }
             let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
             if hash != 0 && !self.pseudonyms.can_hash() {
@@ -578,24 +602,22 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             }
             let here = keep | hash;
             let is_entity_id = env.as_ref().is_some_and(|(e, _)| e.entity_id == i);
-            let v = match key.filter(|k| *k == f.name) {
-                Some(k) => {
-                    let sep = self.sc.sep();
-                    self.key(here, empty, &f.name);
-                    let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
-                    // Cut out of the outputs that drop it.
-                    self.splice(mask & !here, sep, self.sc.pos, b"");
-                    key = self.sc.next_key(k).or_miss()?;
-                    v
-                }
-                None => {
-                    let branch = missing(s, f)?;
-                    self.missing_key(here, empty, &f.name, key.is_some());
-                    Read {
-                        number: 0,
-                        branch,
-                        leaf: Leaf::Null,
-                    }
+            let v = if key.is_some() && order == Ordering::Equal {
+                let sep = self.sc.sep();
+                self.key(here, empty, &f.name);
+                let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
+                // Cut out of the outputs that drop it.
+                self.splice(mask & !here, sep, self.sc.pos, b"");
+                prev = key;
+                key = self.sc.following_key().or_miss()?;
+                v
+            } else {
+                let branch = missing(s, f)?;
+                self.missing_key(here, empty, &f.name, key.is_some());
+                Read {
+                    number: 0,
+                    branch,
+                    leaf: Leaf::Null,
                 }
             };
             empty &= !here;
@@ -606,10 +628,14 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             }
         }
         while let Some(k) = key {
+            if prev.is_some_and(|p| k <= p) {
+                return Err(Miss);
+            }
             let sep = self.sc.sep();
             self.sc.skip(depth + 1).or_miss()?;
             self.splice(mask, sep, self.sc.pos, b"");
-            key = self.sc.next_key(k).or_miss()?;
+            prev = key;
+            key = self.sc.following_key().or_miss()?;
         }
         self.same(mask, b"}");
         Ok(())
