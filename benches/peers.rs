@@ -9,8 +9,9 @@
 //! records) are loaded once as canonical JSON envelopes and once as framed
 //! Avro, keyed by entity id. Then, round after round, every implementation
 //! runs in turn under each guarantee on fresh output topics with a fresh
-//! consumer group. A `read_committed` reader of the output topics counts
-//! what is committed (never watermarks): the measured window runs from the
+//! consumer group, after a warm-up round that is not counted. A
+//! `read_committed` reader of the output topics counts what is committed
+//! (never watermarks): the measured window runs from the
 //! first committed output to the last, and holds the events whose outputs
 //! were not in the first transaction; the implementation's CPU (user +
 //! system, /proc) and the broker's are taken over the same window, the peak
@@ -61,6 +62,13 @@ struct Args {
     /// Interleaved rounds (every cell once per round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Rounds run first and not counted (every cell once, under the first
+    /// guarantee): under its first minute or so of load the broker takes
+    /// several times its later CPU per event (its JVM warming up, most
+    /// likely). Without one, round 1 was the slowest for the cells that
+    /// run first (privacy-router's) in each of four full runs.
+    #[arg(long, default_value_t = 1)]
+    warmup_rounds: usize,
     /// Guarantees to run each implementation under.
     #[arg(
         long,
@@ -210,6 +218,7 @@ fn main() {
         a.events = 20_000;
         a.partitions = 3;
         a.rounds = 1;
+        a.warmup_rounds = 0;
         a.guarantees = vec!["exactly_once".into()];
         a.only = [
             Impl::RouterAvro,
@@ -345,6 +354,28 @@ fn run(a: &Args) -> Value {
     // cell name → one Measured per round (None: failed).
     let mut cells: BTreeMap<(Impl, String), Vec<Option<Measured>>> = BTreeMap::new();
     let mut failed = Vec::new();
+    for round in 1..=a.warmup_rounds {
+        let g = &a.guarantees[0];
+        for &imp in &only {
+            let input = &inputs[usize::from(imp.json_input())].1;
+            let app = format!("peers-{run_id}-w{round}-{}-{}", imp.name(), short(g));
+            eprintln!(
+                "== warm-up {round}/{} (not counted): {} ({g})",
+                a.warmup_rounds,
+                imp.name()
+            );
+            settle(broker.pid());
+            let m = cell(a, &broker, &brokers, dir, imp, g, input, &app);
+            broker.delete_topics_containing(&app);
+            match m {
+                Ok(m) => eprintln!(
+                    "   {:.0} events/s, {:.1} µs CPU/event (broker {:.1})",
+                    m.events_per_s, m.cpu_us_per_event, m.broker_cpu_us_per_event
+                ),
+                Err(e) => eprintln!("   failed (not counted): {e}"),
+            }
+        }
+    }
     for round in 1..=a.rounds {
         for g in &a.guarantees {
             for &imp in &only {
@@ -697,6 +728,7 @@ fn report(a: &Args, cells: &Cells, failed: Vec<String>) -> Value {
         "events": a.events,
         "partitions": a.partitions,
         "rounds": a.rounds,
+        "warmup_rounds": a.warmup_rounds,
         "machine": format!("{} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)),
         "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
         "cells": {},
@@ -811,8 +843,8 @@ fn report(a: &Args, cells: &Cells, failed: Vec<String>) -> Value {
     std::fs::write(&a.out, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     if a.docs != "-" {
         let section = format!(
-            "<!-- bench-peers:begin (written by scripts/bench-peers.sh) -->\n{} events, {} partitions, median of {} interleaved rounds, {} ({}).\n\n{table}\n| ratio (per round, median) | guarantee | |\n|---|---|---:|\n{ratio_lines}\n`{summary}`\n<!-- bench-peers:end -->",
-            a.events, a.partitions, a.rounds, out["date"].as_str().unwrap_or_default(), out["machine"].as_str().unwrap_or_default(),
+            "<!-- bench-peers:begin (written by scripts/bench-peers.sh) -->\n{} events, {} partitions, median of {} interleaved rounds after {} not counted (warm-up), {} ({}).\n\n{table}\n| ratio (per round, median) | guarantee | |\n|---|---|---:|\n{ratio_lines}\n`{summary}`\n<!-- bench-peers:end -->",
+            a.events, a.partitions, a.rounds, a.warmup_rounds, out["date"].as_str().unwrap_or_default(), out["machine"].as_str().unwrap_or_default(),
         );
         write_section(Path::new(&a.docs), &section);
     }

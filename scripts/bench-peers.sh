@@ -2,7 +2,7 @@
 # privacy-router side by side with the same job in Kafka Streams and Quix
 # Streams, and with the Rust passthroughs, on one Apache Kafka broker:
 #
-#   bash scripts/bench-peers.sh                         # 200,000 events, 3 rounds, both guarantees
+#   bash scripts/bench-peers.sh                         # 200,000 events, a warm-up round, 3 rounds, both guarantees
 #   bash scripts/bench-peers.sh --events 50000 --rounds 1 --guarantees exactly_once
 #   bash scripts/bench-peers.sh --only privacy-router-json,kafka-streams
 #
