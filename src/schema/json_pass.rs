@@ -571,12 +571,13 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         self.same(mask, b"{");
         // The outputs that have no field of this object yet.
         let mut empty = mask;
-        // The last key read before `key`. Keys must ascend (the order the
-        // tier values are written in; a duplicate does not). Each key read
-        // so far comes before the field at hand: one read or cut out
-        // earlier is before a field that is, and so is each field before
-        // it. So a key at or after that field's name comes after them all,
-        // and only a key before it is compared with `prev`.
+        // The key read before `key`. Keys must ascend (the order the tier
+        // values are written in; a duplicate does not). Every key read so
+        // far is before the name of the field at hand: it was the name of
+        // an earlier field, or it was cut out for being before the name of
+        // this field or an earlier one. So a key at or after that name is
+        // after them all, and only a key before it (one the schema lacks)
+        // is compared with `prev`.
         let mut prev: Option<&str> = None;
         for &i in s.sorted_fields(id) {
             let f = &fields[i];
