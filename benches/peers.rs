@@ -354,50 +354,41 @@ fn run(a: &Args) -> Value {
     // cell name → one Measured per round (None: failed).
     let mut cells: BTreeMap<(Impl, String), Vec<Option<Measured>>> = BTreeMap::new();
     let mut failed = Vec::new();
+    // One cell on a settled broker. Its topics (outputs, state, the peers'
+    // internal ones) go after it, so every cell meets a broker with the
+    // same topics.
+    let run_cell = |imp: Impl, g: &str, app: &str, title: &str| {
+        eprintln!("== {title}: {} ({g})", imp.name());
+        settle(broker.pid());
+        let input = &inputs[usize::from(imp.json_input())].1;
+        let m = cell(a, &broker, &brokers, dir, imp, g, input, app);
+        broker.delete_topics_containing(app);
+        match &m {
+            Ok(m) => eprintln!(
+                "   {:.0} events/s, {:.1} µs CPU/event (broker {:.1}), peak RSS {:.0} MB",
+                m.events_per_s, m.cpu_us_per_event, m.broker_cpu_us_per_event, m.peak_rss_mb
+            ),
+            Err(e) => eprintln!("   FAILED: {e}"),
+        }
+        m
+    };
     for round in 1..=a.warmup_rounds {
         let g = &a.guarantees[0];
+        let title = format!("warm-up {round}/{} (not counted)", a.warmup_rounds);
         for &imp in &only {
-            let input = &inputs[usize::from(imp.json_input())].1;
             let app = format!("peers-{run_id}-w{round}-{}-{}", imp.name(), short(g));
-            eprintln!(
-                "== warm-up {round}/{} (not counted): {} ({g})",
-                a.warmup_rounds,
-                imp.name()
-            );
-            settle(broker.pid());
-            let m = cell(a, &broker, &brokers, dir, imp, g, input, &app);
-            broker.delete_topics_containing(&app);
-            match m {
-                Ok(m) => eprintln!(
-                    "   {:.0} events/s, {:.1} µs CPU/event (broker {:.1})",
-                    m.events_per_s, m.cpu_us_per_event, m.broker_cpu_us_per_event
-                ),
-                Err(e) => eprintln!("   failed (not counted): {e}"),
-            }
+            // Not counted, whatever it measured or however it failed.
+            let _ = run_cell(imp, g, &app, &title);
         }
     }
     for round in 1..=a.rounds {
+        let title = format!("round {round}/{}", a.rounds);
         for g in &a.guarantees {
             for &imp in &only {
-                let input = &inputs[usize::from(imp.json_input())].1;
                 let app = format!("peers-{run_id}-r{round}-{}-{}", imp.name(), short(g));
-                eprintln!("== round {round}/{}: {} ({g})", a.rounds, imp.name());
-                settle(broker.pid());
-                let m = cell(a, &broker, &brokers, dir, imp, g, input, &app);
-                // Its topics (outputs, state, the peers' internal ones) go,
-                // so every cell meets a broker with the same topics.
-                broker.delete_topics_containing(&app);
-                match &m {
-                    Ok(m) => {
-                        eprintln!(
-                        "   {:.0} events/s, {:.1} µs CPU/event (broker {:.1}), peak RSS {:.0} MB",
-                        m.events_per_s, m.cpu_us_per_event, m.broker_cpu_us_per_event, m.peak_rss_mb
-                    )
-                    }
-                    Err(e) => {
-                        eprintln!("   FAILED: {e}");
-                        failed.push(format!("round {round} {} {g}: {e}", imp.name()));
-                    }
+                let m = run_cell(imp, g, &app, &title);
+                if let Err(e) = &m {
+                    failed.push(format!("round {round} {} {g}: {e}", imp.name()));
                 }
                 cells.entry((imp, g.clone())).or_default().push(m.ok());
             }

@@ -587,15 +587,8 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 if order != Ordering::Less {
                     break;
                 }
-                // A key the schema does not have: cut out.
-                if prev.is_some_and(|p| k <= p) {
-                    return Err(Miss);
-                }
-                let sep = self.sc.sep();
-                self.sc.skip(depth + 1).or_miss()?;
-                self.splice(mask, sep, self.sc.pos, b"");
-                prev = key;
-                key = self.sc.following_key().or_miss()?;
+                key = self.cut_unknown(k, prev, mask, depth)?;
+                prev = Some(k);
             }
             let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
             if hash != 0 && !self.pseudonyms.can_hash() {
@@ -603,7 +596,8 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             }
             let here = keep | hash;
             let is_entity_id = env.as_ref().is_some_and(|(e, _)| e.entity_id == i);
-            let v = if key.is_some() && order == Ordering::Equal {
+            // `Equal` only where the loop above compared a key.
+            let v = if order == Ordering::Equal {
                 let sep = self.sc.sep();
                 self.key(here, empty, &f.name);
                 let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
@@ -629,17 +623,30 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             }
         }
         while let Some(k) = key {
-            if prev.is_some_and(|p| k <= p) {
-                return Err(Miss);
-            }
-            let sep = self.sc.sep();
-            self.sc.skip(depth + 1).or_miss()?;
-            self.splice(mask, sep, self.sc.pos, b"");
-            prev = key;
-            key = self.sc.following_key().or_miss()?;
+            key = self.cut_unknown(k, prev, mask, depth)?;
+            prev = Some(k);
         }
         self.same(mask, b"}");
         Ok(())
+    }
+
+    /// Cuts the key just read, `k`, one the schema does not have, and its
+    /// value out of the outputs in `mask`; the key after it. A miss where
+    /// `k` does not come after `prev`, the key before it.
+    fn cut_unknown(
+        &mut self,
+        k: &str,
+        prev: Option<&str>,
+        mask: u8,
+        depth: usize,
+    ) -> Step<Option<&'a str>> {
+        if prev.is_some_and(|p| k <= p) {
+            return Err(Miss);
+        }
+        let sep = self.sc.sep();
+        self.sc.skip(depth + 1).or_miss()?;
+        self.splice(mask, sep, self.sc.pos, b"");
+        self.sc.following_key().or_miss()
     }
 
     /// The key just read, `"name":`, in the outputs in `here`, after a
