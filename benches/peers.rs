@@ -120,6 +120,8 @@ enum Impl {
     /// every tier record (`event_type`, `entity_type`, `entity_version`,
     /// `privacy_tier`): what the headers alone cost.
     FanoutAvroHeaders,
+    /// [`Impl::FanoutJson`] with the same four headers.
+    FanoutJsonHeaders,
     /// Each Avro record unchanged to one topic.
     CopyAvro,
     /// privacy-router Avro, one instance with two stream threads.
@@ -129,7 +131,7 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 10] = [
+    const ALL: [Impl; 11] = [
         Impl::RouterAvro,
         Impl::RouterJson,
         Impl::KafkaStreams,
@@ -137,6 +139,7 @@ impl Impl {
         Impl::FanoutAvro,
         Impl::FanoutJson,
         Impl::FanoutAvroHeaders,
+        Impl::FanoutJsonHeaders,
         Impl::CopyAvro,
         Impl::RouterAvroThreads2,
         Impl::RouterAvroTwice,
@@ -151,6 +154,7 @@ impl Impl {
             Impl::FanoutAvro => "fanout-avro",
             Impl::FanoutJson => "fanout-json",
             Impl::FanoutAvroHeaders => "fanout-avro-headers",
+            Impl::FanoutJsonHeaders => "fanout-json-headers",
             Impl::CopyAvro => "copy-avro",
             Impl::RouterAvroThreads2 => "privacy-router-avro-2-threads",
             Impl::RouterAvroTwice => "privacy-router-avro-2-instances",
@@ -168,6 +172,9 @@ impl Impl {
             Impl::FanoutAvroHeaders => {
                 "Rust passthrough, fan-out with the contract's 4 headers, Avro"
             }
+            Impl::FanoutJsonHeaders => {
+                "Rust passthrough, fan-out with the contract's 4 headers, JSON"
+            }
             Impl::CopyAvro => "Rust passthrough, 1:1, Avro",
             Impl::RouterAvroThreads2 => "privacy-router, Avro, 1 instance × 2 stream threads",
             Impl::RouterAvroTwice => "privacy-router, Avro, 2 instances × 1 stream thread",
@@ -177,7 +184,11 @@ impl Impl {
     fn json_input(self) -> bool {
         matches!(
             self,
-            Impl::RouterJson | Impl::KafkaStreams | Impl::Quix | Impl::FanoutJson
+            Impl::RouterJson
+                | Impl::KafkaStreams
+                | Impl::Quix
+                | Impl::FanoutJson
+                | Impl::FanoutJsonHeaders
         )
     }
 
@@ -477,10 +488,14 @@ fn cell(
             };
             (children, tiers.to_vec())
         }
-        Impl::FanoutAvro | Impl::FanoutJson | Impl::FanoutAvroHeaders | Impl::CopyAvro => {
+        Impl::FanoutAvro
+        | Impl::FanoutJson
+        | Impl::FanoutAvroHeaders
+        | Impl::FanoutJsonHeaders
+        | Impl::CopyAvro => {
             let mode = match imp {
                 Impl::CopyAvro => "copy",
-                Impl::FanoutAvroHeaders => "fanout-headers",
+                Impl::FanoutAvroHeaders | Impl::FanoutJsonHeaders => "fanout-headers",
                 _ => "fanout",
             };
             let outputs: Vec<String> = if mode == "copy" {
@@ -782,6 +797,10 @@ fn report(a: &Args, cells: &Cells, failed: Vec<String>) -> Value {
             (
                 "json-cpu-vs-fanout",
                 ratios(cells, Impl::RouterJson, Impl::FanoutJson, g, cpu),
+            ),
+            (
+                "json-cpu-vs-fanout-with-headers",
+                ratios(cells, Impl::RouterJson, Impl::FanoutJsonHeaders, g, cpu),
             ),
             (
                 "cpu-vs-kafka-streams",
