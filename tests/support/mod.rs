@@ -12,9 +12,10 @@
 
 pub mod registry;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -940,7 +941,21 @@ pub fn envelope_of(files: &file::FileRegistry, value: &[u8]) -> Option<Value> {
                 Some(e) => Arc::from(e.text.as_str()),
                 None => files.registry.clone().schema_by_id(id).ok()?,
             };
-            let schema = CompiledSchema::compile(&text, &Default::default()).ok()?;
+            // Compiled once per text, as `decode_framed` parses.
+            thread_local! {
+                static COMPILED: std::cell::RefCell<HashMap<Arc<str>, Option<Rc<CompiledSchema>>>> =
+                    std::cell::RefCell::default();
+            }
+            let schema = COMPILED.with_borrow_mut(|compiled| {
+                compiled
+                    .entry(text)
+                    .or_insert_with_key(|t| {
+                        CompiledSchema::compile(t, &Default::default())
+                            .ok()
+                            .map(Rc::new)
+                    })
+                    .clone()
+            })?;
             let d = binary::decode(&schema, &value[5..]).ok()?;
             Some(sjson::render(&schema, schema.root(), &d))
         }
@@ -1110,7 +1125,21 @@ pub fn decode_framed(value: &[u8], schema_of: &mut dyn FnMut(u32) -> String) -> 
     assert_eq!(value[0], 0, "Confluent magic byte");
     let id = u32::from_be_bytes(value[1..5].try_into().unwrap());
     let text = schema_of(id);
-    let schema = apache_avro::Schema::parse_str(&text).unwrap();
+    // Parsing a schema costs far more than decoding a record with it, and
+    // the tests decode hundreds of thousands of records with a handful of
+    // schemas: each text is parsed once (keyed by the text itself, so ids
+    // that differ between registries cannot mix schemas up).
+    thread_local! {
+        static PARSED: std::cell::RefCell<HashMap<String, Rc<apache_avro::Schema>>> =
+            std::cell::RefCell::default();
+    }
+    let schema = PARSED.with_borrow_mut(|parsed| {
+        Rc::clone(
+            parsed
+                .entry(text)
+                .or_insert_with_key(|t| Rc::new(apache_avro::Schema::parse_str(t).unwrap())),
+        )
+    });
     let v = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).unwrap();
     serde_json::Value::try_from(v).unwrap().to_string()
 }
