@@ -37,8 +37,8 @@ echo "callgrind: format=$format batches=1 Ir=$one batches=3 Ir=$three"
 echo "callgrind: format=$format instructions/event=$per"
 # valgrind does not offer the CPU's SHA extensions (SHA-NI) to the program,
 # so under it the sha2 crate falls back to its software SHA-256, which is
-# several times the instructions of the SHA-NI path that runs natively on
-# CPUs that have it (perf puts SHA-256 at about 3% of the native JSON pure
+# far more instructions than the SHA-NI path that runs natively on
+# CPUs that have it (perf puts SHA-256 at 3–4% of the native JSON pure
 # path). Reported apart, so that a change elsewhere is not lost in it.
 sha() {
   callgrind_annotate --auto=no --threshold=100 "target/callgrind/pipeline-$format-$1.out" 2>/dev/null \
