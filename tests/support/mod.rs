@@ -1475,21 +1475,19 @@ pub fn payload_strings(files: &file::FileRegistry, inputs: &[Input]) -> BTreeSet
         }
     }
     let mut out = BTreeSet::new();
-    let mut compiled: BTreeMap<u32, CompiledSchema> = BTreeMap::new();
     for i in inputs {
-        let v: Option<Value> = match i.value.first() {
-            Some(b'{') => serde_json::from_slice(&i.value).ok(),
+        // Framed values are read only with the files' own schemas, not a
+        // re-framed value's schema registered elsewhere.
+        let v = match i.value.first() {
             Some(0) if i.value.len() > 5 => {
                 let id = u32::from_be_bytes(i.value[1..5].try_into().unwrap());
-                files.events.iter().find(|e| e.id == id).and_then(|e| {
-                    let s = compiled.entry(id).or_insert_with(|| {
-                        CompiledSchema::compile(&e.text, &Default::default()).unwrap()
-                    });
-                    binary::decode(s, &i.value[5..])
-                        .ok()
-                        .map(|d| sjson::render(s, s.root(), &d))
-                })
+                if files.events.iter().any(|e| e.id == id) {
+                    envelope_of(files, &i.value)
+                } else {
+                    None
+                }
             }
+            Some(b'{') => envelope_of(files, &i.value),
             _ => None,
         };
         if let Some(v) = v {
