@@ -237,12 +237,14 @@ impl Connection {
             .set("fetch.wait.max.ms", "100")
             // librdkafka fetches ahead up to 64 MB per consumer by default,
             // which a processor slower than its fetches keeps full (resident
-            // memory, per stream thread). 16 MB is still seconds of work
-            // ahead. A partition whose fetch finds the queue full waits
-            // `fetch.queue.backoff.ms` before fetching again: 1 s by default,
-            // long enough for a fast consumer to drain 16 MB and stall, so
-            // 50 ms.
-            .set("queued.max.messages.kbytes", "16384")
+            // memory, per stream thread). 8 MB is still a fifth of a second
+            // of JSON input at 40 MB/s, four times the back-off below; in
+            // the peers bench it held throughput as 16 MB did, with 10–15 MB
+            // less resident memory (docs/benchmarks.md). A partition whose
+            // fetch finds the queue full waits `fetch.queue.backoff.ms`
+            // before fetching again: 1 s by default, long enough for a fast
+            // consumer to drain the queue and stall, so 50 ms.
+            .set("queued.max.messages.kbytes", "8192")
             .set("fetch.queue.backoff.ms", "50")
             .set("statistics.interval.ms", "5000");
         self.finish(c)
