@@ -239,7 +239,7 @@ impl Connection {
             // which a processor slower than its fetches keeps full (resident
             // memory, per stream thread). 8 MB is still a fifth of a second
             // of JSON input at 40 MB/s, four times the back-off below; in
-            // the peers bench it held throughput as 16 MB did, with 10–15 MB
+            // the peers bench it held throughput as 16 MB did, with 10–17 MB
             // less resident memory (docs/benchmarks.md). A partition whose
             // fetch finds the queue full waits `fetch.queue.backoff.ms`
             // before fetching again: 1 s by default, long enough for a fast
