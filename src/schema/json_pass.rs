@@ -47,8 +47,9 @@ pub struct Head<'a> {
 }
 
 /// The `event_type` and `schema_version` a JSON event's schema is looked up
-/// with: found by their compact keys (`"event_type":"`, `"schema_version":`)
-/// where the text has them, read from its top level otherwise. A guess
+/// with: found by their compact keys (`"event_type":"`, then
+/// `"schema_version":` after it, where ascending keys put it) where the
+/// text has them, read from its top level otherwise. A guess
 /// either way: the engine uses the schema only if the pass then reads the
 /// same two values at the top level ([`Head::is_read_in`]), and leaves the
 /// event to the tree path otherwise, and when the schema cannot be looked
@@ -65,7 +66,9 @@ pub fn head(value: &[u8]) -> Option<Head<'_>> {
         let at = EVENT_TYPE.find(value)? + EVENT_TYPE.needle().len();
         let n = string_len(value.get(at..)?)?;
         let event_type = std::str::from_utf8(&value[at..at + n]).ok()?;
-        let at = SCHEMA_VERSION.find(value)? + SCHEMA_VERSION.needle().len();
+        // After `event_type`, where ascending keys put it: the search
+        // skips `data`, most of the text.
+        let at = at + n + SCHEMA_VERSION.find(&value[at + n..])? + SCHEMA_VERSION.needle().len();
         let digits = value[at..]
             .iter()
             .take_while(|c| c.is_ascii_digit())
@@ -442,6 +445,37 @@ fn string_len(rest: &[u8]) -> Option<usize> {
     None
 }
 
+/// `a.cmp(b)` (byte order, as `str`'s), without a call to `memcmp`: keys
+/// are short, and compared once for each field of each event. Eight bytes
+/// at a time as big-endian words; once a whole word is left, the last
+/// eight bytes (overlapping what was found equal) decide the rest.
+#[inline(always)]
+fn key_order(a: &[u8], b: &[u8]) -> Ordering {
+    let n = a.len().min(b.len());
+    let word = |s: &[u8], at: usize| u64::from_be_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 < n {
+            let (x, y) = (word(a, at), word(b, at));
+            if x != y {
+                return x.cmp(&y);
+            }
+            at += 8;
+        }
+        let (x, y) = (word(a, n - 8), word(b, n - 8));
+        if x != y {
+            return x.cmp(&y);
+        }
+    } else {
+        for i in 0..n {
+            if a[i] != b[i] {
+                return a[i].cmp(&b[i]);
+            }
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 struct Walk<'p, 'a: 'p> {
     s: &'p CompiledSchema,
     sc: Scan<'a>,
@@ -583,7 +617,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             let f = &fields[i];
             let mut order = Ordering::Greater;
             while let Some(k) = key {
-                order = k.cmp(f.name.as_str());
+                order = key_order(k.as_bytes(), f.name.as_bytes());
                 if order != Ordering::Less {
                     break;
                 }
@@ -1033,6 +1067,31 @@ mod tests {
         }
     }
 
+    /// The word-at-a-time key comparison orders as `cmp` does, for every
+    /// length pair up to 20 and a first difference at every position, up
+    /// or down, with the bytes after it all lower or all higher.
+    #[test]
+    fn key_order_is_cmp() {
+        for la in 0..=20usize {
+            for lb in 0..=20usize {
+                let a: Vec<u8> = (0..la).map(|i| b'a' + (i % 26) as u8).collect();
+                let b: Vec<u8> = (0..lb).map(|i| b'a' + (i % 26) as u8).collect();
+                assert_eq!(key_order(&a, &b), a.cmp(&b), "{a:?} {b:?}");
+                for at in 0..la.min(lb) {
+                    // The first difference decides, whatever the bytes
+                    // after it say.
+                    for (d, rest) in [(1u8, 0u8), (0x80, 0), (0xff, 0xff), (0x7f, 0xff)] {
+                        let mut c = b.clone();
+                        c[at] = c[at].wrapping_add(d);
+                        c[at + 1..].fill(rest);
+                        assert_eq!(key_order(&a, &c), a.cmp(&c), "{a:?} {c:?}");
+                        assert_eq!(key_order(&c, &a), c.cmp(&a), "{c:?} {a:?}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn head_reads_compact_and_spaced_text() {
         let compact =
@@ -1055,6 +1114,20 @@ mod tests {
         assert_eq!(
             head(br#"{"event_type":"User.created","schema_version":1}"#),
             None
+        );
+        // `schema_version` is looked for after `event_type`, where
+        // ascending keys put it; keys out of that order are for the tree
+        // path (the pass would not read them either).
+        assert_eq!(
+            head(br#"{"schema_version":2,"event_type":"user.created"}"#),
+            None
+        );
+        assert_eq!(
+            head(
+                br#"{"data":{"schema_version":9},"event_type":"user.created","schema_version":2}"#
+            )
+            .map(|h| h.schema_version),
+            Some(2)
         );
     }
 }
