@@ -31,6 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState as Fold;
 use thiserror::Error;
 
 use crate::config::{EngineConfig, GapPolicy, MismatchPolicy, OutputFormat, StalePolicy};
@@ -125,6 +126,9 @@ const REFUSAL_RETRY: Duration = Duration::from_secs(60);
 
 type Cached = Result<Arc<Writer>, Rejection>;
 
+/// Event type → `schema_version` → schema id, for one topic.
+type EventTypes = HashMap<String, HashMap<u32, u32, Fold>, Fold>;
+
 /// The pipeline with its caches. One per partition worker (it is `Send`,
 /// not shared).
 #[derive(Debug)]
@@ -133,7 +137,7 @@ pub struct Engine {
     hasher: Option<Arc<Hasher>>,
     /// Looked up once per event: foldhash, a fraction of SipHash on a `u32`
     /// (its keys are ids the registry holds).
-    by_id: HashMap<u32, Cached, foldhash::fast::RandomState>,
+    by_id: HashMap<u32, Cached, Fold>,
     /// (subject, version) → id: versions never change, so this is never
     /// refreshed.
     by_subject: HashMap<(String, u32), u32>,
@@ -141,7 +145,8 @@ pub struct Engine {
     /// same answers as `by_subject`, found without building the subject
     /// name. Bounded: topics are the inputs', and at most [`MAX_MISSING`]
     /// event types are kept per topic.
-    by_event_type: HashMap<String, HashMap<String, HashMap<u32, u32>>>,
+    /// Looked up once per JSON event: foldhash, as `by_id`.
+    by_event_type: HashMap<String, EventTypes, Fold>,
     /// Ids and subjects the registry did not have, so a stream of bad
     /// records does not become a stream of registry calls; bounded, because
     /// they come from the input.
@@ -176,7 +181,7 @@ impl Engine {
             hasher: hasher.map(Arc::new),
             by_id: HashMap::default(),
             by_subject: HashMap::new(),
-            by_event_type: HashMap::new(),
+            by_event_type: HashMap::default(),
             missing_ids: HashSet::new(),
             missing_subjects: HashMap::new(),
             stats: CacheStats::default(),

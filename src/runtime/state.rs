@@ -54,6 +54,10 @@ pub fn encode_value(v: i64) -> [u8; 8] {
     v.to_be_bytes()
 }
 
+/// The state of each partition number, looked up for every record: foldhash,
+/// a fraction of SipHash's cost (the keys are partition numbers).
+pub type Parts = HashMap<i32, PartitionState, foldhash::fast::RandomState>;
+
 /// The state of one partition number across the input topics.
 #[derive(Debug)]
 pub struct PartitionState {
@@ -61,7 +65,7 @@ pub struct PartitionState {
     pub store: MemoryStore,
     /// Per input topic: inputs below this offset were processed by a
     /// transaction the changelog shows.
-    pub resume: HashMap<Arc<str>, i64>,
+    pub resume: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
     /// Events held for the reorder window, journaled per transaction.
     pub held: Holdback,
 }
@@ -70,7 +74,7 @@ impl Default for PartitionState {
     fn default() -> Self {
         PartitionState {
             store: MemoryStore::default(),
-            resume: HashMap::new(),
+            resume: HashMap::default(),
             held: Holdback::journaled(),
         }
     }
@@ -165,7 +169,7 @@ impl Journal {
     #[cfg(test)]
     pub fn changes<'a>(
         &'a self,
-        parts: &'a HashMap<i32, PartitionState>,
+        parts: &'a Parts,
     ) -> impl Iterator<Item = (i32, &'a [u8], i64)> + 'a {
         self.first_changes().filter_map(move |(p, k, _)| {
             let v = parts.get(&p)?.store.last_version(k)?;
@@ -224,7 +228,7 @@ impl Journal {
     }
 
     /// Puts every changed version back (the transaction was aborted).
-    pub fn roll_back(&mut self, parts: &mut HashMap<i32, PartitionState>) {
+    pub fn roll_back(&mut self, parts: &mut Parts) {
         for c in self.undo.iter().rev() {
             let Some(part) = parts.get_mut(&c.partition) else {
                 continue;
@@ -400,7 +404,7 @@ pub(super) struct StateStores {
     /// Reads the changelog (no group, committed records only).
     restorer: BaseConsumer<QuietContext>,
     /// Per partition number: versions and resume markers.
-    parts: HashMap<i32, PartitionState>,
+    parts: Parts,
     /// What the open transaction changed, to put back on abort.
     journal: Journal,
 }
@@ -418,7 +422,7 @@ impl StateStores {
     pub(super) fn new(restorer: BaseConsumer<QuietContext>) -> Self {
         StateStores {
             restorer,
-            parts: HashMap::new(),
+            parts: Parts::default(),
             journal: Journal::default(),
         }
     }
@@ -594,7 +598,7 @@ mod tests {
 
     #[test]
     fn an_aborted_transaction_rolls_its_versions_back() {
-        let mut parts = HashMap::new();
+        let mut parts = Parts::default();
         parts.insert(0, PartitionState::default());
         parts.get_mut(&0).unwrap().store.record(b"user/a", 1);
         let mut j = Journal::default();
@@ -623,7 +627,7 @@ mod tests {
 
     #[test]
     fn a_long_transaction_keeps_a_bounded_journal_and_still_rolls_back() {
-        let mut parts = HashMap::new();
+        let mut parts = Parts::default();
         for p in [0, 1] {
             parts.insert(p, PartitionState::default());
         }

@@ -222,12 +222,21 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Skips whitespace. Inline for the usual answer, none: a compact
+    /// text has none, and this is asked around every token.
+    #[inline(always)]
     fn ws(&mut self) {
-        let start = self.pos;
+        if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.pos) {
+            self.skip_ws();
+        }
+    }
+
+    #[inline(never)]
+    fn skip_ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.pos) {
             self.pos += 1;
         }
-        self.spaced |= self.pos != start;
+        self.spaced = true;
     }
 
     /// Where the last key read begins with the comma before it, if the
@@ -355,6 +364,40 @@ impl<'a> Scan<'a> {
         let k = self.string()?;
         self.colon()?;
         Some(Some(k))
+    }
+
+    /// [`Scan::following_key`] where the key is likely `expect`, a name
+    /// with only ASCII letters, digits and `_`: where the text has that
+    /// name between quotes, it is the key `string` would read, found
+    /// without scanning for the closing quote. Whether it was.
+    fn following_key_like(&mut self, expect: &str) -> Option<(Option<&'a str>, bool)> {
+        self.ws();
+        if self.eat(b'}') {
+            return Some((None, false));
+        }
+        self.byte(b',')?;
+        self.ws();
+        self.key_at = self.pos;
+        let (k, hit) = match self.quoted(expect) {
+            Some(k) => (k, true),
+            None => (self.string()?, false),
+        };
+        self.colon()?;
+        Some((Some(k), hit))
+    }
+
+    /// `"name"` at the cursor, `name` as for [`Scan::following_key_like`]:
+    /// its text, the cursor after it.
+    #[inline(always)]
+    fn quoted(&mut self, name: &str) -> Option<&'a str> {
+        let n = name.len();
+        let start = self.pos + 1;
+        let q = self.b.get(self.pos..start + n + 1)?;
+        if q[0] != b'"' || q[n + 1] != b'"' || key_order(&q[1..=n], name.as_bytes()).is_ne() {
+            return None;
+        }
+        self.pos = start + n + 1;
+        self.text.get(start..start + n)
     }
 
     /// Skips a value, checking it.
@@ -563,14 +606,21 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// Each output in `mask` has `lit` where the input has `from..to`: in
     /// run mode, its run up to `from` is copied, then `lit`, and its run
     /// starts again at `to`; in write mode, `lit` is written.
+    ///
+    /// Inline for the usual answer, no output (`mask` 0).
+    #[inline(always)]
     fn splice(&mut self, mask: u8, from: usize, to: usize, lit: &[u8]) {
+        if mask != 0 {
+            self.splice_into(mask, from, to, lit);
+        }
+    }
+
+    /// [`Walk::splice`] into at least one output.
+    fn splice_into(&mut self, mask: u8, from: usize, to: usize, lit: &[u8]) {
         let Some(runs) = &mut self.runs else {
             put_masked(self.outs, mask, lit);
             return;
         };
-        if mask == 0 {
-            return;
-        }
         let b = self.sc.b;
         for (i, (out, run)) in self.outs.iter_mut().zip(runs.iter_mut()).enumerate() {
             if mask & (1 << i) != 0 {
@@ -613,17 +663,25 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         // after them all, and only a key before it (one the schema lacks)
         // is compared with `prev`.
         let mut prev: Option<&str> = None;
-        for &i in s.sorted_fields(id) {
+        // `key` is known to be the name of the field at hand.
+        let mut named = false;
+        let sorted = s.sorted_fields(id);
+        for (j, &i) in sorted.iter().enumerate() {
             let f = &fields[i];
             let mut order = Ordering::Greater;
-            while let Some(k) = key {
-                order = key_order(k.as_bytes(), f.name.as_bytes());
-                if order != Ordering::Less {
-                    break;
+            if named {
+                order = Ordering::Equal;
+            } else {
+                while let Some(k) = key {
+                    order = key_order(k.as_bytes(), f.name.as_bytes());
+                    if order != Ordering::Less {
+                        break;
+                    }
+                    key = self.cut_unknown(k, prev, mask, depth)?;
+                    prev = Some(k);
                 }
-                key = self.cut_unknown(k, prev, mask, depth)?;
-                prev = Some(k);
             }
+            named = false;
             let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
             if hash != 0 && !self.pseudonyms.can_hash() {
                 return Err(Miss);
@@ -633,12 +691,18 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             // `Equal` only where the loop above compared a key.
             let v = if order == Ordering::Equal {
                 let sep = self.sc.sep();
-                self.key(here, empty, &f.name);
+                self.key(here, empty, &f.name, sep);
                 let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
                 // Cut out of the outputs that drop it.
                 self.splice(mask & !here, sep, self.sc.pos, b"");
                 prev = key;
-                key = self.sc.following_key().or_miss()?;
+                // Most objects have the next field's key next.
+                match sorted.get(j + 1).map(|&n| &fields[n]) {
+                    Some(next) if next.plain_name => {
+                        (key, named) = self.sc.following_key_like(&next.name).or_miss()?;
+                    }
+                    _ => key = self.sc.following_key().or_miss()?,
+                }
                 v
             } else {
                 let branch = missing(s, f)?;
@@ -687,12 +751,12 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// comma in those that are not `empty`. In write mode it is copied from
     /// the input, with the comma before it, where it is written there
     /// without spaces. In run mode only the comma can differ: the input has
-    /// one unless the key is its object's first.
-    fn key(&mut self, here: u8, empty: u8, name: &str) {
+    /// one unless the key is its object's first. `sep`: where the key
+    /// begins with the comma before it ([`Scan::sep`]).
+    fn key(&mut self, here: u8, empty: u8, name: &str, sep: usize) {
         let (b, at, end) = (self.sc.b, self.sc.key_at, self.sc.pos);
         let comma = here & !empty;
         if self.runs.is_some() {
-            let sep = self.sc.sep();
             if sep < at {
                 self.splice(here & empty, sep, at, b"");
             } else {
@@ -1070,6 +1134,40 @@ mod tests {
     /// The word-at-a-time key comparison orders as `cmp` does, for every
     /// length pair up to 20 and a first difference at every position, up
     /// or down, with the bytes after it all lower or all higher.
+    #[test]
+    fn a_key_expected_reads_as_any_key() {
+        // After a value: the text up to and past the next key.
+        let texts = [
+            r#","amount":1"#,
+            r#","amount_cents":1"#,
+            r#","amoun":1"#,
+            r#","amounT":1"#,
+            r#","":1"#,
+            r#","amount" :1"#,
+            r#" , "amount":1"#,
+            r#","am\u006funt":1"#,
+            r#","amount"#,
+            r#","amount":"#,
+            r#","amount""#,
+            "}",
+            r#""amount":1"#,
+        ];
+        for text in texts {
+            for expect in ["amount", "amount_cents", "a", "b"] {
+                let mut plain = Scan::new(text);
+                let mut like = Scan::new(text);
+                let read = plain.following_key();
+                let got = like.following_key_like(expect);
+                assert_eq!(got.map(|(k, _)| k), read, "{text} {expect}");
+                assert_eq!(like.pos, plain.pos, "{text} {expect}");
+                assert_eq!(like.key_at, plain.key_at, "{text} {expect}");
+                assert_eq!(like.spaced, plain.spaced, "{text} {expect}");
+                let hit = got.is_some_and(|(_, hit)| hit);
+                assert_eq!(hit, read == Some(Some(expect)), "{text} {expect}");
+            }
+        }
+    }
+
     #[test]
     fn key_order_is_cmp() {
         for la in 0..=20usize {

@@ -83,6 +83,10 @@ pub struct Field {
     pub attrs: Map<String, Value>,
     /// The validation rule its name implies.
     pub rule: NameRule,
+    /// The name has only ASCII letters, digits and `_` (as Avro's names
+    /// do): a JSON key of those bytes between quotes is this name, with
+    /// nothing to unescape, so the JSON pass compares it without scanning.
+    pub plain_name: bool,
 }
 
 /// A validation rule implied by a field's name suffix.
@@ -747,6 +751,7 @@ impl Compiler<'_> {
                 origin,
                 attrs,
                 rule: NameRule::of(name),
+                plain_name: name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
             });
         }
         Ok(fields)
