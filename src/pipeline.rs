@@ -126,6 +126,10 @@ const REFUSAL_RETRY: Duration = Duration::from_secs(60);
 
 type Cached = Result<Arc<Writer>, Rejection>;
 
+/// The tiers an event reaches, least sensitive first: three at most, kept
+/// inline.
+type Tiers = smallvec::SmallVec<[Tier; 3]>;
+
 /// Event type → `schema_version` → schema id, for one topic.
 type EventTypes = HashMap<String, HashMap<u32, u32, Fold>, Fold>;
 
@@ -798,7 +802,7 @@ impl Engine {
         &mut self,
         writer: &Writer,
         event: &Event<'_, '_>,
-        tiers: Vec<Tier>,
+        tiers: Tiers,
         pseudonyms: &mut Pseudonyms<'_>,
         registry: &mut dyn SchemaLookup,
     ) -> Result<Projected, Halt> {
@@ -827,7 +831,7 @@ impl Engine {
     fn frame(
         &mut self,
         writer: &Writer,
-        tiers: Vec<Tier>,
+        tiers: Tiers,
         mut bodies: [Vec<u8>; 3],
         registry: &mut dyn SchemaLookup,
     ) -> Result<Projected, Halt> {
@@ -853,7 +857,7 @@ impl Engine {
         pseudonyms: &mut Pseudonyms<'_>,
     ) -> Result<Vec<OutRecord>, NoHashKey> {
         let Projected { tiers, bufs } = projected;
-        let routing = event_routing(
+        let mut routing = event_routing(
             event.schema,
             event.env,
             event.datum,
@@ -861,10 +865,20 @@ impl Engine {
             &tiers,
             pseudonyms,
         );
+        // Whether each tier's key is the `entity_id` (or its pseudonym):
+        // the last record keyed with each takes it without a copy.
+        let keeps: Tiers = tiers
+            .iter()
+            .copied()
+            .filter(|t| routing.keys_with_entity_id(*t))
+            .collect();
+        let last_keep = keeps.last().copied();
+        let last_hash = tiers.iter().copied().rfind(|t| !keeps.contains(t));
         let mut records = Vec::with_capacity(tiers.len());
         for (tier, buf) in tiers.into_iter().zip(bufs) {
             let topic = &self.config.topics.tiers[tier.index()];
-            records.push(tier_record(&routing, tier, topic, buf)?);
+            let last = Some(tier) == last_keep || Some(tier) == last_hash;
+            records.push(tier_record(&mut routing, tier, topic, buf, last)?);
         }
         Ok(records)
     }
@@ -1233,7 +1247,7 @@ impl<'e, 'v> Event<'e, 'v> {
 /// What the tier check found.
 struct TierCheck {
     /// The tiers the event reaches, least sensitive first.
-    reached: Vec<Tier>,
+    reached: Tiers,
     /// The schema path of a value above the declared tier, if any.
     mismatch: Option<String>,
 }
@@ -1293,7 +1307,7 @@ fn read_avro<'v>(writer: &Writer, body: &'v [u8]) -> Result<Datum<'v>, Halt> {
 /// The projected values of one event, ready to be framed into records.
 struct Projected {
     /// The tiers projected, least sensitive first.
-    tiers: Vec<Tier>,
+    tiers: Tiers,
     /// Each tier's value, by position in `tiers`: [`start_value`] followed
     /// by the projected Avro body or JSON value.
     bufs: [Vec<u8>; 3],

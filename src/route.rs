@@ -79,6 +79,14 @@ pub struct EventRouting {
     pseudonym: Option<Vec<u8>>,
 }
 
+impl EventRouting {
+    /// Whether `tier`'s record is keyed with the `entity_id` itself (the
+    /// tier sees it), not with its pseudonym.
+    pub fn keys_with_entity_id(&self, tier: Tier) -> bool {
+        treatment(self.entity_id_class, tier) == Treatment::Keep
+    }
+}
+
 /// Collects the routing facts of an event bound for `tiers`.
 pub fn event_routing(
     schema: &CompiledSchema,
@@ -175,22 +183,30 @@ pub fn start_value(framing: Framing) -> Vec<u8> {
 }
 
 /// Builds the record of one tier from its value buffer: [`start_value`]
-/// followed by the projected value.
+/// followed by the projected value. `last`: no later record of the event
+/// is keyed as this one is (with the `entity_id`, or with its pseudonym),
+/// so the key is moved out of `routing` instead of copied.
 ///
 /// # Errors
 /// [`NoHashKey`] when the tier needs the key's pseudonym and there is no
 /// hasher.
 pub fn tier_record(
-    routing: &EventRouting,
+    routing: &mut EventRouting,
     tier: Tier,
     topic: &Arc<str>,
     buf: Vec<u8>,
+    last: bool,
 ) -> Result<OutRecord, NoHashKey> {
     let visible = |class: FieldClass| treatment(class, tier) == Treatment::Keep;
-    let key = if visible(routing.entity_id_class) {
-        routing.entity_id.clone()
+    let key = if routing.keys_with_entity_id(tier) {
+        &mut routing.entity_id
     } else {
-        routing.pseudonym.clone().ok_or(NoHashKey)?
+        routing.pseudonym.as_mut().ok_or(NoHashKey)?
+    };
+    let key = if last {
+        std::mem::take(key)
+    } else {
+        key.clone()
     };
 
     let mut headers = Vec::with_capacity(routing.headers.len() + 1);
