@@ -1131,12 +1131,12 @@ mod tests {
         }
     }
 
-    /// The word-at-a-time key comparison orders as `cmp` does, for every
-    /// length pair up to 20 and a first difference at every position, up
-    /// or down, with the bytes after it all lower or all higher.
+    /// A key read where the next field's name is expected reads as any key
+    /// does: the same key, the cursor at the same place, a miss where the
+    /// plain read misses; and it says it was the name expected only where
+    /// it was. After a value, the texts are the rest of an object.
     #[test]
     fn a_key_expected_reads_as_any_key() {
-        // After a value: the text up to and past the next key.
         let texts = [
             r#","amount":1"#,
             r#","amount_cents":1"#,
@@ -1168,6 +1168,9 @@ mod tests {
         }
     }
 
+    /// The word-at-a-time key comparison orders as `cmp` does, for every
+    /// length pair up to 20 and a first difference at every position, up
+    /// or down, with the bytes after it all lower or all higher.
     #[test]
     fn key_order_is_cmp() {
         for la in 0..=20usize {
