@@ -865,15 +865,15 @@ impl Engine {
             &tiers,
             pseudonyms,
         );
-        // Whether each tier's key is the `entity_id` (or its pseudonym):
-        // the last record keyed with each takes it without a copy.
-        let keeps: Tiers = tiers
-            .iter()
-            .copied()
-            .filter(|t| routing.keys_with_entity_id(*t))
-            .collect();
-        let last_keep = keeps.last().copied();
-        let last_hash = tiers.iter().copied().rfind(|t| !keeps.contains(t));
+        // The last record keyed with the `entity_id`, and the last keyed
+        // with its pseudonym, take it without a copy.
+        let last_keyed = |by_id: bool| {
+            tiers
+                .iter()
+                .copied()
+                .rfind(|t| routing.keys_with_entity_id(*t) == by_id)
+        };
+        let (last_keep, last_hash) = (last_keyed(true), last_keyed(false));
         let mut records = Vec::with_capacity(tiers.len());
         for (tier, buf) in tiers.into_iter().zip(bufs) {
             let topic = &self.config.topics.tiers[tier.index()];

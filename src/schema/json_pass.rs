@@ -354,23 +354,15 @@ impl<'a> Scan<'a> {
     /// After a value in an object: the next key, whatever its order (the
     /// caller checks it), or `None` at the closing `}`.
     fn following_key(&mut self) -> Option<Option<&'a str>> {
-        self.ws();
-        if self.eat(b'}') {
-            return Some(None);
-        }
-        self.byte(b',')?;
-        self.ws();
-        self.key_at = self.pos;
-        let k = self.string()?;
-        self.colon()?;
-        Some(Some(k))
+        self.following_key_like(None).map(|(k, _)| k)
     }
 
     /// [`Scan::following_key`] where the key is likely `expect`, a name
     /// with only ASCII letters, digits and `_`: where the text has that
     /// name between quotes, it is the key `string` would read, found
     /// without scanning for the closing quote. Whether it was.
-    fn following_key_like(&mut self, expect: &str) -> Option<(Option<&'a str>, bool)> {
+    #[inline(always)]
+    fn following_key_like(&mut self, expect: Option<&str>) -> Option<(Option<&'a str>, bool)> {
         self.ws();
         if self.eat(b'}') {
             return Some((None, false));
@@ -378,7 +370,7 @@ impl<'a> Scan<'a> {
         self.byte(b',')?;
         self.ws();
         self.key_at = self.pos;
-        let (k, hit) = match self.quoted(expect) {
+        let (k, hit) = match expect.and_then(|e| self.quoted(e)) {
             Some(k) => (k, true),
             None => (self.string()?, false),
         };
@@ -697,12 +689,9 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 self.splice(mask & !here, sep, self.sc.pos, b"");
                 prev = key;
                 // Most objects have the next field's key next.
-                match sorted.get(j + 1).map(|&n| &fields[n]) {
-                    Some(next) if next.plain_name => {
-                        (key, named) = self.sc.following_key_like(&next.name).or_miss()?;
-                    }
-                    _ => key = self.sc.following_key().or_miss()?,
-                }
+                let next = sorted.get(j + 1).map(|&n| &fields[n]);
+                let expect = next.filter(|f| f.plain_name).map(|f| f.name.as_str());
+                (key, named) = self.sc.following_key_like(expect).or_miss()?;
                 v
             } else {
                 let branch = missing(s, f)?;
@@ -1157,7 +1146,7 @@ mod tests {
                 let mut plain = Scan::new(text);
                 let mut like = Scan::new(text);
                 let read = plain.following_key();
-                let got = like.following_key_like(expect);
+                let got = like.following_key_like(Some(expect));
                 assert_eq!(got.map(|(k, _)| k), read, "{text} {expect}");
                 assert_eq!(like.pos, plain.pos, "{text} {expect}");
                 assert_eq!(like.key_at, plain.key_at, "{text} {expect}");
