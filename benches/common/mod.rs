@@ -158,7 +158,11 @@ impl Processor {
             .local_addr()
             .unwrap()
             .port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_privacy-router"));
+        // `PRIVACY_ROUTER_BIN`: another build of the processor, for an A/B
+        // comparison of two builds on one broker.
+        let bin = std::env::var_os("PRIVACY_ROUTER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_privacy-router").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--topology")
             .arg(topology)

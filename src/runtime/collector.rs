@@ -11,16 +11,15 @@ use anyhow::{Context as _, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message as _;
+use rdkafka_topic::Topic;
 use tracing::warn;
 
-use super::kafka::{await_delivered, forward_error, forward_log, send_waiting, Connection};
+use super::kafka::{await_delivered, forward_error, forward_log, Connection};
 use crate::config::Guarantee;
-use crate::record::OutRecord;
+use crate::record::{HeaderName, HeaderValue, OutRecord};
 
 /// Delivery reports are served every this many sends (they would otherwise
 /// pile up until the commit drains them).
@@ -60,6 +59,9 @@ pub(super) struct RecordCollector {
     /// only with a transactional call left running on a thread of its own
     /// (see `Transaction::send_offsets`).
     producer: Arc<BaseProducer<ProducerCtx>>,
+    /// The handles of the topics sent to so far (the tier topics, the
+    /// dead-letter topic, the changelog), each looked up once.
+    topics: Vec<Topic<ProducerCtx>>,
     /// Records sent, for the delivery-report cadence.
     sends: u64,
     /// The first send refused since the last commit or abort: the open
@@ -86,6 +88,7 @@ impl RecordCollector {
             .context("creating the producer")?;
         Ok(RecordCollector {
             producer: Arc::new(producer),
+            topics: Vec::new(),
             sends: 0,
             broken: None,
         })
@@ -104,51 +107,73 @@ impl RecordCollector {
     /// Sends an engine output (tier record or dead letter) with the input
     /// record's timestamp.
     pub(super) fn send(&mut self, rec: &OutRecord, ts: Option<i64>) {
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (k, v) in &rec.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(&v[..]),
-            });
-        }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&rec.topic).headers(headers);
-        if let Some(k) = &rec.key {
-            record = record.key(&k[..]);
-        }
-        if let Some(v) = &rec.value {
-            record = record.payload(&v[..]);
-        }
-        if let Some(ts) = ts {
-            record = record.timestamp(ts);
-        }
-        self.produce(record);
+        self.produce(
+            &rec.topic,
+            None,
+            rec.key.as_deref(),
+            rec.value.as_deref(),
+            ts,
+            &rec.headers,
+        );
     }
 
     /// Sends a changelog record to partition `p` of `topic`.
     pub(super) fn send_state(&mut self, topic: &str, p: i32, key: &[u8], value: &[u8]) {
-        let record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).key(key).payload(value).partition(p);
-        self.produce(record);
+        self.produce(topic, Some(p), Some(key), Some(value), None, &[]);
     }
 
     /// Sends a changelog tombstone (a released held event) to partition `p`.
     pub(super) fn send_tombstone(&mut self, topic: &str, p: i32, key: &[u8]) {
-        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key).partition(p);
-        self.produce(record);
+        self.produce(topic, Some(p), Some(key), None, None, &[]);
     }
 
-    fn produce(&mut self, record: BaseRecord<'_, [u8], [u8]>) {
+    /// Queues a record through the topic's handle, waiting while
+    /// librdkafka's queue is full (as [`super::kafka::send_waiting`] does).
+    fn produce(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: Option<i64>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) {
         if self.broken.is_some() {
             return;
         }
-        match send_waiting(&self.producer, record) {
-            Ok(()) => {
-                self.sends = self.sends.wrapping_add(1);
-                if self.sends.is_multiple_of(REPORT_EVERY) {
+        let handle = match self.topics.iter().position(|t| t.name() == topic) {
+            Some(i) => &self.topics[i],
+            None => match Topic::new(&self.producer, topic) {
+                Some(t) => {
+                    self.topics.push(t);
+                    &self.topics[self.topics.len() - 1]
+                }
+                None => {
+                    self.broken = Some(format!("producing to {topic}: no topic handle"));
+                    return;
+                }
+            },
+        };
+        loop {
+            let hs = headers.iter().map(|(k, v)| (&k[..], &v[..]));
+            match handle.produce(partition, key, value, ts, hs) {
+                Ok(()) => break,
+                Err(RDKafkaErrorCode::QueueFull) => {
+                    // `poll` with a timeout spins through it: serve what is
+                    // there and sleep instead.
                     self.producer.poll(Duration::ZERO);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(code) => {
+                    let e = KafkaError::MessageProduction(code);
+                    self.broken = Some(format!("producing to {topic}: {e}"));
+                    return;
                 }
             }
-            Err((e, r)) => self.broken = Some(format!("producing to {}: {e}", r.topic)),
+        }
+        self.sends = self.sends.wrapping_add(1);
+        if self.sends.is_multiple_of(REPORT_EVERY) {
+            self.producer.poll(Duration::ZERO);
         }
     }
 
