@@ -18,9 +18,9 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use rdkafka::bindings::{
-    rd_kafka_header_add, rd_kafka_headers_destroy, rd_kafka_headers_new, rd_kafka_producev,
-    rd_kafka_topic_destroy, rd_kafka_topic_new, rd_kafka_topic_t, rd_kafka_vtype_t,
-    RD_KAFKA_MSG_F_COPY,
+    rd_kafka_header_add, rd_kafka_headers_destroy, rd_kafka_headers_new, rd_kafka_headers_t,
+    rd_kafka_producev, rd_kafka_topic_destroy, rd_kafka_topic_new, rd_kafka_topic_t,
+    rd_kafka_vtype_t, RD_KAFKA_MSG_F_COPY,
 };
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
@@ -96,10 +96,17 @@ impl<C: ProducerContext<DeliveryOpaque = ()>> Topic<C> {
         }
         let (value_ptr, value_len) = parts(value);
         let (key_ptr, key_len) = parts(key);
-        // SAFETY: `rd_kafka_headers_new` returns a new, empty headers list
-        // owned by the caller (it aborts rather than return null).
-        let hdrs = unsafe { rd_kafka_headers_new(headers.len()) };
+        // A record without headers gets no list (null), as from `send`; the
+        // list is made at the first header (`len` only sizes it).
+        let capacity = headers.len();
+        let mut hdrs: *mut rd_kafka_headers_t = ptr::null_mut();
         for (name, v) in headers {
+            if hdrs.is_null() {
+                // SAFETY: `rd_kafka_headers_new` returns a new, empty
+                // headers list owned by the caller (it aborts rather than
+                // return null).
+                hdrs = unsafe { rd_kafka_headers_new(capacity) };
+            }
             // SAFETY: `hdrs` is the list made above; librdkafka copies the
             // name and the value, each given with its length (a Rust
             // string needs no NUL), and fails only for a read-only list.
@@ -121,8 +128,8 @@ impl<C: ProducerContext<DeliveryOpaque = ()>> Topic<C> {
         // copied before the call returns (`RD_KAFKA_MSG_F_COPY`). The
         // opaque is null: a delivery report hands it to
         // `C::DeliveryOpaque::from_ptr`, which for `()` reads nothing.
-        // On success librdkafka owns `hdrs`; on failure the caller still
-        // does, and it is destroyed below.
+        // On success librdkafka owns `hdrs` (if any); on failure the caller
+        // still does, and it is destroyed below.
         let err = unsafe {
             rd_kafka_producev(
                 self.producer.client().native_ptr(),
@@ -151,9 +158,11 @@ impl<C: ProducerContext<DeliveryOpaque = ()>> Topic<C> {
         if code == RDKafkaErrorCode::NoError {
             Ok(())
         } else {
-            // SAFETY: the call failed, so `hdrs` is still ours, and it is
-            // not used after this.
-            unsafe { rd_kafka_headers_destroy(hdrs) };
+            if !hdrs.is_null() {
+                // SAFETY: the call failed, so `hdrs` is still ours, and it
+                // is not used after this.
+                unsafe { rd_kafka_headers_destroy(hdrs) };
+            }
             Err(code)
         }
     }
