@@ -6,12 +6,12 @@
 //! looks the topic up by that name for every record (`rd_kafka_topic_new0`:
 //! the client's write lock, a scan of its topics, a reference taken and
 //! dropped again). A [`Topic`] holds librdkafka's handle of one topic, taken
-//! once, and [`Topic::produce`] passes it instead (`RD_KAFKA_V_RKT`); the
-//! record's headers are built with their names' lengths given, so neither
-//! the topic's name nor a header's is copied or measured per record.
-//! Everything else is what `send` does: the same call, the key, value and
-//! headers copied by librdkafka (`RD_KAFKA_MSG_F_COPY`), the partitioner
-//! of the producer's configuration when no partition is given.
+//! once, and [`Topic::produce`] passes it instead (`RD_KAFKA_V_RKT`), so
+//! the topic's name is neither copied nor looked up per record. Everything
+//! else is what `send` does: the same call, the key, value and headers
+//! copied by librdkafka (`RD_KAFKA_MSG_F_COPY`, `rd_kafka_header_add` with
+//! each name's length), the partitioner of the producer's configuration
+//! when no partition is given.
 
 use std::ffi::{c_void, CString};
 use std::ptr::{self, NonNull};
