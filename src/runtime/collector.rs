@@ -17,7 +17,7 @@ use rdkafka::Message as _;
 use rdkafka_topic::Topic;
 use tracing::warn;
 
-use super::kafka::{await_delivered, forward_error, forward_log, Connection};
+use super::kafka::{await_delivered, forward_error, forward_log, wait_for_queue, Connection};
 use crate::config::Guarantee;
 use crate::record::{HeaderName, HeaderValue, OutRecord};
 
@@ -128,7 +128,8 @@ impl RecordCollector {
     }
 
     /// Queues a record through the topic's handle, waiting while
-    /// librdkafka's queue is full (as [`super::kafka::send_waiting`] does).
+    /// librdkafka's queue is full ([`wait_for_queue`], as
+    /// [`super::kafka::send_waiting`] does).
     fn produce(
         &mut self,
         topic: &str,
@@ -158,12 +159,7 @@ impl RecordCollector {
             let hs = headers.iter().map(|(k, v)| (&k[..], &v[..]));
             match handle.produce(partition, key, value, ts, hs) {
                 Ok(()) => break,
-                Err(RDKafkaErrorCode::QueueFull) => {
-                    // `poll` with a timeout spins through it: serve what is
-                    // there and sleep instead.
-                    self.producer.poll(Duration::ZERO);
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                Err(RDKafkaErrorCode::QueueFull) => wait_for_queue(&self.producer),
                 Err(code) => {
                     let e = KafkaError::MessageProduction(code);
                     self.broken = Some(format!("producing to {topic}: {e}"));

@@ -67,15 +67,20 @@ where
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
-                // `poll` with a timeout spins through it (rdkafka floors
-                // the remaining time to whole milliseconds and polls with
-                // 0): serve what is there and sleep instead.
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(Duration::from_millis(1));
+                wait_for_queue(producer);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Waits a moment for room in librdkafka's full queue, serving the
+/// delivery reports waiting meanwhile. `poll` with a timeout would spin
+/// through it (rdkafka floors the remaining time to whole milliseconds and
+/// polls with 0): this serves what is there and sleeps instead.
+pub(crate) fn wait_for_queue<C: ProducerContext>(producer: &BaseProducer<C>) {
+    producer.poll(Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(1));
 }
 
 /// Waits until librdkafka holds no record of this producer any more
