@@ -49,7 +49,7 @@ use privacy_router::order::hold::Holdback;
 use privacy_router::order::MemoryStore;
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{Outcome, RawRecord, Source};
+use privacy_router::record::{Outcome, RawHeaders, RawRecord, Source};
 use privacy_router::registry::file::{self, FileRegistry};
 use privacy_router::registry::MemoryRegistry;
 use privacy_router::reorder::Reorder;
@@ -391,7 +391,7 @@ impl Model {
                 source: &source,
                 key: None,
                 value: Some(v),
-                headers: &[],
+                headers: RawHeaders::NONE,
             };
             Reorder {
                 engine: &mut self.engine,

@@ -19,7 +19,7 @@ use privacy_router::config::{OutputFormat, Topology};
 use privacy_router::order::MemoryStore;
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{Outcome, RawRecord, Source};
+use privacy_router::record::{Outcome, RawHeaders, RawRecord, Source};
 use privacy_router::registry::{file, MemoryRegistry};
 use privacy_router::sample::{generate, Format, Options};
 
@@ -86,7 +86,7 @@ impl Bench {
                 source: &self.source,
                 key: None,
                 value: Some(e),
-                headers: &[],
+                headers: RawHeaders::NONE,
             };
             match self
                 .engine

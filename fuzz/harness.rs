@@ -46,7 +46,9 @@ use privacy_router::config::{EngineConfig, OutputFormat, Topology};
 use privacy_router::order::{MemoryStore, Verdict, VersionStore};
 use privacy_router::pipeline::Engine;
 use privacy_router::project::{derived_schema, Hasher};
-use privacy_router::record::{OutRecord, Outcome, RawRecord, Rejection, Routed, Source, Tier};
+use privacy_router::record::{
+    OutRecord, Outcome, RawHeaders, RawRecord, Rejection, Routed, Source, Tier,
+};
 use privacy_router::registry::{file, MemoryRegistry};
 use privacy_router::schema::{derived_subject, CompiledSchema, LookupError, SchemaLookup};
 
@@ -648,7 +650,7 @@ impl Harness {
             source: &source,
             key: Some(KEY),
             value: Some(value),
-            headers: &headers,
+            headers: (&headers).into(),
         };
         let mut engine = Engine::new(s.config.clone(), Some(self.hasher.clone()));
         let mut lookup = s.registry.lookup();
@@ -902,7 +904,7 @@ impl Harness {
             source: &source,
             key: Some(KEY),
             value: Some(value),
-            headers: &[],
+            headers: RawHeaders::NONE,
         };
         let mut engine = Engine::new(s.config.clone(), Some(self.hasher.clone()));
         let mut lookup = s.registry.lookup();

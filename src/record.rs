@@ -207,7 +207,59 @@ pub struct RawRecord<'a> {
     /// The record value; `None` for a tombstone.
     pub value: Option<&'a [u8]>,
     /// The record headers, in order.
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: RawHeaders<'a>,
+}
+
+/// The headers of an input record, in order: read already, or read only
+/// when something keeps them (its dead letter, a held event's copy).
+/// Reading a Kafka record's headers parses its header bytes into a list
+/// that librdkafka allocates, one allocation per header, on every record,
+/// including one without headers; the tier records of an accepted event
+/// carry none of them.
+#[derive(Clone, Copy)]
+pub enum RawHeaders<'a> {
+    /// Headers read already.
+    Read(&'a [(String, Vec<u8>)]),
+    /// Headers read when [`RawHeaders::to_vec`] is called.
+    Deferred(&'a dyn Fn() -> Vec<(String, Vec<u8>)>),
+}
+
+impl RawHeaders<'_> {
+    /// No headers.
+    pub const NONE: RawHeaders<'static> = RawHeaders::Read(&[]);
+
+    /// The headers, read now where they were deferred.
+    pub fn to_vec(&self) -> Vec<(String, Vec<u8>)> {
+        match self {
+            RawHeaders::Read(h) => h.to_vec(),
+            RawHeaders::Deferred(read) => read(),
+        }
+    }
+}
+
+impl<'a> From<&'a [(String, Vec<u8>)]> for RawHeaders<'a> {
+    fn from(h: &'a [(String, Vec<u8>)]) -> Self {
+        RawHeaders::Read(h)
+    }
+}
+
+impl<'a> From<&'a Vec<(String, Vec<u8>)>> for RawHeaders<'a> {
+    fn from(h: &'a Vec<(String, Vec<u8>)>) -> Self {
+        RawHeaders::Read(h)
+    }
+}
+
+/// Names and sizes only: header values may be payload.
+impl fmt::Debug for RawHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawHeaders::Read(h) => f
+                .debug_list()
+                .entries(h.iter().map(|(k, v)| (k, v.len())))
+                .finish(),
+            RawHeaders::Deferred(_) => f.write_str("<not read yet>"),
+        }
+    }
 }
 
 /// A header name: our own names are static, copied input headers are not.
@@ -502,6 +554,23 @@ pub struct Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_headers_are_read_when_kept_and_never_shown() {
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            vec![("traceparent".to_owned(), b"00-secret".to_vec())]
+        };
+        let h = RawHeaders::Deferred(&read);
+        assert_eq!(format!("{h:?}"), "<not read yet>");
+        assert_eq!(reads.get(), 0, "not read to be shown");
+        assert_eq!(h.to_vec(), read());
+        let kept = vec![("traceparent".to_owned(), b"00-secret".to_vec())];
+        let shown = format!("{:?}", RawHeaders::from(&kept));
+        assert_eq!(shown, r#"[("traceparent", 9)]"#, "names and sizes only");
+        assert_eq!(RawHeaders::NONE.to_vec(), Vec::new());
+    }
 
     #[test]
     fn the_readme_lists_every_reason_code_once() {

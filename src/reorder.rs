@@ -260,7 +260,7 @@ impl Reorder<'_> {
             source: &source,
             key: record.key.as_deref(),
             value: record.value.as_deref(),
-            headers: &record.headers,
+            headers: (&record.headers).into(),
         };
         let outcome = self
             .engine

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::order::hold::Holdback;
 use crate::order::{MemoryStore, VersionStore};
 use crate::pipeline::Engine;
-use crate::record::{OutRecord, Outcome, RawRecord, Source, Tier};
+use crate::record::{OutRecord, Outcome, RawHeaders, RawRecord, Source, Tier};
 use crate::reorder::{HeldChange, Reorder, Step};
 use crate::schema::{binary, json as sjson, CompiledSchema, SchemaLookup};
 use crate::telemetry::{At, Metrics, RecordEvents};
@@ -257,7 +257,7 @@ pub fn replay(
             source: &source,
             key: None,
             value: Some(&buf),
-            headers: &[],
+            headers: RawHeaders::NONE,
         };
         summary.consumed += 1;
         let line_of = |e: &dyn std::fmt::Display| {

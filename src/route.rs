@@ -235,8 +235,9 @@ pub fn tier_record(
 pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>) -> OutRecord {
     let mut headers: Vec<_> = raw
         .headers
-        .iter()
-        .map(|(k, v)| (k.clone().into(), HeaderValue::from_slice(v)))
+        .to_vec()
+        .into_iter()
+        .map(|(k, v)| (k.into(), HeaderValue::from_vec(v)))
         .collect();
     let reason = HeaderValue::from_slice(rejection.reason.code().as_bytes());
     let detail = HeaderValue::from_slice(rejection.detail.as_bytes());

@@ -18,7 +18,7 @@ use privacy_router::config::Topology;
 use privacy_router::order::MemoryStore;
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{Outcome, RawRecord, Source, Tier};
+use privacy_router::record::{Outcome, RawHeaders, RawRecord, Source, Tier};
 use privacy_router::registry::file;
 use privacy_router::sample::{self, Format, Options};
 use privacy_router::schema::SchemaLookup;
@@ -904,7 +904,7 @@ fn the_report_agrees_with_the_engine() {
                 source: &source,
                 key: None,
                 value: Some(&bytes),
-                headers: &[],
+                headers: RawHeaders::NONE,
             };
             let outcome = engine
                 .process(&raw, &mut MemoryStore::default(), &mut registry)

@@ -17,7 +17,7 @@ use privacy_router::order::hold::{Holdback, Release};
 use privacy_router::order::{MemoryStore, VersionStore};
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{OutRecord, Outcome, RawRecord, Reason, Routed, Source};
+use privacy_router::record::{OutRecord, Outcome, RawHeaders, RawRecord, Reason, Routed, Source};
 use privacy_router::registry::{file, MemoryRegistry};
 use privacy_router::reorder::{HeldChange, Reorder, Step};
 use privacy_router::schema::{binary, json as sjson, CompiledSchema, LookupError, SchemaLookup};
@@ -71,7 +71,7 @@ impl Driver {
             source: &source,
             key: Some(b"k"),
             value: Some(value),
-            headers: &headers,
+            headers: (&headers).into(),
         };
         self.engine
             .process(&raw, &mut self.store, &mut self.registry)
@@ -666,7 +666,7 @@ fn bad_records_neither_grow_the_caches_nor_hammer_the_registry() {
                 source: &source,
                 key: None,
                 value: Some(&value),
-                headers: &[],
+                headers: RawHeaders::NONE,
             };
             let out = d.engine.process(&raw, &mut d.store, &mut reg).unwrap();
             assert!(matches!(out, Outcome::DeadLettered { .. }));
@@ -884,7 +884,7 @@ fn a_refused_derived_schema_dead_letters_its_events_and_nothing_else() {
             source: &source,
             key: None,
             value: Some(&value),
-            headers: &[],
+            headers: RawHeaders::NONE,
         };
         (engine.process(&raw, store, reg).unwrap(), value)
     };
@@ -989,7 +989,7 @@ fn reorder(d: &mut Driver, held: &mut Holdback, value: &Value, ts: i64) -> Vec<S
         source: &source,
         key: Some(b"k"),
         value: Some(&bytes),
-        headers: &[],
+        headers: RawHeaders::NONE,
     };
     let mut out = Vec::new();
     Reorder {

@@ -20,7 +20,7 @@ use privacy_router::pipeline::Engine;
 use privacy_router::project::{
     derived_schema, encode_projection, write_json_projections, Hasher, Pseudonyms,
 };
-use privacy_router::record::{Outcome, RawRecord, Source, Tier};
+use privacy_router::record::{Outcome, RawHeaders, RawRecord, Source, Tier};
 use privacy_router::registry::file;
 use privacy_router::schema::{
     binary, json as sjson, max_present_tier, pass, CompiledSchema, Envelope, SchemaLookup,
@@ -443,7 +443,7 @@ fn run_one(
         source: &source,
         key: None,
         value: Some(value),
-        headers: &[],
+        headers: RawHeaders::NONE,
     };
     engine
         .process(&raw, store, reg)
@@ -998,7 +998,7 @@ proptest! {
             ts += steps[i % steps.len()] * 100 - 100;
             let value = product_event(&schema, product.id, *e, *v);
             let source = Source { topic: Arc::from("events.raw"), partition: 0, offset: i as i64 };
-            let raw = RawRecord { source: &source, key: None, value: Some(&value), headers: &[] };
+            let raw = RawRecord { source: &source, key: None, value: Some(&value), headers: RawHeaders::NONE };
             Reorder { engine: &mut engine, store: &mut store, held: &mut held, registry: &mut reg }
                 .process(&raw, Some(ts), None, &mut out)
                 .expect("the memory registry never fails");
@@ -1157,7 +1157,7 @@ fn mutated_producer_events_never_panic() {
                 source: &source,
                 key: None,
                 value: Some(&bytes),
-                headers: &[],
+                headers: RawHeaders::NONE,
             };
             match engine
                 .process(&raw, &mut store, &mut reg)

@@ -21,7 +21,7 @@ use privacy_router::config::Topology;
 use privacy_router::order::{MemoryStore, VersionStore};
 use privacy_router::pipeline::Engine;
 use privacy_router::project::Hasher;
-use privacy_router::record::{OutRecord, Outcome, RawRecord, Reason, Routed, Source};
+use privacy_router::record::{OutRecord, Outcome, RawHeaders, RawRecord, Reason, Routed, Source};
 use privacy_router::registry::{file, MemoryRegistry};
 use privacy_router::schema::SchemaLookup;
 
@@ -70,7 +70,7 @@ impl Driver {
             source: &source,
             key: None,
             value: Some(value.as_bytes()),
-            headers: &[],
+            headers: RawHeaders::NONE,
         };
         self.engine
             .process(&raw, &mut self.store, &mut self.registry)

@@ -44,7 +44,7 @@ use super::watermarks::Watermarks;
 use super::{Fatal, FatalKind, Progress};
 use crate::config::{GapPolicy, Guarantee};
 use crate::pipeline::{Engine, EngineError};
-use crate::record::{Outcome, RawRecord, Source};
+use crate::record::{Outcome, RawHeaders, RawRecord, Source};
 use crate::reorder::{HeldChange, Reorder, Step};
 use crate::schema::SchemaLookup;
 use crate::telemetry::{self, At, Health, Metrics, RateLimit, RecordEvents, TopicCounters};
@@ -271,7 +271,7 @@ struct Input<'a> {
     offset: i64,
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
-    headers: &'a [(String, Vec<u8>)],
+    headers: RawHeaders<'a>,
     timestamp: Option<i64>,
 }
 
@@ -499,21 +499,24 @@ impl Task {
             return Ok(());
         }
         let (p, offset) = (m.partition(), m.offset());
-        let headers: Vec<(String, Vec<u8>)> = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Read only for a record that keeps them (a dead letter, a held
+        // event): librdkafka parses them into a list of its own.
+        let headers = || -> Vec<(String, Vec<u8>)> {
+            m.headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let input = Input {
             topic: topic.clone(),
             partition: p,
             offset,
             key: m.key(),
             value: m.payload(),
-            headers: &headers,
+            headers: RawHeaders::Deferred(&headers),
             timestamp: m.timestamp().to_millis(),
         };
         match self.process(consumer, input)? {
@@ -547,7 +550,7 @@ impl Task {
                 offset: d.seq,
                 key: None,
                 value: Some(&d.message.message.payload),
-                headers: &d.headers,
+                headers: (&d.headers).into(),
                 timestamp: Some(d.timestamp),
             };
             let handled = self.process(consumer, input)?;

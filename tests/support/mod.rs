@@ -23,7 +23,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -535,6 +535,7 @@ impl Scenario {
                     out.push(Input {
                         key: None,
                         value: v.clone(),
+                        headers: Vec::new(),
                         partition: 0,
                         offset: ack.sequence as i64,
                     });
@@ -904,8 +905,30 @@ impl Drop for Processor {
 pub struct Input {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// The headers it was produced with ([`input_headers`]).
+    pub headers: Vec<(String, Vec<u8>)>,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// The headers the `i`-th record of a produce call is sent with. A
+/// producer's headers are read by the processor only for a record that
+/// keeps them (its dead letter, a held event's copy in the changelog); the
+/// scenarios compare those records with the engine's, headers included.
+pub fn input_headers(i: usize) -> Vec<(String, Vec<u8>)> {
+    vec![("x-producer-seq".to_owned(), i.to_string().into_bytes())]
+}
+
+/// [`input_headers`] as rdkafka sends them.
+fn owned_headers(i: usize) -> OwnedHeaders {
+    input_headers(i)
+        .iter()
+        .fold(OwnedHeaders::new(), |hs, (key, value)| {
+            hs.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
 }
 
 struct Landed(Mutex<Vec<Option<(i32, i64)>>>);
@@ -1004,7 +1027,9 @@ pub fn produce_keyed_at(
         .unwrap();
     for (i, v) in values.iter().enumerate() {
         let mut rec: BaseRecord<'_, str, [u8], Box<usize>> =
-            BaseRecord::with_opaque_to(topic, Box::new(i)).payload(&v[..]);
+            BaseRecord::with_opaque_to(topic, Box::new(i))
+                .payload(&v[..])
+                .headers(owned_headers(i));
         if let Some(k) = &keys[i] {
             rec = rec.key(k);
         }
@@ -1020,11 +1045,13 @@ pub fn produce_keyed_at(
         .iter()
         .zip(keys)
         .zip(at)
-        .map(|((v, k), at)| {
+        .enumerate()
+        .map(|(i, ((v, k), at))| {
             let (partition, offset) = at.expect("delivered");
             Input {
                 key: k.map(String::into_bytes),
                 value: v.clone(),
+                headers: input_headers(i),
                 partition,
                 offset,
             }
@@ -1243,7 +1270,7 @@ impl Model {
                 source: &source,
                 key: i.key.as_deref(),
                 value: Some(&i.value),
-                headers: &[],
+                headers: (&i.headers).into(),
             };
             self.reorder()
                 .process(&raw, None, None, &mut steps)
@@ -1697,7 +1724,9 @@ impl Feeder {
                     producer.poll(Duration::from_millis(1));
                 }
                 let mut rec: BaseRecord<'_, str, [u8], Box<usize>> =
-                    BaseRecord::with_opaque_to(&topic, Box::new(i)).payload(&v[..]);
+                    BaseRecord::with_opaque_to(&topic, Box::new(i))
+                        .payload(&v[..])
+                        .headers(owned_headers(i));
                 if let Some(k) = &keys[i] {
                     rec = rec.key(k);
                 }
@@ -1710,11 +1739,13 @@ impl Feeder {
                 .into_iter()
                 .zip(keys)
                 .zip(at)
-                .map(|((value, k), at)| {
+                .enumerate()
+                .map(|(i, ((value, k), at))| {
                     let (partition, offset) = at.expect("delivered");
                     Input {
                         key: k.map(String::into_bytes),
                         value,
+                        headers: input_headers(i),
                         partition,
                         offset,
                     }
