@@ -237,12 +237,6 @@ impl RawHeaders<'_> {
     }
 }
 
-impl<'a> From<&'a [(String, Vec<u8>)]> for RawHeaders<'a> {
-    fn from(h: &'a [(String, Vec<u8>)]) -> Self {
-        RawHeaders::Read(h)
-    }
-}
-
 impl<'a> From<&'a Vec<(String, Vec<u8>)>> for RawHeaders<'a> {
     fn from(h: &'a Vec<(String, Vec<u8>)>) -> Self {
         RawHeaders::Read(h)
