@@ -32,8 +32,8 @@ use serde_json::Value;
 use super::binary::MAX_DEPTH;
 use super::json::{self, is_tag_of};
 use super::pass::{envelope_datum, is_envelope, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH};
-use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
-use crate::project::{put_masked, treatment_masks, Hasher, Pseudonyms};
+use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId, PassField};
+use crate::project::{put_masked, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
 use crate::validate::{is_utc_instant, is_uuid, is_valid_event_type};
 
@@ -362,7 +362,7 @@ impl<'a> Scan<'a> {
     /// name between quotes, it is the key `string` would read, found
     /// without scanning for the closing quote. Whether it was.
     #[inline(always)]
-    fn following_key_like(&mut self, expect: Option<&str>) -> Option<(Option<&'a str>, bool)> {
+    fn following_key_like(&mut self, expect: Option<&[u8]>) -> Option<(Option<&'a str>, bool)> {
         self.ws();
         if self.eat(b'}') {
             return Some((None, false));
@@ -381,11 +381,11 @@ impl<'a> Scan<'a> {
     /// `"name"` at the cursor, `name` as for [`Scan::following_key_like`]:
     /// its text, the cursor after it.
     #[inline(always)]
-    fn quoted(&mut self, name: &str) -> Option<&'a str> {
+    fn quoted(&mut self, name: &[u8]) -> Option<&'a str> {
         let n = name.len();
         let start = self.pos + 1;
         let q = self.b.get(self.pos..start + n + 1)?;
-        if q[0] != b'"' || q[n + 1] != b'"' || key_order(&q[1..=n], name.as_bytes()).is_ne() {
+        if q[0] != b'"' || q[n + 1] != b'"' || key_order(&q[1..=n], name).is_ne() {
             return None;
         }
         self.pos = start + n + 1;
@@ -657,15 +657,17 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         let mut prev: Option<&str> = None;
         // `key` is known to be the name of the field at hand.
         let mut named = false;
-        let sorted = s.sorted_fields(id);
-        for (j, &i) in sorted.iter().enumerate() {
-            let f = &fields[i];
+        let plan = s.pass_record(id);
+        let pass_fields = plan.fields();
+        for (j, pf) in pass_fields.iter().enumerate() {
+            let i = pf.index as usize;
+            let name = plan.name(pf);
             let mut order = Ordering::Greater;
             if named {
                 order = Ordering::Equal;
             } else {
                 while let Some(k) = key {
-                    order = key_order(k.as_bytes(), f.name.as_bytes());
+                    order = key_order(k.as_bytes(), name);
                     if order != Ordering::Less {
                         break;
                     }
@@ -674,7 +676,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 }
             }
             named = false;
-            let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
+            let (keep, hash) = (pf.keep & mask, pf.hash & mask);
             if hash != 0 && !self.pseudonyms.can_hash() {
                 return Err(Miss);
             }
@@ -683,19 +685,19 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             // `Equal` only where the loop above compared a key.
             let v = if order == Ordering::Equal {
                 let sep = self.sc.sep();
-                self.key(here, empty, &f.name, sep);
-                let v = self.field(f, depth, keep, hash, ceiling, is_entity_id)?;
+                self.key(here, empty, name, sep);
+                let v = self.field(pf, depth, keep, hash, ceiling, is_entity_id)?;
                 // Cut out of the outputs that drop it.
                 self.splice(mask & !here, sep, self.sc.pos, b"");
                 prev = key;
                 // Most objects have the next field's key next.
-                let next = sorted.get(j + 1).map(|&n| &fields[n]);
-                let expect = next.filter(|f| f.plain_name).map(|f| f.name.as_str());
+                let next = pass_fields.get(j + 1);
+                let expect = next.filter(|f| f.plain_name).map(|f| plan.name(f));
                 (key, named) = self.sc.following_key_like(expect).or_miss()?;
                 v
             } else {
-                let branch = missing(s, f)?;
-                self.missing_key(here, empty, &f.name, key.is_some());
+                let branch = missing(s, &fields[i])?;
+                self.missing_key(here, empty, name, key.is_some());
                 Read {
                     number: 0,
                     branch,
@@ -742,7 +744,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// without spaces. In run mode only the comma can differ: the input has
     /// one unless the key is its object's first. `sep`: where the key
     /// begins with the comma before it ([`Scan::sep`]).
-    fn key(&mut self, here: u8, empty: u8, name: &str, sep: usize) {
+    fn key(&mut self, here: u8, empty: u8, name: &[u8], sep: usize) {
         let (b, at, end) = (self.sc.b, self.sc.key_at, self.sc.pos);
         let comma = here & !empty;
         if self.runs.is_some() {
@@ -764,7 +766,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         } else {
             self.put(comma, b",");
             self.put(here, b"\"");
-            self.put(here, name.as_bytes());
+            self.put(here, name);
             self.put(here, b"\":");
         }
     }
@@ -773,12 +775,12 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// the outputs in `here`, after a comma in those that are not `empty`.
     /// In run mode they go where the input has the next key (`before_key`),
     /// with the comma before it, or its object's closing brace.
-    fn missing_key(&mut self, here: u8, empty: u8, name: &str, before_key: bool) {
+    fn missing_key(&mut self, here: u8, empty: u8, name: &[u8], before_key: bool) {
         let comma = here & !empty;
         if self.runs.is_none() {
             self.put(comma, b",");
             self.put(here, b"\"");
-            self.put(here, name.as_bytes());
+            self.put(here, name);
             self.put(here, b"\":null");
             return;
         }
@@ -794,7 +796,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 lit.push(b',');
             }
             lit.push(b'"');
-            lit.extend_from_slice(name.as_bytes());
+            lit.extend_from_slice(name);
             lit.extend_from_slice(b"\":null");
             self.splice(if first { here & empty } else { comma }, at, at, &lit);
         }
@@ -806,16 +808,16 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// highest label on the way from the root.
     fn field(
         &mut self,
-        f: &Field,
+        f: &PassField,
         depth: usize,
         keep: u8,
         hash: u8,
         ceiling: Tier,
         is_entity_id: bool,
     ) -> Step<Read> {
-        let t = ceiling.max(f.class.tier);
+        let t = ceiling.max(f.tier);
         let start = self.sc.pos;
-        let v = self.value(f.node, depth + 1, keep, t)?;
+        let v = self.value(f.node as NodeId, depth + 1, keep, t)?;
         let broken = match f.rule {
             NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
             NameRule::Instant => v.leaf == Leaf::Str && !is_utc_instant(self.text),
@@ -1146,7 +1148,7 @@ mod tests {
                 let mut plain = Scan::new(text);
                 let mut like = Scan::new(text);
                 let read = plain.following_key();
-                let got = like.following_key_like(Some(expect));
+                let got = like.following_key_like(Some(expect.as_bytes()));
                 assert_eq!(got.map(|(k, _)| k), read, "{text} {expect}");
                 assert_eq!(like.pos, plain.pos, "{text} {expect}");
                 assert_eq!(like.key_at, plain.key_at, "{text} {expect}");

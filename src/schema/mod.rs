@@ -175,8 +175,86 @@ pub struct CompiledSchema {
     /// Per node: a record's field indexes in the order of their names
     /// (JSON objects are written with sorted keys); empty for other nodes.
     sorted_fields: Vec<Box<[usize]>>,
+    /// Per node: a record's fields as the JSON pass reads them, in the
+    /// order of their names; empty for other nodes.
+    pass_records: Vec<PassRecord>,
     /// Per node: what its subtree holds (walks skip what cannot matter).
     subtree: Vec<Subtree>,
+}
+
+/// A record's fields as the JSON pass reads them ([`PassField`]), in the
+/// order of their names, with the names back to back: the walk over a
+/// record reads a few cache lines, where the [`Field`]s (128 bytes each,
+/// the name in a block of its own) took two or three a field. In the
+/// processor the walk meets them cold, after librdkafka's work on the same
+/// core.
+#[derive(Debug, Clone, Default)]
+pub struct PassRecord {
+    fields: Box<[PassField]>,
+    names: Box<[u8]>,
+}
+
+/// What the JSON pass needs of one [`Field`].
+#[derive(Debug, Clone, Copy)]
+pub struct PassField {
+    /// Where the name lies in [`PassRecord`]'s names.
+    name_at: u32,
+    name_len: u32,
+    /// The field's position in its record's [`Field`]s.
+    pub index: u32,
+    /// Its type.
+    pub node: u32,
+    /// Its own tier (`class.tier`).
+    pub tier: Tier,
+    /// The outputs (bit `i` is `Tier::ALL[i]`) that keep its value:
+    /// `treatment_masks` of its class for all three.
+    pub keep: u8,
+    /// The outputs that hash it, likewise.
+    pub hash: u8,
+    /// The rule its name implies.
+    pub rule: NameRule,
+    /// [`Field::plain_name`].
+    pub plain_name: bool,
+}
+
+impl PassRecord {
+    fn new(fields: &[Field], sorted: &[usize]) -> Result<Self, SchemaError> {
+        let mut names = Vec::new();
+        let mut out = Vec::with_capacity(sorted.len());
+        let too_big = || SchemaError::new("", "a record too large to compile".to_owned());
+        for &i in sorted {
+            let f = &fields[i];
+            let (keep, hash) =
+                crate::project::treatment_masks(f.class, &Tier::ALL, pass::ALL_TIERS);
+            out.push(PassField {
+                name_at: u32::try_from(names.len()).map_err(|_| too_big())?,
+                name_len: u32::try_from(f.name.len()).map_err(|_| too_big())?,
+                index: u32::try_from(i).map_err(|_| too_big())?,
+                node: u32::try_from(f.node).map_err(|_| too_big())?,
+                tier: f.class.tier,
+                keep,
+                hash,
+                rule: f.rule,
+                plain_name: f.plain_name,
+            });
+            names.extend_from_slice(f.name.as_bytes());
+        }
+        Ok(PassRecord {
+            fields: out.into_boxed_slice(),
+            names: names.into_boxed_slice(),
+        })
+    }
+
+    /// The fields, in the order of their names.
+    pub fn fields(&self) -> &[PassField] {
+        &self.fields
+    }
+
+    /// A field's name (UTF-8).
+    pub fn name(&self, f: &PassField) -> &[u8] {
+        let at = f.name_at as usize;
+        &self.names[at..at + f.name_len as usize]
+    }
 }
 
 /// What a node's subtree holds, so that walks over a value skip the parts
@@ -257,6 +335,7 @@ impl CompiledSchema {
             envelope: Err(String::new()),
             overridden: c.overridden,
             sorted_fields: Vec::new(),
+            pass_records: Vec::new(),
             subtree: Vec::new(),
         };
         schema.envelope = schema.find_envelope();
@@ -273,6 +352,15 @@ impl CompiledSchema {
                 _ => Box::default(),
             })
             .collect();
+        schema.pass_records = schema
+            .nodes
+            .iter()
+            .zip(&schema.sorted_fields)
+            .map(|(n, sorted)| match &n.kind {
+                Kind::Record(fields) => PassRecord::new(fields, sorted),
+                _ => Ok(PassRecord::default()),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(schema)
     }
 
@@ -290,6 +378,12 @@ impl CompiledSchema {
     /// nodes).
     pub fn sorted_fields(&self, id: NodeId) -> &[usize] {
         &self.sorted_fields[id]
+    }
+
+    /// A record node's fields as the JSON pass reads them (none for other
+    /// nodes).
+    pub fn pass_record(&self, id: NodeId) -> &PassRecord {
+        &self.pass_records[id]
     }
 
     /// What node `id`'s subtree holds.
@@ -880,6 +974,60 @@ mod tests {
         assert_eq!(field("plain").max_tier, Tier::Public);
         assert!(!field("plain").checks);
         assert!(!field("label").checks);
+    }
+
+    /// Every record's pass fields are its fields in name order, with the
+    /// name, type, tier, rule and treatment masks of the field they stand
+    /// for: over every schema in `avro/` (hashed, removed and kept fields,
+    /// nested records).
+    #[test]
+    fn pass_records_are_the_fields_in_name_order() {
+        let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("avro")];
+        let mut checked = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "avsc") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let Ok(s) = CompiledSchema::compile(&text, &Rules::default()) else {
+                    continue;
+                };
+                for (id, node) in s.nodes.iter().enumerate() {
+                    let plan = s.pass_record(id);
+                    let Kind::Record(fields) = &node.kind else {
+                        assert!(plan.fields().is_empty());
+                        continue;
+                    };
+                    assert_eq!(plan.fields().len(), fields.len(), "{}", path.display());
+                    let mut prev: Option<&[u8]> = None;
+                    for (pf, &i) in plan.fields().iter().zip(s.sorted_fields(id)) {
+                        let f = &fields[i];
+                        let name = plan.name(pf);
+                        assert_eq!(name, f.name.as_bytes());
+                        assert!(prev.is_none_or(|p| p < name), "{}", path.display());
+                        prev = Some(name);
+                        assert_eq!(pf.index as usize, i);
+                        assert_eq!(pf.node as usize, f.node);
+                        assert_eq!(pf.tier, f.class.tier);
+                        assert_eq!(pf.rule, f.rule);
+                        assert_eq!(pf.plain_name, f.plain_name);
+                        for mask in 0..=pass::ALL_TIERS {
+                            let (keep, hash) =
+                                crate::project::treatment_masks(f.class, &Tier::ALL, mask);
+                            assert_eq!((pf.keep & mask, pf.hash & mask), (keep, hash));
+                        }
+                        checked += usize::from(pf.hash != 0);
+                    }
+                }
+            }
+        }
+        assert!(checked > 0, "no hashed field was checked");
     }
 
     #[test]
