@@ -983,7 +983,7 @@ mod tests {
     #[test]
     fn pass_records_are_the_fields_in_name_order() {
         let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("avro")];
-        let mut checked = 0;
+        let (mut schemas, mut checked) = (0, 0);
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
@@ -991,13 +991,16 @@ mod tests {
                     dirs.push(path);
                     continue;
                 }
-                if path.extension().is_none_or(|e| e != "avsc") {
+                // `envelope.avsc` is the template the event schemas fill in.
+                if path.extension().is_none_or(|e| e != "avsc")
+                    || path.file_name().is_some_and(|n| n == "envelope.avsc")
+                {
                     continue;
                 }
                 let text = std::fs::read_to_string(&path).unwrap();
-                let Ok(s) = CompiledSchema::compile(&text, &Rules::default()) else {
-                    continue;
-                };
+                let s = CompiledSchema::compile(&text, &Rules::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                schemas += 1;
                 for (id, node) in s.nodes.iter().enumerate() {
                     let plan = s.pass_record(id);
                     let Kind::Record(fields) = &node.kind else {
@@ -1027,7 +1030,10 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 0, "no hashed field was checked");
+        assert!(
+            schemas > 0 && checked > 0,
+            "{schemas} schemas, {checked} hashed fields"
+        );
     }
 
     #[test]
