@@ -516,7 +516,7 @@ impl Projector<'_, '_> {
                 // The outputs that have no field of this record yet.
                 let mut empty = mask;
                 for i in self.s.sorted_fields(id) {
-                    let (Some(f), Some(v)) = (fields.get(*i), values.get(*i)) else {
+                    let (Some(f), Some(v)) = (fields.get(i), values.get(i)) else {
                         continue;
                     };
                     let (keep, hash) = treatment_masks(f.class, self.tiers, mask);

@@ -133,7 +133,8 @@ fn read_json(path: &Path) -> Result<Value, FileRegistryError> {
     serde_json::from_str(&text).map_err(|e| bad(path, format!("not JSON: {e}")))
 }
 
-fn payload_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FileRegistryError> {
+/// Every `.avsc` file under `dir`, at any depth.
+pub(crate) fn payload_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FileRegistryError> {
     let entries = fs::read_dir(dir).map_err(|source| FileRegistryError::Io {
         path: dir.to_owned(),
         source,

@@ -391,7 +391,7 @@ fn resolve_node<'a, 's, D: Doc>(
                 Order::Merged => {
                     out.resize_with(fields.len(), || Datum::Null);
                     let mut at = 0;
-                    for &i in s.sorted_fields(id) {
+                    for i in s.sorted_fields(id) {
                         let f = &fields[i];
                         path.push(&f.name);
                         out[i] = field(f, v.get_ascending(&f.name, &mut at), path, order)?;
@@ -606,16 +606,16 @@ pub fn write(s: &CompiledSchema, id: NodeId, d: &Datum<'_>, out: &mut Vec<u8>) {
             out.push(b'{');
             let mut first = true;
             for i in s.sorted_fields(id) {
-                let Some(value) = values.get(*i) else {
+                let Some(value) = values.get(i) else {
                     continue;
                 };
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                write_str(out, &fields[*i].name);
+                write_str(out, &fields[i].name);
                 out.push(b':');
-                write(s, fields[*i].node, value, out);
+                write(s, fields[i].node, value, out);
             }
             out.push(b'}');
         }
