@@ -32,8 +32,17 @@ pub fn is_valid_event_type(s: &str) -> bool {
 
 /// True when `s` is an RFC 3339 instant with a zero UTC offset.
 pub fn is_utc_instant(s: &str) -> bool {
-    plain_utc_instant(s.as_bytes())
-        || DateTime::parse_from_rfc3339(s).is_ok_and(|t| t.offset().local_minus_utc() == 0)
+    plain_utc_instant(s.as_bytes()) || chrono_utc_instant(s)
+}
+
+/// [`is_utc_instant`] of bytes not known to be UTF-8 (false when they are
+/// not): the plain form is ASCII.
+pub fn is_utc_instant_bytes(b: &[u8]) -> bool {
+    plain_utc_instant(b) || std::str::from_utf8(b).is_ok_and(chrono_utc_instant)
+}
+
+fn chrono_utc_instant(s: &str) -> bool {
+    DateTime::parse_from_rfc3339(s).is_ok_and(|t| t.offset().local_minus_utc() == 0)
 }
 
 /// The form producers write, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z` with a real
@@ -75,7 +84,13 @@ fn plain_utc_instant(b: &[u8]) -> bool {
 
 /// True when `s` is a UUID in any form `uuid::Uuid::try_parse` reads.
 pub fn is_uuid(s: &str) -> bool {
-    plain_uuid(s.as_bytes()) || uuid::Uuid::try_parse(s).is_ok()
+    is_uuid_bytes(s.as_bytes())
+}
+
+/// [`is_uuid`] of bytes not known to be UTF-8: every form of a UUID is
+/// ASCII, so bytes that are one are valid UTF-8 as well.
+pub fn is_uuid_bytes(b: &[u8]) -> bool {
+    plain_uuid(b) || uuid::Uuid::try_parse_ascii(b).is_ok()
 }
 
 /// The hyphenated form, checked without decoding it. Only ever says yes to

@@ -87,6 +87,10 @@ pub struct Field {
     /// do): a JSON key of those bytes between quotes is this name, with
     /// nothing to unescape, so the JSON pass compares it without scanning.
     pub plain_name: bool,
+    /// The outputs (bit `i` is `Tier::ALL[i]`) that keep its value, and
+    /// those that hash it: `treatment_masks` of `class` for all three,
+    /// computed once here instead of for every field of every event.
+    pub masks: (u8, u8),
 }
 
 /// A validation rule implied by a field's name suffix.
@@ -224,8 +228,7 @@ impl PassRecord {
         let too_big = || SchemaError::new("", "a record too large to compile".to_owned());
         for i in sorted {
             let f = &fields[i];
-            let (keep, hash) =
-                crate::project::treatment_masks(f.class, &Tier::ALL, pass::ALL_TIERS);
+            let (keep, hash) = f.masks;
             out.push(PassField {
                 name_at: u32::try_from(names.len()).map_err(|_| too_big())?,
                 name_len: u32::try_from(f.name.len()).map_err(|_| too_big())?,
@@ -835,6 +838,7 @@ impl Compiler<'_> {
                 attrs,
                 rule: NameRule::of(name),
                 plain_name: name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
+                masks: crate::project::treatment_masks(class, &Tier::ALL, pass::ALL_TIERS),
             });
         }
         Ok(fields)
@@ -1010,6 +1014,7 @@ mod tests {
                         let (keep, hash) =
                             crate::project::treatment_masks(f.class, &Tier::ALL, mask);
                         assert_eq!((pf.keep & mask, pf.hash & mask), (keep, hash));
+                        assert_eq!((f.masks.0 & mask, f.masks.1 & mask), (keep, hash));
                     }
                     checked += usize::from(pf.hash != 0);
                 }

@@ -20,9 +20,9 @@ use std::borrow::Cow;
 
 use super::binary::{can_be_empty, Reader, MAX_DEPTH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
-use crate::project::{put_long_masked, put_masked, treatment_masks, Hasher, Pseudonyms};
+use crate::project::{put_long_masked, put_masked, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
-use crate::validate::{is_utc_instant, is_uuid};
+use crate::validate::{is_utc_instant_bytes, is_uuid_bytes};
 
 /// What the pass read besides the tier bodies.
 #[derive(Debug)]
@@ -58,7 +58,7 @@ pub fn project<'a>(
         outs,
         runs: [0; 3],
         present: Tier::Public,
-        text: "",
+        text: b"",
     };
     let mut values = Vec::with_capacity(fields.len());
     for (i, f) in fields.iter().enumerate() {
@@ -67,7 +67,14 @@ pub fn project<'a>(
             values.push(Datum::Null);
             continue;
         }
-        values.push(envelope_datum(v, walk.text)?);
+        // Checked as UTF-8 when read; the envelope's strings are read as
+        // `str`s after the pass, so these few are made one here.
+        let text = if v.leaf == Leaf::Str {
+            std::str::from_utf8(walk.text).ok()?
+        } else {
+            ""
+        };
+        values.push(envelope_datum(v, text)?);
     }
     if walk.r.pos != body.len() {
         return None;
@@ -102,6 +109,14 @@ pub(super) fn envelope_datum(v: Read, text: &str) -> Option<Datum<'_>> {
 
 /// Every tier's bit: bit `i` is `Tier::ALL[i]`.
 pub(super) const ALL_TIERS: u8 = 0b111;
+
+/// Whether `b` is UTF-8, as `str::from_utf8` says, with ASCII (most strings
+/// are) checked first: `<[u8]>::is_ascii` reads a word at a time from the
+/// first byte, where `from_utf8` reads byte by byte up to an aligned word.
+#[inline(always)]
+fn is_utf8(b: &[u8]) -> bool {
+    b.is_ascii() || std::str::from_utf8(b).is_ok()
+}
 
 pub(super) fn is_envelope(env: &Envelope, i: usize) -> bool {
     [
@@ -176,8 +191,8 @@ struct Walk<'p, 'a: 'p> {
     outs: &'p mut [Vec<u8>; 3],
     runs: [usize; 3],
     present: Tier,
-    /// The last string read.
-    text: &'a str,
+    /// The last string read (valid UTF-8).
+    text: &'a [u8],
 }
 
 impl<'p, 'a: 'p> Walk<'p, 'a> {
@@ -203,7 +218,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         ceiling: Tier,
         is_entity_id: bool,
     ) -> Option<Read> {
-        let (keep, hash) = treatment_masks(f.class, &Tier::ALL, mask);
+        let (keep, hash) = (f.masks.0 & mask, f.masks.1 & mask);
         if hash != 0 && !self.pseudonyms.can_hash() {
             return None;
         }
@@ -215,7 +230,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         let v = self.value(f.node, depth, keep, t)?;
         let broken = match f.rule {
             NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
-            NameRule::Instant => v.leaf == Leaf::Str && !is_utc_instant(self.text),
+            NameRule::Instant => v.leaf == Leaf::Str && !is_utc_instant_bytes(self.text),
             _ => false,
         };
         if broken {
@@ -225,14 +240,14 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             self.present = self.present.max(t);
         }
         if is_entity_id && v.leaf == Leaf::Str {
-            self.pseudonyms.name_entity(self.text.as_bytes());
+            self.pseudonyms.name_entity(self.text);
         }
         if hash != 0 {
             if v.branch != NO_BRANCH {
                 self.put_long(hash, i64::from(v.branch));
             }
             if v.leaf == Leaf::Str {
-                let hex = self.pseudonyms.of(self.text.as_bytes()).ok()?;
+                let hex = self.pseudonyms.of(self.text).ok()?;
                 self.put_long(hash, hex.len() as i64);
                 self.put(hash, &hex);
             }
@@ -326,8 +341,14 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             }
             kind @ (Kind::String | Kind::Uuid) => {
                 let n = self.len()?;
-                let x = std::str::from_utf8(self.r.take(n).ok()?).ok()?;
-                if matches!(kind, Kind::Uuid) && !is_uuid(x) {
+                let x = self.r.take(n).ok()?;
+                // Every form of a UUID is ASCII, so one needs no UTF-8 check.
+                let ok = if matches!(kind, Kind::Uuid) {
+                    is_uuid_bytes(x)
+                } else {
+                    is_utf8(x)
+                };
+                if !ok {
                     return None;
                 }
                 self.text = x;
@@ -355,7 +376,9 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 if n > 0 {
                     for _ in 0..n {
                         let klen = self.len()?;
-                        std::str::from_utf8(self.r.take(klen).ok()?).ok()?;
+                        if !is_utf8(self.r.take(klen).ok()?) {
+                            return None;
+                        }
                         self.value(*values, depth + 1, mask, ceiling)?;
                     }
                     self.end_of_blocks()?;
@@ -398,4 +421,100 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
 fn varint_len(v: i64) -> usize {
     let z = ((v << 1) ^ (v >> 63)) as u64;
     (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Rules;
+    use crate::schema::binary::{decode, encode, DecodeError};
+
+    const NO_ENVELOPE: Envelope = Envelope {
+        event_id: usize::MAX,
+        event_type: usize::MAX,
+        entity_type: usize::MAX,
+        entity_id: usize::MAX,
+        entity_version: usize::MAX,
+        occurred_at: usize::MAX,
+        schema_version: usize::MAX,
+        privacy_tier: usize::MAX,
+        trace_id: None,
+        correlation_id: None,
+    };
+
+    /// The body of `{note, ref, tags}` with these values, its strings
+    /// written as the bytes given.
+    fn body(note: &[u8], reference: &[u8], key: &[u8]) -> Vec<u8> {
+        // Encoded with placeholders of the same lengths, then overwritten:
+        // `encode` takes only `str`s.
+        let fill = |b: &[u8]| Cow::Owned("x".repeat(b.len()));
+        let d = Datum::Record(vec![
+            Datum::String(fill(note)),
+            Datum::String(fill(reference)),
+            Datum::Map(vec![(fill(key), Datum::String(Cow::Borrowed("v")))]),
+        ]);
+        let mut out = Vec::new();
+        encode(&d, &mut out);
+        for b in [note, reference, key] {
+            let at = out
+                .windows(b.len())
+                .position(|w| w.iter().all(|c| *c == b'x'))
+                .unwrap();
+            out[at..at + b.len()].copy_from_slice(b);
+        }
+        out
+    }
+
+    #[test]
+    fn strings_are_read_only_when_utf8_and_uuids_only_when_uuids() {
+        let s = CompiledSchema::compile(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"note","type":"string","privacy":"public"},
+                {"name":"ref","type":{"type":"string","logicalType":"uuid"},"privacy":"public"},
+                {"name":"tags","type":{"type":"map","values":"string"},"privacy":"public"}]}"#,
+            &Rules::default(),
+        )
+        .unwrap();
+        let uuid = b"67e55044-10b1-426f-9247-bb680e5fe0c8";
+        let braced = b"{67e55044-10b1-426f-9247-bb680e5fe0c8}";
+        let read = |b: &[u8]| {
+            let mut outs = [Vec::new(), Vec::new(), Vec::new()];
+            project(&s, &NO_ENVELOPE, b, None, &mut outs).is_some()
+        };
+        for (note, reference, key) in [
+            (&b"plain"[..], &uuid[..], &b"k"[..]),
+            (
+                "na\u{ef}ve caf\u{e9} \u{1f600}".as_bytes(),
+                &braced[..],
+                "cl\u{e9}".as_bytes(),
+            ),
+        ] {
+            let b = body(note, reference, key);
+            assert!(read(&b), "{:?}", String::from_utf8_lossy(note));
+            assert!(decode(&s, &b).is_ok());
+        }
+        // Not UTF-8: a lone continuation byte, a cut sequence, an overlong
+        // form, a surrogate. The pass leaves each to the tree path, which
+        // refuses it.
+        for bad in [
+            &b"ab\x80"[..],
+            b"\xc3",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xff",
+        ] {
+            for b in [body(bad, uuid, b"k"), body(b"ok", uuid, bad)] {
+                assert!(!read(&b), "{bad:?}");
+                assert_eq!(decode(&s, &b), Err(DecodeError::BadUtf8), "{bad:?}");
+            }
+        }
+        // Not a UUID, though UTF-8 (and of a UUID's length).
+        let not_uuid = "67e55044-10b1-426f-9247-bb680e5fe0\u{e9}".as_bytes();
+        assert!(!read(&body(b"ok", not_uuid, b"k")));
+        assert!(!read(&body(
+            b"ok",
+            b"67e55044-10b1-426f-9247-bb680e5fe0cg",
+            b"k"
+        )));
+    }
 }
