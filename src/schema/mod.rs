@@ -87,10 +87,12 @@ pub struct Field {
     /// do): a JSON key of those bytes between quotes is this name, with
     /// nothing to unescape, so the JSON pass compares it without scanning.
     pub plain_name: bool,
-    /// The outputs (bit `i` is `Tier::ALL[i]`) that keep its value, and
-    /// those that hash it: `treatment_masks` of `class` for all three,
-    /// computed once here instead of for every field of every event.
-    pub masks: (u8, u8),
+    /// The outputs (bit `i` is `Tier::ALL[i]`) that keep its value:
+    /// `treatment_masks` of `class` for all three, computed once here
+    /// instead of for every field of every event.
+    pub keep: u8,
+    /// The outputs that hash it, likewise.
+    pub hash: u8,
 }
 
 /// A validation rule implied by a field's name suffix.
@@ -228,7 +230,7 @@ impl PassRecord {
         let too_big = || SchemaError::new("", "a record too large to compile".to_owned());
         for i in sorted {
             let f = &fields[i];
-            let (keep, hash) = f.masks;
+            let (keep, hash) = (f.keep, f.hash);
             out.push(PassField {
                 name_at: u32::try_from(names.len()).map_err(|_| too_big())?,
                 name_len: u32::try_from(f.name.len()).map_err(|_| too_big())?,
@@ -830,6 +832,7 @@ impl Compiler<'_> {
             }
             let mut attrs = f.clone();
             attrs.remove("type");
+            let (keep, hash) = crate::project::treatment_masks(class, &Tier::ALL, pass::ALL_TIERS);
             fields.push(Field {
                 name: name.to_owned(),
                 node,
@@ -838,7 +841,8 @@ impl Compiler<'_> {
                 attrs,
                 rule: NameRule::of(name),
                 plain_name: name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
-                masks: crate::project::treatment_masks(class, &Tier::ALL, pass::ALL_TIERS),
+                keep,
+                hash,
             });
         }
         Ok(fields)
@@ -1014,7 +1018,7 @@ mod tests {
                         let (keep, hash) =
                             crate::project::treatment_masks(f.class, &Tier::ALL, mask);
                         assert_eq!((pf.keep & mask, pf.hash & mask), (keep, hash));
-                        assert_eq!((f.masks.0 & mask, f.masks.1 & mask), (keep, hash));
+                        assert_eq!((f.keep & mask, f.hash & mask), (keep, hash));
                     }
                     checked += usize::from(pf.hash != 0);
                 }

@@ -218,7 +218,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         ceiling: Tier,
         is_entity_id: bool,
     ) -> Option<Read> {
-        let (keep, hash) = (f.masks.0 & mask, f.masks.1 & mask);
+        let (keep, hash) = (f.keep & mask, f.hash & mask);
         if hash != 0 && !self.pseudonyms.can_hash() {
             return None;
         }
