@@ -347,7 +347,7 @@ proptest! {
         let mut avro = Vec::new();
         binary::encode(&datum, &mut avro);
         let mut passed: [Vec<u8>; 3] = Default::default();
-        let pass = pass::project(&schema, &NO_ENVELOPE, &avro, Some(&h), &mut passed);
+        let pass = pass::project(&schema, &Envelope::NONE, &avro, Some(&h), &mut passed);
         prop_assert!(pass.is_some(), "the single pass reads a well-formed value of one-block arrays");
         prop_assert_eq!(pass.unwrap().present, max_present_tier(&schema, &datum).0);
         for tier in Tier::ALL {
@@ -387,20 +387,6 @@ proptest! {
         }
     }
 }
-
-/// For schemas without the event envelope: no field is one of its.
-const NO_ENVELOPE: Envelope = Envelope {
-    event_id: usize::MAX,
-    event_type: usize::MAX,
-    entity_type: usize::MAX,
-    entity_id: usize::MAX,
-    entity_version: usize::MAX,
-    occurred_at: usize::MAX,
-    schema_version: usize::MAX,
-    privacy_tier: usize::MAX,
-    trace_id: None,
-    correlation_id: None,
-};
 
 // ------------------------------------------------------- the entry point
 

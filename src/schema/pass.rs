@@ -429,19 +429,6 @@ mod tests {
     use crate::classify::Rules;
     use crate::schema::binary::{decode, encode, DecodeError};
 
-    const NO_ENVELOPE: Envelope = Envelope {
-        event_id: usize::MAX,
-        event_type: usize::MAX,
-        entity_type: usize::MAX,
-        entity_id: usize::MAX,
-        entity_version: usize::MAX,
-        occurred_at: usize::MAX,
-        schema_version: usize::MAX,
-        privacy_tier: usize::MAX,
-        trace_id: None,
-        correlation_id: None,
-    };
-
     /// The body of `{note, ref, tags}` with these values, its strings
     /// written as the bytes given.
     fn body(note: &[u8], reference: &[u8], key: &[u8]) -> Vec<u8> {
@@ -479,7 +466,7 @@ mod tests {
         let braced = b"{67e55044-10b1-426f-9247-bb680e5fe0c8}";
         let read = |b: &[u8]| {
             let mut outs = [Vec::new(), Vec::new(), Vec::new()];
-            project(&s, &NO_ENVELOPE, b, None, &mut outs).is_some()
+            project(&s, &Envelope::NONE, b, None, &mut outs).is_some()
         };
         for (note, reference, key) in [
             (&b"plain"[..], &uuid[..], &b"k"[..]),
