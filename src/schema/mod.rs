@@ -210,10 +210,9 @@ pub struct PassField {
     pub node: u32,
     /// Its own tier (`class.tier`).
     pub tier: Tier,
-    /// The outputs (bit `i` is `Tier::ALL[i]`) that keep its value:
-    /// `treatment_masks` of its class for all three.
+    /// [`Field::keep`].
     pub keep: u8,
-    /// The outputs that hash it, likewise.
+    /// [`Field::hash`].
     pub hash: u8,
     /// The rule its name implies.
     pub rule: NameRule,
@@ -230,15 +229,14 @@ impl PassRecord {
         let too_big = || SchemaError::new("", "a record too large to compile".to_owned());
         for i in sorted {
             let f = &fields[i];
-            let (keep, hash) = (f.keep, f.hash);
             out.push(PassField {
                 name_at: u32::try_from(names.len()).map_err(|_| too_big())?,
                 name_len: u32::try_from(f.name.len()).map_err(|_| too_big())?,
                 index: u32::try_from(i).map_err(|_| too_big())?,
                 node: u32::try_from(f.node).map_err(|_| too_big())?,
                 tier: f.class.tier,
-                keep,
-                hash,
+                keep: f.keep,
+                hash: f.hash,
                 rule: f.rule,
                 plain_name: f.plain_name,
             });
