@@ -41,7 +41,7 @@ use privacy_router::runtime::kafka::QuietContext;
 use privacy_router::sample::{Format, Options};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: mimalloc_natural::MiMalloc = mimalloc_natural::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -57,7 +57,7 @@ use privacy_router::runtime::kafka::QuietContext;
 use privacy_router::sample::{Format, Generator, Options};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: mimalloc_natural::MiMalloc = mimalloc_natural::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(

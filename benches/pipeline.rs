@@ -139,4 +139,4 @@ fn main() {
 
 /// The allocator the binary ships with.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: mimalloc_natural::MiMalloc = mimalloc_natural::MiMalloc;

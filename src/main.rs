@@ -5,7 +5,7 @@ use clap::Parser;
 /// mimalloc: the pipeline allocates many small, short-lived values per event;
 /// measured about 4% faster than the system allocator on the pure path.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: mimalloc_natural::MiMalloc = mimalloc_natural::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = privacy_router::cli::Cli::parse();

@@ -35,7 +35,7 @@ impl Tier {
     pub const ALL: [Tier; 3] = [Tier::Public, Tier::Internal, Tier::Restricted];
 
     /// The lowercase name used in schemas, headers and topology files.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Tier::Public => "public",
             Tier::Internal => "internal",

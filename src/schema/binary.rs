@@ -86,6 +86,7 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
+    #[inline]
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
             return Err(DecodeError::Eof);
@@ -95,6 +96,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    #[inline]
     pub(super) fn long(&mut self) -> Result<i64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..70).step_by(7) {
@@ -111,6 +113,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError::VarintOverflow)
     }
 
+    #[inline]
     pub(super) fn len(&mut self) -> Result<usize, DecodeError> {
         let n = self.long()?;
         if n < 0 || n as u64 > self.remaining() as u64 {
@@ -119,6 +122,7 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    #[inline]
     pub(super) fn index(&mut self, limit: usize) -> Result<u32, DecodeError> {
         let i = self.long()?;
         if i < 0 || i as u64 >= limit as u64 {

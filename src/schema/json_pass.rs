@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::binary::MAX_DEPTH;
 use super::json::{self, is_tag_of};
-use super::pass::{envelope_datum, is_envelope, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH};
+use super::pass::{is_envelope, put_envelope_datum, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId, PassField};
 use crate::project::{put_masked, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
@@ -707,7 +707,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             empty &= !here;
             if let Some((e, values)) = env.as_mut() {
                 if is_envelope(e, i) {
-                    values[i] = envelope_datum(v, self.text).or_miss()?;
+                    put_envelope_datum(&mut values[i], v, self.text).or_miss()?;
                 }
             }
         }
