@@ -83,6 +83,11 @@ PRIVACY_ROUTER_HASH_KEY=demo-key-not-for-production cargo run --release --quiet 
 test -s target/readme-demo/public.jsonl
 test -s target/readme-demo/dead-letter.jsonl
 
+echo "== the global allocator's own tests (crates/mimalloc-natural)"
+# A crate of its own (it holds `unsafe`, which privacy-router forbids), so
+# the workspace's `cargo test` does not reach its tests.
+cargo test --release --quiet --manifest-path crates/mimalloc-natural/Cargo.toml --target-dir target/crates
+
 echo "== cargo test (release, all targets)"
 # Each broker test appends its name and duration here (tests/support).
 rm -f target/broker-test-times.txt
