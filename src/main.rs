@@ -4,6 +4,8 @@ use clap::Parser;
 
 /// mimalloc: the pipeline allocates many small, short-lived values per event;
 /// measured about 4% faster than the system allocator on the pure path.
+/// Through its plain path where that aligns the block (see
+/// `crates/mimalloc-natural`): its aligned path over-allocates.
 #[global_allocator]
 static GLOBAL: mimalloc_natural::MiMalloc = mimalloc_natural::MiMalloc;
 

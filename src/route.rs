@@ -104,7 +104,7 @@ enum RoutingValue {
 /// What a [`HeaderValue`] holds without an allocation.
 const INLINE: usize = 24;
 
-/// Each tier's name as a whole [`HeaderValue`] buffer, by [`Tier`] index.
+/// Each tier's name as a whole [`HeaderValue`] buffer, by [`Tier::index`].
 const TIER_VALUES: [[u8; INLINE]; 3] = {
     let mut t = [[0u8; INLINE]; 3];
     let mut i = 0;
@@ -270,7 +270,7 @@ pub fn tier_record(
     }
     headers.push((
         H_TIER.into(),
-        HeaderValue::from_buf_and_len(TIER_VALUES[tier as usize], tier.as_str().len()),
+        HeaderValue::from_buf_and_len(TIER_VALUES[tier.index()], tier.as_str().len()),
     ));
     Ok(OutRecord {
         topic: topic.clone(),
@@ -353,7 +353,7 @@ mod tests {
             assert_eq!(&v.header_value()[..], &long[..len], "{len}");
         }
         for tier in Tier::ALL {
-            let v = HeaderValue::from_buf_and_len(TIER_VALUES[tier as usize], tier.as_str().len());
+            let v = HeaderValue::from_buf_and_len(TIER_VALUES[tier.index()], tier.as_str().len());
             assert_eq!(&v[..], tier.as_str().as_bytes());
         }
     }

@@ -95,10 +95,10 @@ pub fn project<'a>(
 /// into `slot`, which holds `Null`; `text` is the string `v` read, if it is
 /// one. `None` for a value that is not a scalar.
 ///
-/// Each kind is written into the slot where it is made: a `Datum` made
+/// Each kind is written into the slot where it is made. A `Datum` made
 /// first and moved after is built on the stack in narrow stores and copied
-/// in wide loads that the processor cannot forward from them (most of
-/// [`project`]'s time in a native profile of the pure path, when it was so).
+/// in wide loads that the processor cannot forward from them: that stall
+/// was most of [`project`]'s time in a native profile of the pure path.
 #[inline(always)]
 pub(super) fn put_envelope_datum<'t>(slot: &mut Datum<'t>, v: Read, text: &'t str) -> Option<()> {
     if v.branch == NO_BRANCH {

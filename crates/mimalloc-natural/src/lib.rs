@@ -6,11 +6,11 @@
 //! from the size's own free list only while that list has a block; when it
 //! is empty, and the size class is not a power of two, it does not refill
 //! it (as `mi_malloc` does) but over-allocates from a larger class
-//! (`mi_theap_malloc_zero_aligned_at_overalloc`). A 280-byte `Vec` made and
-//! freed for every record then costs that slower path on most calls, in a
-//! block larger than asked for. The Rust side of privacy-router allocates
-//! only alignments of 16 or less, so nearly every call can take the plain
-//! path.
+//! (`mi_theap_malloc_zero_aligned_at_overalloc`). In privacy-router's pure
+//! path, the 280-byte header list of each tier record took that slower
+//! path on most calls, in a block larger than asked for. Rust's
+//! allocations are nearly all aligned to 16 or less, so nearly every call
+//! can take the plain path.
 //!
 //! A block of `mi_malloc(size)` is aligned to `align` when `align` is at
 //! most 16 and divides `size`: mimalloc's size classes are multiples of 8,
@@ -49,6 +49,32 @@ fn aligned(p: *mut c_void, align: usize) -> bool {
     (p as usize) & (align - 1) == 0
 }
 
+/// A block for `layout` from `plain_fn` where that gives one aligned to
+/// it, else from `aligned_fn`.
+///
+/// # Safety
+/// `plain_fn` and `aligned_fn` are mimalloc's allocation functions (a
+/// size; a size and a power-of-two alignment).
+#[inline(always)]
+unsafe fn allocate(
+    layout: Layout,
+    plain_fn: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_fn: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    if plain(size, align) {
+        // SAFETY: a mimalloc allocation function, which takes any size.
+        let p = unsafe { plain_fn(size) };
+        if aligned(p, align) {
+            return p.cast();
+        }
+        // SAFETY: `p` came from mimalloc just now.
+        unsafe { mi_free(p) };
+    }
+    // SAFETY: `align` is a power of two, as `Layout` guarantees.
+    unsafe { aligned_fn(size, align) }.cast()
+}
+
 // SAFETY: each method returns a block from mimalloc that is at least
 // `layout.size()` bytes and aligned to `layout.align()` (or null), and
 // frees only blocks that mimalloc gave: every block, from either path, is
@@ -56,34 +82,14 @@ fn aligned(p: *mut c_void, align: usize) -> bool {
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        if plain(size, align) {
-            // SAFETY: `mi_malloc` takes any size.
-            let p = unsafe { mi_malloc(size) };
-            if aligned(p, align) {
-                return p.cast();
-            }
-            // SAFETY: `p` came from `mi_malloc` just now.
-            unsafe { mi_free(p) };
-        }
-        // SAFETY: `align` is a power of two, as `Layout` guarantees.
-        unsafe { mi_malloc_aligned(size, align) }.cast()
+        // SAFETY: both take any size, and any power-of-two alignment.
+        unsafe { allocate(layout, mi_malloc, mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        if plain(size, align) {
-            // SAFETY: `mi_zalloc` takes any size.
-            let p = unsafe { mi_zalloc(size) };
-            if aligned(p, align) {
-                return p.cast();
-            }
-            // SAFETY: `p` came from `mi_zalloc` just now.
-            unsafe { mi_free(p) };
-        }
-        // SAFETY: `align` is a power of two, as `Layout` guarantees.
-        unsafe { mi_zalloc_aligned(size, align) }.cast()
+        // SAFETY: as for `alloc`; both return zeroed blocks.
+        unsafe { allocate(layout, mi_zalloc, mi_zalloc_aligned) }
     }
 
     #[inline]
