@@ -184,6 +184,9 @@ pub struct CompiledSchema {
     pass_records: Vec<PassRecord>,
     /// Per node: what its subtree holds (walks skip what cannot matter).
     subtree: Vec<Subtree>,
+    /// Per node: a record's fields as the Avro pass reads them, in field
+    /// order; empty for other nodes.
+    slots: Vec<Box<[pass::Slot]>>,
 }
 
 /// A record's fields as the JSON pass reads them ([`PassField`]), in the
@@ -356,6 +359,7 @@ impl CompiledSchema {
             overridden: c.overridden,
             pass_records: Vec::new(),
             subtree: Vec::new(),
+            slots: Vec::new(),
         };
         schema.envelope = schema.find_envelope();
         schema.subtree = schema.subtrees();
@@ -365,6 +369,17 @@ impl CompiledSchema {
             .map(|n| match &n.kind {
                 Kind::Record(fields) => PassRecord::new(fields),
                 _ => Ok(PassRecord::default()),
+            })
+            .collect::<Result<_, _>>()?;
+        schema.slots = schema
+            .nodes
+            .iter()
+            .map(|n| match &n.kind {
+                Kind::Record(fields) => fields
+                    .iter()
+                    .map(|f| pass::Slot::new(f, &schema.nodes))
+                    .collect::<Result<_, _>>(),
+                _ => Ok(Box::default()),
             })
             .collect::<Result<_, _>>()?;
         Ok(schema)
@@ -393,6 +408,12 @@ impl CompiledSchema {
     /// nodes).
     pub fn pass_record(&self, id: NodeId) -> &PassRecord {
         &self.pass_records[id]
+    }
+
+    /// A record node's fields as the Avro pass reads them, in field order
+    /// (none for other nodes).
+    pub(crate) fn slots(&self, id: NodeId) -> &[pass::Slot] {
+        &self.slots[id]
     }
 
     /// What node `id`'s subtree holds.

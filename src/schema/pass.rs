@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 
 use super::binary::{can_be_empty, Reader, MAX_DEPTH};
-use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId};
+use super::{CompiledSchema, Envelope, Field, Kind, NameRule, Node, NodeId, SchemaError};
 use crate::project::{put_long_masked, put_masked, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
 use crate::validate::{is_utc_instant_bytes, is_uuid_bytes};
@@ -48,9 +48,11 @@ pub fn project<'a>(
     hasher: Option<&Hasher>,
     outs: &mut [Vec<u8>; 3],
 ) -> Option<Pass<'a>> {
-    let Kind::Record(fields) = &schema.node(schema.root()).kind else {
+    let root = schema.root();
+    if !matches!(schema.node(root).kind, Kind::Record(_)) {
         return None;
-    };
+    }
+    let fields = schema.slots(root);
     let mut walk = Walk {
         s: schema,
         r: Reader { buf: body, pos: 0 },
@@ -191,6 +193,121 @@ pub(super) struct Read {
 /// [`Read::branch`] of a value that is not a union's.
 pub(super) const NO_BRANCH: u32 = u32::MAX;
 
+/// A scalar type, as the pass reads it without its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scalar {
+    /// `null`
+    Null,
+    /// `boolean`
+    Boolean,
+    /// `int`
+    Int,
+    /// `long`
+    Long,
+    /// `float`
+    Float,
+    /// `double`
+    Double,
+    /// `bytes`
+    Bytes,
+    /// `string`
+    String,
+    /// `string` with `logicalType: uuid`
+    Uuid,
+    /// `fixed` of this size
+    Fixed(u16),
+    /// `enum` with this many symbols
+    Enum(u16),
+}
+
+impl Scalar {
+    /// The scalar a node of `kind` holds; `None` for a record, an array, a
+    /// map or a union, and for a `fixed` of more than 65,535 bytes or an
+    /// `enum` of more than 65,535 symbols (a miss: the tree path reads
+    /// those).
+    fn of(kind: &Kind) -> Option<Scalar> {
+        Some(match kind {
+            Kind::Null => Scalar::Null,
+            Kind::Boolean => Scalar::Boolean,
+            Kind::Int => Scalar::Int,
+            Kind::Long => Scalar::Long,
+            Kind::Float => Scalar::Float,
+            Kind::Double => Scalar::Double,
+            Kind::Bytes => Scalar::Bytes,
+            Kind::String => Scalar::String,
+            Kind::Uuid => Scalar::Uuid,
+            Kind::Fixed(n) => Scalar::Fixed(u16::try_from(*n).ok()?),
+            Kind::Enum(symbols) => Scalar::Enum(u16::try_from(symbols.len()).ok()?),
+            Kind::Array(_) | Kind::Map(_) | Kind::Union(_) | Kind::Record(_) => return None,
+        })
+    }
+}
+
+/// A field's type as the pass reads it: most fields are a scalar or a
+/// `["null", scalar]` union, which [`Walk::field`] reads without looking
+/// its node up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A scalar.
+    Scalar(Scalar),
+    /// A union of `null` (branch 0) and a scalar other than `null`
+    /// (branch 1).
+    Nullable(Scalar),
+    /// Anything else: read through the field's node.
+    Node,
+}
+
+impl Shape {
+    /// The shape of a value of node `id`.
+    fn of(nodes: &[Node], id: NodeId) -> Shape {
+        match &nodes[id].kind {
+            Kind::Union(b) if b.len() == 2 && matches!(nodes[b[0]].kind, Kind::Null) => {
+                match Scalar::of(&nodes[b[1]].kind) {
+                    Some(Scalar::Null) | None => Shape::Node,
+                    Some(x) => Shape::Nullable(x),
+                }
+            }
+            kind => Scalar::of(kind).map_or(Shape::Node, Shape::Scalar),
+        }
+    }
+}
+
+/// What the pass reads of one [`Field`], in 16 bytes: a record's slots lie
+/// in a few cache lines, where its `Field`s take two or three a field, and
+/// the pass reads a scalar field's value from its slot alone. Looking its
+/// node up first (the schema, its nodes, the node, its kind: each load
+/// waiting on the one before) and then jumping on the kind was the
+/// costliest part of the walk in a native profile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    /// The field's type.
+    node: u32,
+    shape: Shape,
+    /// [`Field::keep`].
+    keep: u8,
+    /// [`Field::hash`].
+    hash: u8,
+    /// Its own tier (`class.tier`).
+    tier: Tier,
+    rule: NameRule,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+impl Slot {
+    pub(super) fn new(f: &Field, nodes: &[Node]) -> Result<Slot, SchemaError> {
+        Ok(Slot {
+            node: u32::try_from(f.node)
+                .map_err(|_| SchemaError::new("", "a schema too large to compile".to_owned()))?,
+            shape: Shape::of(nodes, f.node),
+            keep: f.keep,
+            hash: f.hash,
+            tier: f.class.tier,
+            rule: f.rule,
+        })
+    }
+}
+
 impl Read {
     pub(super) fn leaf(leaf: Leaf, number: i64) -> Self {
         Read {
@@ -240,7 +357,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     /// rule. `ceiling`: the highest label on the way from the root.
     fn field(
         &mut self,
-        f: &Field,
+        f: &Slot,
         depth: usize,
         mask: u8,
         ceiling: Tier,
@@ -250,12 +367,26 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
         if hash != 0 && !self.pseudonyms.can_hash() {
             return None;
         }
-        let t = ceiling.max(f.class.tier);
+        let t = ceiling.max(f.tier);
         let cut = mask & !keep;
         if cut != 0 {
             self.flush(cut, self.r.pos);
         }
-        let v = self.value(f.node, depth, keep, t)?;
+        let v = match f.shape {
+            Shape::Scalar(x) if depth <= MAX_DEPTH => self.scalar(x)?,
+            // As `value` reads a union, its branch one level deeper.
+            Shape::Nullable(x) if depth < MAX_DEPTH => match self.index(2)? {
+                0 => Read {
+                    branch: 0,
+                    ..Read::leaf(Leaf::Null, 0)
+                },
+                _ => Read {
+                    branch: 1,
+                    ..self.scalar(x)?
+                },
+            },
+            _ => self.value(f.node as NodeId, depth, keep, t)?,
+        };
         let broken = match f.rule {
             NameRule::Cents | NameRule::Count => v.as_i64().is_some_and(|x| x < 0),
             NameRule::Instant => v.leaf == Leaf::Str && !is_utc_instant_bytes(self.text),
@@ -301,9 +432,22 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
     }
 
     /// A varint `long` in its shortest form: a longer one (which the tree
-    /// path would write back shorter) is a miss.
+    /// path would write back shorter) is a miss. One byte (most lengths,
+    /// branches, symbols and counts) is read here, and is its own shortest
+    /// form; a longer one in [`Walk::long_varint`].
     #[inline(always)]
     fn long(&mut self) -> Option<i64> {
+        match self.r.buf.get(self.r.pos) {
+            Some(&b) if b < 0x80 => {
+                self.r.pos += 1;
+                Some(i64::from(b >> 1) ^ -i64::from(b & 1))
+            }
+            _ => self.long_varint(),
+        }
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Option<i64> {
         let start = self.r.pos;
         let v = self.r.long().ok()?;
         (self.r.pos - start == varint_len(v)).then_some(v)
@@ -330,62 +474,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             return None;
         }
         let s = self.s;
-        let mut number = 0;
         let leaf = match &s.node(id).kind {
-            Kind::Null => Leaf::Null,
-            Kind::Boolean => {
-                if self.r.take(1).ok()?[0] > 1 {
-                    return None;
-                }
-                Leaf::Other
-            }
-            Kind::Int => {
-                let l = self.long()?;
-                i32::try_from(l).ok()?;
-                number = l;
-                Leaf::Int
-            }
-            Kind::Long => {
-                let l = self.long()?;
-                number = l;
-                Leaf::Long
-            }
-            Kind::Float => {
-                self.r.take(4).ok()?;
-                Leaf::Other
-            }
-            Kind::Double => {
-                self.r.take(8).ok()?;
-                Leaf::Other
-            }
-            Kind::Fixed(n) => {
-                self.r.take(*n).ok()?;
-                Leaf::Other
-            }
-            Kind::Bytes => {
-                let n = self.len()?;
-                self.r.take(n).ok()?;
-                Leaf::Other
-            }
-            kind @ (Kind::String | Kind::Uuid) => {
-                let n = self.len()?;
-                let x = self.r.take(n).ok()?;
-                // Every form of a UUID is ASCII, so one needs no UTF-8 check.
-                let ok = if matches!(kind, Kind::Uuid) {
-                    is_uuid_bytes(x)
-                } else {
-                    is_utf8(x)
-                };
-                if !ok {
-                    return None;
-                }
-                self.text = x;
-                Leaf::Str
-            }
-            Kind::Enum(symbols) => {
-                number = i64::from(self.index(symbols.len())?);
-                Leaf::Enum
-            }
             Kind::Array(items) => {
                 if can_be_empty(s, *items, depth + 1) {
                     return None;
@@ -421,11 +510,74 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 }
                 return Some(Read { branch: i, ..inner });
             }
-            Kind::Record(fields) => {
-                for f in fields {
+            Kind::Record(_) => {
+                for f in s.slots(id) {
                     self.field(f, depth + 1, mask, ceiling, false)?;
                 }
                 Leaf::Other
+            }
+            kind => return self.scalar(Scalar::of(kind)?),
+        };
+        Some(Read::leaf(leaf, 0))
+    }
+
+    /// One scalar value, read and checked.
+    #[inline(always)]
+    fn scalar(&mut self, x: Scalar) -> Option<Read> {
+        let mut number = 0;
+        let leaf = match x {
+            Scalar::Null => Leaf::Null,
+            Scalar::Boolean => {
+                if self.r.take(1).ok()?[0] > 1 {
+                    return None;
+                }
+                Leaf::Other
+            }
+            Scalar::Int => {
+                let l = self.long()?;
+                i32::try_from(l).ok()?;
+                number = l;
+                Leaf::Int
+            }
+            Scalar::Long => {
+                number = self.long()?;
+                Leaf::Long
+            }
+            Scalar::Float => {
+                self.r.take(4).ok()?;
+                Leaf::Other
+            }
+            Scalar::Double => {
+                self.r.take(8).ok()?;
+                Leaf::Other
+            }
+            Scalar::Fixed(n) => {
+                self.r.take(usize::from(n)).ok()?;
+                Leaf::Other
+            }
+            Scalar::Bytes => {
+                let n = self.len()?;
+                self.r.take(n).ok()?;
+                Leaf::Other
+            }
+            Scalar::String | Scalar::Uuid => {
+                let n = self.len()?;
+                let bytes = self.r.take(n).ok()?;
+                // Every form of a UUID is ASCII, so one needs no UTF-8 check.
+                let ok = if x == Scalar::Uuid {
+                    is_uuid_bytes(bytes)
+                } else {
+                    is_utf8(bytes)
+                };
+                if !ok {
+                    return None;
+                }
+                self.text = bytes;
+                Leaf::Str
+            }
+            Scalar::Enum(symbols) => {
+                number = i64::from(self.index(usize::from(symbols))?);
+                Leaf::Enum
             }
         };
         Some(Read::leaf(leaf, number))
@@ -478,6 +630,87 @@ mod tests {
             out[at..at + b.len()].copy_from_slice(b);
         }
         out
+    }
+
+    #[test]
+    fn slots_carry_scalar_and_nullable_scalar_shapes() {
+        let s = CompiledSchema::compile(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":"string"},
+                {"name":"b","type":["null","string"]},
+                {"name":"c","type":["string","null"]},
+                {"name":"d","type":["null",{"type":"enum","name":"E","symbols":["X","Y"]}]},
+                {"name":"e","type":{"type":"fixed","name":"F","size":3}},
+                {"name":"f","type":["null",{"type":"record","name":"I","fields":[
+                    {"name":"n","type":["null","long"]}]}]},
+                {"name":"g","type":{"type":"array","items":"int"}},
+                {"name":"h","type":["null","E"]},
+                {"name":"i","type":["null","boolean","int"]},
+                {"name":"j","type":"null"}]}"#,
+            &Rules::default(),
+        )
+        .unwrap();
+        let shapes: Vec<Shape> = s.slots(s.root()).iter().map(|f| f.shape).collect();
+        assert_eq!(
+            shapes,
+            [
+                Shape::Scalar(Scalar::String),
+                Shape::Nullable(Scalar::String),
+                Shape::Node,
+                Shape::Nullable(Scalar::Enum(2)),
+                Shape::Scalar(Scalar::Fixed(3)),
+                Shape::Node,
+                Shape::Node,
+                Shape::Nullable(Scalar::Enum(2)),
+                Shape::Node,
+                Shape::Scalar(Scalar::Null),
+            ]
+        );
+        let inner = s.slots(s.root())[5].node as NodeId;
+        let Kind::Union(b) = &s.node(inner).kind else {
+            panic!("f is a union")
+        };
+        assert_eq!(s.slots(b[1])[0].shape, Shape::Nullable(Scalar::Long));
+        assert!(s.slots(inner).is_empty(), "a union has no slots");
+
+        // Read from the slots as the tree path reads each value: a branch
+        // or a symbol out of range, or a boolean that is not 0 or 1, is a
+        // miss, and the tree refuses it.
+        let read = |b: &[u8]| {
+            let mut outs = [Vec::new(), Vec::new(), Vec::new()];
+            project(&s, &Envelope::NONE, b, None, &mut outs).map(|_| outs)
+        };
+        // a="x", b=null, c="y", d=Y, e=3 bytes, f={n: 5}, g=[], h=X, i=true, j.
+        let good = [
+            &[2, b'x'][..],
+            &[0],
+            &[0, 2, b'y'],
+            &[2, 2],
+            b"abc",
+            &[2, 2, 10],
+            &[0],
+            &[2, 0],
+            &[2, 1],
+        ]
+        .concat();
+        let outs = read(&good).expect("a well-formed body is read");
+        assert_eq!(outs[2], good, "the restricted body keeps every byte");
+        assert!(decode(&s, &good).is_ok());
+        for (at, bad) in [
+            (2, 4),
+            (3, 4),
+            (6, 6),
+            (7, 4),
+            (11, 4),
+            (12, 4),
+            (16, 4),
+            (18, 2),
+        ] {
+            let mut b = good.clone();
+            b[at] = bad;
+            assert!(read(&b).is_none(), "byte {at} set to {bad}");
+            assert!(decode(&s, &b).is_err(), "byte {at} set to {bad}");
+        }
     }
 
     #[test]
