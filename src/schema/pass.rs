@@ -193,30 +193,20 @@ pub(super) struct Read {
 /// [`Read::branch`] of a value that is not a union's.
 pub(super) const NO_BRANCH: u32 = u32::MAX;
 
-/// A scalar type, as the pass reads it without its node.
+/// [`Kind`]'s scalar variants, in four bytes: a `fixed`'s size and an
+/// `enum`'s symbol count in 16 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scalar {
-    /// `null`
     Null,
-    /// `boolean`
     Boolean,
-    /// `int`
     Int,
-    /// `long`
     Long,
-    /// `float`
     Float,
-    /// `double`
     Double,
-    /// `bytes`
     Bytes,
-    /// `string`
     String,
-    /// `string` with `logicalType: uuid`
     Uuid,
-    /// `fixed` of this size
     Fixed(u16),
-    /// `enum` with this many symbols
     Enum(u16),
 }
 
