@@ -88,6 +88,10 @@ echo "== the global allocator's own tests (crates/mimalloc-natural)"
 # the workspace's `cargo test` does not reach its tests.
 cargo test --release --quiet --manifest-path crates/mimalloc-natural/Cargo.toml --target-dir target/crates
 
+echo "== crates/ascii-str's own tests"
+# Likewise (one `unsafe` call).
+cargo test --release --quiet --manifest-path crates/ascii-str/Cargo.toml --target-dir target/crates
+
 echo "== cargo test (release, all targets)"
 # Each broker test appends its name and duration here (tests/support).
 rm -f target/broker-test-times.txt

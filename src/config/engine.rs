@@ -126,12 +126,17 @@ pub struct EngineConfig {
     /// JSON `event_type` → subject.
     pub subjects: SubjectNaming,
     /// Event types limited to some tiers; all others reach all three.
-    pub tier_limits: HashMap<String, HashSet<Tier>>,
+    pub tier_limits: HashMap<String, HashSet<Tier, Fold>, Fold>,
     /// Input topics whose records are a producer's own JSON events, with the
     /// adapter that maps them onto the canonical envelope. Other topics
     /// carry canonical events.
-    pub adapters: HashMap<Arc<str>, Arc<Adapter>>,
+    pub adapters: HashMap<Arc<str>, Arc<Adapter>, Fold>,
 }
+
+/// The hasher of the maps looked up for every event: foldhash, as the
+/// engine's own maps, not SipHash (about 200 instructions an event). Their
+/// keys come from the topology; an event only looks one up.
+type Fold = foldhash::fast::RandomState;
 
 impl EngineConfig {
     /// Per tier ([`Tier::index`]), whether events of `event_type` reach it:

@@ -17,7 +17,7 @@ pub use engine::{
     EngineConfig, GapPolicy, HoldConfig, MismatchPolicy, OutputFormat, StalePolicy, Topics,
 };
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -885,7 +885,7 @@ fn engine_config(spec: &TopologyFile, adapters: Vec<(String, Arc<Adapter>)>) -> 
             .filter_map(|(t, c)| {
                 c.tiers
                     .as_ref()
-                    .map(|tiers| (t.clone(), tiers.iter().copied().collect::<HashSet<Tier>>()))
+                    .map(|tiers| (t.clone(), tiers.iter().copied().collect()))
             })
             .collect(),
         adapters: spec

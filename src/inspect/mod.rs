@@ -876,7 +876,6 @@ pub fn type_name(s: &CompiledSchema, id: NodeId) -> String {
 mod tests {
     use super::*;
     use crate::classify::{Rules, TagMap};
-    use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
 
     const TEXT: &str = r#"{"type":"record","name":"E","namespace":"t","fields":[
@@ -1000,10 +999,12 @@ mod tests {
     #[test]
     fn a_tier_limit_leaves_nothing_in_other_tiers() {
         let config = EngineConfig {
-            tier_limits: HashMap::from([(
+            tier_limits: [(
                 "user.created".to_owned(),
-                HashSet::from([Tier::Restricted]),
-            )]),
+                [Tier::Restricted].into_iter().collect(),
+            )]
+            .into_iter()
+            .collect(),
             ..EngineConfig::default()
         };
         let v = view(&config);

@@ -74,9 +74,13 @@ pub fn project<'a>(
             continue;
         }
         // Checked as UTF-8 when read; the envelope's strings are read as
-        // `str`s after the pass, so these few are made one here.
+        // `str`s after the pass, so these few are made one here, an ASCII
+        // one (most are) without `str::from_utf8`'s second check.
         let text = if v.leaf == Leaf::Str {
-            std::str::from_utf8(walk.text).ok()?
+            match ascii_str::from_ascii(walk.text) {
+                Some(t) => t,
+                None => std::str::from_utf8(walk.text).ok()?,
+            }
         } else {
             ""
         };
