@@ -11,7 +11,8 @@
 //! written in several blocks or with a byte size (the tree writes one
 //! block), a varint longer than its shortest form (the tree writes the
 //! shortest), items that can take no bytes, a field to hash without a key,
-//! an envelope field that is not a scalar. So the pass
+//! an envelope field that is not a scalar, a `fixed` of more than 65,535
+//! bytes or an `enum` of more than 65,535 symbols. So the pass
 //! never dead-letters anything itself, and what it accepts comes out byte
 //! for byte as the tree path writes it: `tests/properties.rs` runs both on
 //! the same records, well-formed, anomalous and mutated.
