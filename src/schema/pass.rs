@@ -75,13 +75,10 @@ pub fn project<'a>(
             continue;
         }
         // Checked as UTF-8 when read; the envelope's strings are read as
-        // `str`s after the pass, so these few are made one here, an ASCII
-        // one (most are) without `str::from_utf8`'s second check.
+        // `str`s after the pass, so these few are made one here (an ASCII
+        // one, as most are, with the ASCII check alone).
         let text = if v.leaf == Leaf::Str {
-            match ascii_str::from_ascii(walk.text) {
-                Some(t) => t,
-                None => std::str::from_utf8(walk.text).ok()?,
-            }
+            as_utf8(walk.text)?
         } else {
             ""
         };
@@ -145,12 +142,13 @@ fn fill<'t>(slot: &mut Datum<'t>, d: Datum<'t>) {
 /// Every tier's bit: bit `i` is `Tier::ALL[i]`.
 pub(super) const ALL_TIERS: u8 = 0b111;
 
-/// Whether `b` is UTF-8, as `str::from_utf8` says, with ASCII (most strings
-/// are) checked first: `<[u8]>::is_ascii` reads a word at a time from the
-/// first byte, where `from_utf8` reads byte by byte up to an aligned word.
+/// `b` as a `str` if it is UTF-8, as `str::from_utf8` says, with ASCII
+/// (most strings are) checked first: `<[u8]>::is_ascii` reads a word at a
+/// time from the first byte, where `from_utf8` reads byte by byte up to an
+/// aligned word.
 #[inline(always)]
-fn is_utf8(b: &[u8]) -> bool {
-    b.is_ascii() || std::str::from_utf8(b).is_ok()
+fn as_utf8(b: &[u8]) -> Option<&str> {
+    ascii_str::from_ascii(b).or_else(|| std::str::from_utf8(b).ok())
 }
 
 pub(super) fn is_envelope(env: &Envelope, i: usize) -> bool {
@@ -488,9 +486,8 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 if n > 0 {
                     for _ in 0..n {
                         let klen = self.len()?;
-                        if !is_utf8(self.r.take(klen).ok()?) {
-                            return None;
-                        }
+                        // A key that is not UTF-8 is a miss.
+                        as_utf8(self.r.take(klen).ok()?)?;
                         self.value(*values, depth + 1, mask, ceiling)?;
                     }
                     self.end_of_blocks()?;
@@ -562,7 +559,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
                 let ok = if x == Scalar::Uuid {
                     is_uuid_bytes(bytes)
                 } else {
-                    is_utf8(bytes)
+                    as_utf8(bytes).is_some()
                 };
                 if !ok {
                     return None;
