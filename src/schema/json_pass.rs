@@ -31,7 +31,9 @@ use serde_json::Value;
 
 use super::binary::MAX_DEPTH;
 use super::json::{self, is_tag_of};
-use super::pass::{is_envelope, put_envelope_datum, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH};
+use super::pass::{
+    as_utf8, is_envelope, put_envelope_datum, Leaf, Pass, Read, ALL_TIERS, NO_BRANCH,
+};
 use super::{CompiledSchema, Envelope, Field, Kind, NameRule, NodeId, PassField};
 use crate::project::{put_masked, Hasher, Pseudonyms};
 use crate::record::{Datum, Tier};
@@ -65,7 +67,7 @@ pub fn head(value: &[u8]) -> Option<Head<'_>> {
     let compact = || {
         let at = EVENT_TYPE.find(value)? + EVENT_TYPE.needle().len();
         let n = string_len(value.get(at..)?)?;
-        let event_type = std::str::from_utf8(&value[at..at + n]).ok()?;
+        let event_type = as_utf8(&value[at..at + n])?;
         // After `event_type`, where ascending keys put it: the search
         // skips `data`, most of the text.
         let at = at + n + SCHEMA_VERSION.find(&value[at + n..])? + SCHEMA_VERSION.needle().len();
@@ -73,7 +75,7 @@ pub fn head(value: &[u8]) -> Option<Head<'_>> {
             .iter()
             .take_while(|c| c.is_ascii_digit())
             .count();
-        let version = std::str::from_utf8(&value[at..at + digits]).ok()?;
+        let version = as_utf8(&value[at..at + digits])?;
         Some((event_type, version.parse::<u32>().ok()?))
     };
     let (event_type, schema_version) = compact().or_else(|| top_level(value))?;
@@ -129,7 +131,7 @@ pub fn project<'a>(
     hasher: Option<&Hasher>,
     outs: &mut [Vec<u8>; 3],
 ) -> Option<Pass<'a>> {
-    let text = std::str::from_utf8(value).ok()?;
+    let text = as_utf8(value)?;
     let lens = outs.each_ref().map(Vec::len);
     // In run mode first; a text with whitespace between its tokens, which
     // the outputs do not have, is walked again in write mode.
@@ -385,7 +387,7 @@ impl<'a> Scan<'a> {
         let n = name.len();
         let start = self.pos + 1;
         let q = self.b.get(self.pos..start + n + 1)?;
-        if q[0] != b'"' || q[n + 1] != b'"' || key_order(&q[1..=n], name).is_ne() {
+        if q[0] != b'"' || q[n + 1] != b'"' || key_order(&q[1..n + 1], name).is_ne() {
             return None;
         }
         self.pos = start + n + 1;
@@ -933,7 +935,13 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             Kind::Enum(symbols) => {
                 fit(c == b'"')?;
                 let x = self.sc.string().or_miss()?;
-                number = symbols.iter().position(|y| y == x).ok_or(Misfit)? as i64;
+                // Without a call to `memcmp` a symbol, as for keys.
+                number = symbols
+                    .iter()
+                    .position(|y| {
+                        y.len() == x.len() && key_order(y.as_bytes(), x.as_bytes()).is_eq()
+                    })
+                    .ok_or(Misfit)? as i64;
                 self.copy(mask, start);
                 Leaf::Enum
             }

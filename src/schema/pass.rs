@@ -143,11 +143,12 @@ fn fill<'t>(slot: &mut Datum<'t>, d: Datum<'t>) {
 pub(super) const ALL_TIERS: u8 = 0b111;
 
 /// `b` as a `str` if it is UTF-8, as `str::from_utf8` says, with ASCII
-/// (most strings are) checked first: `<[u8]>::is_ascii` reads a word at a
-/// time from the first byte, where `from_utf8` reads byte by byte up to an
-/// aligned word.
+/// (most strings are) checked first: [`ascii_str::is_ascii`] reads a short
+/// string as a few unaligned words and a long one a vector at a time, where
+/// `from_utf8` reads byte by byte up to an aligned word. The JSON pass
+/// checks its whole text with it too.
 #[inline(always)]
-fn as_utf8(b: &[u8]) -> Option<&str> {
+pub(super) fn as_utf8(b: &[u8]) -> Option<&str> {
     ascii_str::from_ascii(b).or_else(|| std::str::from_utf8(b).ok())
 }
 
