@@ -149,7 +149,10 @@ pub(super) const ALL_TIERS: u8 = 0b111;
 /// checks its whole text with it too.
 #[inline(always)]
 pub(super) fn as_utf8(b: &[u8]) -> Option<&str> {
-    ascii_str::from_ascii(b).or_else(|| std::str::from_utf8(b).ok())
+    match ascii_str::from_ascii(b) {
+        Some(s) => Some(s),
+        None => std::str::from_utf8(b).ok(),
+    }
 }
 
 pub(super) fn is_envelope(env: &Envelope, i: usize) -> bool {

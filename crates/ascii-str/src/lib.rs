@@ -13,7 +13,7 @@
 
 /// `bytes` as a `str` if every byte is ASCII; `None` otherwise (the caller
 /// then checks it as UTF-8).
-#[inline]
+#[inline(always)]
 pub fn from_ascii(bytes: &[u8]) -> Option<&str> {
     if is_ascii(bytes) {
         // SAFETY: every byte is below 0x80, and a sequence of such bytes is
@@ -31,7 +31,7 @@ pub fn from_ascii(bytes: &[u8]) -> Option<&str> {
 /// up to 64 bytes is read as a few unaligned words, the last of them
 /// overlapping the one before, and a longer one goes to the standard
 /// library's vectorised loop.
-#[inline]
+#[inline(always)]
 #[must_use]
 pub fn is_ascii(bytes: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -46,12 +46,9 @@ pub fn is_ascii(bytes: &[u8]) -> bool {
             (half(0) | half(n - 4)) & 0x8080_8080 == 0
         }
         8..=64 => {
-            let mut acc = word(n - 8);
-            let mut at = 0;
-            while at + 8 < n {
-                acc |= word(at);
-                at += 8;
-            }
+            let acc = bytes.chunks_exact(8).fold(word(n - 8), |acc, w| {
+                acc | u64::from_ne_bytes(w.try_into().unwrap_or([0x80; 8]))
+            });
             acc & HIGH == 0
         }
         _ => bytes.is_ascii(),
