@@ -1099,7 +1099,7 @@ mod tests {
 
     /// The word-at-a-time scan finds what a byte-by-byte one finds, for
     /// every position of a quote, a backslash or a control character among
-    /// ASCII and multi-byte text.
+    /// ASCII, multi-byte and high bytes.
     #[test]
     fn string_len_is_the_byte_by_byte_answer() {
         fn plain(rest: &[u8]) -> Option<usize> {
@@ -1112,7 +1112,7 @@ mod tests {
             }
             None
         }
-        let fillers: [&[u8]; 4] = [b"a", "é".as_bytes(), "€".as_bytes(), b"\x7f"];
+        let fillers: [&[u8]; 5] = [b"a", "é".as_bytes(), "€".as_bytes(), b"\x7f", b"\xff\x80"];
         let specials: [&[u8]; 6] = [b"\"", b"\\", b"\x00", b"\x1f", b"\n", b" "];
         for filler in fillers {
             for len in 0..40 {
