@@ -86,7 +86,7 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
-    #[inline]
+    #[inline(always)]
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
             return Err(DecodeError::Eof);
