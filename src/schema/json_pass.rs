@@ -935,7 +935,7 @@ impl<'p, 'a: 'p> Walk<'p, 'a> {
             Kind::Enum(symbols) => {
                 fit(c == b'"')?;
                 let x = self.sc.string().or_miss()?;
-                // Without a call to `memcmp` a symbol, as for keys.
+                // Compared as keys are, without a call to `memcmp`.
                 number = symbols
                     .iter()
                     .position(|y| {

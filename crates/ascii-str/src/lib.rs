@@ -1,12 +1,13 @@
 //! A `&str` from bytes that are ASCII, checked as ASCII only.
 //!
 //! privacy-router's Avro pass checks each string it reads as ASCII first
-//! (`<[u8]>::is_ascii`, a word at a time) and as UTF-8 only when it is not.
-//! The few strings that the steps after the pass read as `str`s (the
-//! event's envelope) were then checked again by `str::from_utf8`, which
-//! reads a short string byte by byte up to its first aligned word: about
-//! 670 instructions an event, 4–5% of the pass's own. [`from_ascii`] makes
-//! the `str` with the ASCII check alone.
+//! ([`is_ascii`], a few words inline for a short string) and as UTF-8 only
+//! when it is not. The few strings that the steps after the pass read as
+//! `str`s (the event's envelope) were then checked again by
+//! `str::from_utf8`, which reads a short string byte by byte up to its
+//! first aligned word: about 670 instructions an event, 4–5% of the pass's
+//! own. [`from_ascii`] makes the `str` with the ASCII check alone; the JSON
+//! pass makes its whole text a `str` with it too.
 //!
 //! Sound because every ASCII byte sequence is UTF-8: each byte below 0x80
 //! is a UTF-8 character of its own.
