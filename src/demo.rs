@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -33,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::config::{EngineConfig, GapPolicy, Topology};
 use crate::project::Hasher;
-use crate::record::{Destination, OutRecord, Tier};
+use crate::record::{Destination, OutRecord, Tier, TopicName};
 use crate::registry::SharedRegistry;
 use crate::replay::{bytes_json, headers_json, Renderer};
 use crate::runtime::kafka::{send_waiting, QuietContext};
@@ -272,16 +271,16 @@ fn read_back(
         ..Default::default()
     };
     let mut renderer = Renderer::default();
-    let mut outputs: Vec<(String, Arc<str>, Destination)> = Tier::ALL
+    let mut outputs: Vec<(String, TopicName, Destination)> = Tier::ALL
         .iter()
         .map(|t| {
-            let topic = engine.topics.tiers[t.index()].clone();
+            let topic = engine.topics.tiers[t.index()];
             (format!("{t}.jsonl"), topic, Destination::Tier(*t))
         })
         .collect();
     outputs.push((
         "dead-letter.jsonl".into(),
-        engine.topics.dead_letter.clone(),
+        engine.topics.dead_letter,
         Destination::DeadLetter,
     ));
     for (file, topic, destination) in outputs {
@@ -419,7 +418,7 @@ fn read_topic(
                     m.partition(),
                     m.offset(),
                     OutRecord {
-                        topic: Arc::from(topic),
+                        topic: TopicName::new(&topic),
                         destination,
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),

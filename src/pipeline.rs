@@ -138,7 +138,7 @@ type EventTypes = HashMap<String, HashMap<u32, u32, Fold>, Fold>;
 #[derive(Debug)]
 pub struct Engine {
     config: Arc<EngineConfig>,
-    hasher: Option<Arc<Hasher>>,
+    hasher: Option<Box<Hasher>>,
     /// Looked up once per event: foldhash, a fraction of SipHash on a `u32`
     /// (its keys are ids the registry holds).
     by_id: HashMap<u32, Cached, Fold>,
@@ -182,7 +182,7 @@ impl Engine {
     pub fn new(config: Arc<EngineConfig>, hasher: Option<Hasher>) -> Self {
         Engine {
             config,
-            hasher: hasher.map(Arc::new),
+            hasher: hasher.map(Box::new),
             by_id: HashMap::default(),
             by_subject: HashMap::new(),
             by_event_type: HashMap::default(),
@@ -292,7 +292,7 @@ impl Engine {
             Err(Halt::Skip(verdict)) => Ok(Outcome::Skipped(verdict)),
             Err(Halt::Hold { key, version }) => Ok(Outcome::Held { key, version }),
             Err(Halt::Reject(rejection)) => Ok(Outcome::DeadLettered {
-                record: dead_letter(raw, &rejection, &self.config.topics.dead_letter),
+                record: dead_letter(raw, &rejection, self.config.topics.dead_letter),
                 rejection,
             }),
             Err(Halt::Fail(e)) => Err(e),
@@ -640,9 +640,41 @@ impl Engine {
         registry: &mut dyn SchemaLookup,
         gaps: Gaps,
     ) -> Result<Routed, Halt> {
+        // The hasher is lent out for the event's steps, which borrow the
+        // engine mutably (cloning its `Arc` cost two atomic operations an
+        // event), and is put back whatever they return.
+        let hasher = self.hasher.take();
+        let routed = self.emit_with(
+            hasher.as_deref(),
+            writer,
+            event,
+            tiers,
+            bodies,
+            order_by,
+            store,
+            registry,
+            gaps,
+        );
+        self.hasher = hasher;
+        routed
+    }
+
+    /// [`Engine::emit`] with the engine's hasher lent out.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_with(
+        &mut self,
+        hasher: Option<&Hasher>,
+        writer: &Writer,
+        event: &Event<'_, '_>,
+        tiers: TierCheck,
+        bodies: Bodies,
+        order_by: OrderBy,
+        store: &mut dyn VersionStore,
+        registry: &mut dyn SchemaLookup,
+        gaps: Gaps,
+    ) -> Result<Routed, Halt> {
         let ordered = self.order(event, order_by, &*store, gaps)?;
-        let hasher = self.hasher.clone();
-        let mut pseudonyms = Pseudonyms::new(hasher.as_deref(), event.entity_id());
+        let mut pseudonyms = Pseudonyms::new(hasher, event.entity_id());
         let projected = match bodies {
             Bodies::Tree => {
                 self.project(writer, event, tiers.reached, &mut pseudonyms, registry)?
@@ -876,7 +908,7 @@ impl Engine {
         let (last_keep, last_hash) = (last_keyed(true), last_keyed(false));
         let mut records = Vec::with_capacity(tiers.len());
         for (tier, buf) in tiers.into_iter().zip(bufs) {
-            let topic = &self.config.topics.tiers[tier.index()];
+            let topic = self.config.topics.tiers[tier.index()];
             let last = Some(tier) == last_keep || Some(tier) == last_hash;
             records.push(tier_record(&mut routing, tier, topic, buf, last)?);
         }

@@ -9,12 +9,12 @@
 //!   `privacy_tier` names the record's tier.
 //! * Value: Confluent wire format with the derived schema's id, or JSON.
 
-use std::sync::Arc;
-
 use crate::classify::FieldClass;
 use crate::order::Verdict;
 use crate::project::{treatment, NoHashKey, Pseudonyms, Treatment};
-use crate::record::{Datum, Destination, HeaderValue, OutRecord, RawRecord, Rejection, Tier};
+use crate::record::{
+    Datum, Destination, HeaderValue, OutRecord, RawRecord, Rejection, Tier, TopicName,
+};
 use crate::schema::{CompiledSchema, Envelope};
 
 /// Header: the event's type.
@@ -246,7 +246,7 @@ pub fn start_value(framing: Framing) -> Vec<u8> {
 pub fn tier_record(
     routing: &mut EventRouting,
     tier: Tier,
-    topic: &Arc<str>,
+    topic: TopicName,
     buf: Vec<u8>,
     last: bool,
 ) -> Result<OutRecord, NoHashKey> {
@@ -273,7 +273,7 @@ pub fn tier_record(
         HeaderValue::from_buf_and_len(TIER_VALUES[tier.index()], tier.as_str().len()),
     ));
     Ok(OutRecord {
-        topic: topic.clone(),
+        topic,
         destination: Destination::Tier(tier),
         key: Some(key),
         value: Some(buf),
@@ -285,7 +285,7 @@ pub fn tier_record(
 /// unchanged, plus the `x-error-*` and `x-source-*` headers and the same
 /// facts under Kafka Streams' `__streams.errors.*` names (KIP-1034), so
 /// tools written for its dead-letter queues read ours.
-pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>) -> OutRecord {
+pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: TopicName) -> OutRecord {
     let mut headers: Vec<_> = raw
         .headers
         .to_vec()
@@ -317,7 +317,7 @@ pub fn dead_letter(raw: &RawRecord<'_>, rejection: &Rejection, topic: &Arc<str>)
         (H_STREAMS_MESSAGE.into(), detail),
     ]);
     OutRecord {
-        topic: topic.clone(),
+        topic,
         destination: Destination::DeadLetter,
         key: raw.key.map(<[u8]>::to_vec),
         value: raw.value.map(<[u8]>::to_vec),

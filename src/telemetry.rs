@@ -1109,7 +1109,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{LogIds, OutRecord};
+    use crate::record::{LogIds, OutRecord, TopicName};
 
     #[test]
     fn names_all_is_every_registered_metric() {
@@ -1219,7 +1219,7 @@ mod tests {
             offset: 7,
         };
         let rec = |tier| OutRecord {
-            topic: Arc::from("t"),
+            topic: TopicName::new("t"),
             destination: crate::record::Destination::Tier(tier),
             key: None,
             value: None,

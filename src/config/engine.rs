@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapt::Adapter;
 use crate::classify::Rules;
-use crate::record::Tier;
+use crate::record::{Tier, TopicName};
 use crate::schema::SubjectNaming;
 
 /// What happens to an event that skips versions.
@@ -87,20 +87,20 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     /// Tier topics, indexed by [`Tier::index`].
-    pub tiers: [Arc<str>; 3],
+    pub tiers: [TopicName; 3],
     /// The dead-letter topic (restricted: it holds raw PII).
-    pub dead_letter: Arc<str>,
+    pub dead_letter: TopicName,
 }
 
 impl Default for Topics {
     fn default() -> Self {
         Topics {
             tiers: [
-                Arc::from("events.public"),
-                Arc::from("events.internal"),
-                Arc::from("events.restricted"),
+                TopicName::new("events.public"),
+                TopicName::new("events.internal"),
+                TopicName::new("events.restricted"),
             ],
-            dead_letter: Arc::from("events.dlq"),
+            dead_letter: TopicName::new("events.dlq"),
         }
     }
 }

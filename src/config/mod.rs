@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapt::{Adapter, AdapterConfig};
 use crate::classify::{Overrides, Rules, TagMap};
-use crate::record::Tier;
+use crate::record::{Tier, TopicName};
 use crate::schema::{SubjectNaming, DEFAULT_SUBJECT_TEMPLATE};
 use crate::validate::is_valid_event_type;
 
@@ -848,11 +848,11 @@ fn engine_config(spec: &TopologyFile, adapters: Vec<(String, Arc<Adapter>)>) -> 
     EngineConfig {
         topics: Topics {
             tiers: [
-                Arc::from(o.public.as_str()),
-                Arc::from(o.internal.as_str()),
-                Arc::from(o.restricted.as_str()),
+                TopicName::new(&o.public),
+                TopicName::new(&o.internal),
+                TopicName::new(&o.restricted),
             ],
-            dead_letter: Arc::from(o.dead_letter.as_str()),
+            dead_letter: TopicName::new(&o.dead_letter),
         },
         format: o.format,
         on_gap: spec.ordering.on_gap,
