@@ -738,12 +738,7 @@ impl Harness {
                 describe(&o)
             );
             if let Outcome::Routed(r) = &o {
-                let topics = |r: &Routed| {
-                    r.records
-                        .iter()
-                        .map(|x| x.topic.clone())
-                        .collect::<Vec<_>>()
-                };
+                let topics = |r: &Routed| r.records.iter().map(|x| x.topic).collect::<Vec<_>>();
                 let Outcome::Routed(f) = &first else {
                     unreachable!()
                 };

@@ -418,7 +418,7 @@ fn read_topic(
                     m.partition(),
                     m.offset(),
                     OutRecord {
-                        topic: TopicName::new(&topic),
+                        topic: TopicName::new(topic),
                         destination,
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
