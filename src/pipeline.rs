@@ -138,6 +138,8 @@ type EventTypes = HashMap<String, HashMap<u32, u32, Fold>, Fold>;
 #[derive(Debug)]
 pub struct Engine {
     config: Arc<EngineConfig>,
+    /// Lent out while [`Engine::emit`] runs (nothing it calls reads this
+    /// field: `compile`, which does, runs before it).
     hasher: Option<Box<Hasher>>,
     /// Looked up once per event: foldhash, a fraction of SipHash on a `u32`
     /// (its keys are ids the registry holds).
