@@ -242,15 +242,17 @@ impl Connection {
             .set("fetch.wait.max.ms", "100")
             // librdkafka fetches ahead up to 64 MB per consumer by default,
             // which a processor slower than its fetches keeps full (resident
-            // memory, per stream thread). 8 MB is still a fifth of a second
-            // of JSON input at 40 MB/s, four times the back-off below; in
-            // the peers bench it held throughput as 16 MB did, with 10–17 MB
-            // less resident memory (docs/benchmarks.md). A partition whose
-            // fetch finds the queue full waits `fetch.queue.backoff.ms`
+            // memory, per stream thread). 4 MB is still a tenth of a second
+            // of JSON input at 40 MB/s; in the peers bench it held
+            // privacy-router's throughput as 8 and 16 MB did, with 15–20 MB
+            // less resident memory than 8 (docs/benchmarks.md). A partition
+            // whose fetch finds the queue full waits `fetch.queue.backoff.ms`
             // before fetching again: 1 s by default, long enough for a fast
-            // consumer to drain the queue and stall, so 50 ms.
-            .set("queued.max.messages.kbytes", "8192")
-            .set("fetch.queue.backoff.ms", "50")
+            // consumer to drain the queue and stall. 10 ms: the 1:1 copy
+            // passthrough drains 4 MB in about 30 ms at 300,000 events/s,
+            // and looked slower with a 50 ms back-off in one pair of runs.
+            .set("queued.max.messages.kbytes", "4096")
+            .set("fetch.queue.backoff.ms", "10")
             .set("statistics.interval.ms", "5000");
         self.finish(c)
     }
