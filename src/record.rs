@@ -289,9 +289,9 @@ impl Destination {
 /// A topic name, interned: a copy is a pointer and a length, without the
 /// atomic reference count an `Arc<str>` clone and drop take (six for an
 /// event's three tier records, when they held an `Arc<str>`). Each distinct
-/// name is kept once for the life of the process; the names are the
-/// topology's outputs and the inputs held records came from, so they are
-/// few.
+/// name is kept once for the life of the process, so it is for names that
+/// are few and fixed: the topology's output topics (tiers and dead
+/// letter), never a name read from input.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName(&'static str);
 
