@@ -288,7 +288,7 @@ fn read_back(
         let mut w = BufWriter::new(
             File::create(&path).with_context(|| format!("creating {}", path.display()))?,
         );
-        let records = read_topic(brokers, &topic, destination)?;
+        let records = read_topic(brokers, topic, destination)?;
         report
             .received
             .insert(topic.to_string(), records.len() as u64);
@@ -374,7 +374,7 @@ fn table(report: &DemoReport, metrics: &Metrics, engine: &EngineConfig) -> Strin
 /// each partition, as records for `destination` (what the topic holds).
 fn read_topic(
     brokers: &str,
-    topic: &str,
+    topic: TopicName,
     destination: Destination,
 ) -> Result<Vec<(i32, i64, OutRecord)>> {
     let consumer: BaseConsumer<QuietContext> = ClientConfig::new()
@@ -386,12 +386,12 @@ fn read_topic(
         .create_with_context(QuietContext)?;
     let md = consumer
         .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        .fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     let mut open = 0;
     for t in md.topics() {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            tpl.add_partition_offset(topic.as_str(), p.id(), Offset::Beginning)?;
             open += 1;
         }
     }
@@ -418,7 +418,7 @@ fn read_topic(
                     m.partition(),
                     m.offset(),
                     OutRecord {
-                        topic: TopicName::new(topic),
+                        topic,
                         destination,
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
