@@ -21,7 +21,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The builds first, timed apart: a clean one takes minutes, and is no
+# part of any measurement.
+started=$SECONDS
 cargo build --release --bin privacy-router
 bash benches/peers/kafka-streams/run.sh --build-only
 bash benches/peers/quix/run.sh --build-only
+cargo bench --bench peers --no-run
+echo "== builds: $((SECONDS - started)) s; the measurements start now" >&2
 cargo bench --bench peers -- "$@"

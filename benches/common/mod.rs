@@ -28,12 +28,38 @@ use privacy_router::schema::{binary, CompiledSchema};
 
 /// User + system CPU seconds of a process so far.
 pub fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// User + system CPU seconds in a `/proc/…/stat` line (a process's or a
+/// thread's).
+fn stat_cpu_secs(stat: &str) -> f64 {
     let after = stat.rsplit(')').next().unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 of /proc/pid/stat (utime, stime), in clock ticks.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// User + system CPU seconds so far of a process's librdkafka threads
+/// (named `rdk:…`: the producers' and consumers' broker threads and their
+/// main threads), or `None` when it has none (a JVM). What the process's
+/// own threads spend inside librdkafka (`rd_kafka_producev`, building the
+/// headers, polling) is not in it.
+pub fn rdkafka_cpu_secs(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut found = false;
+    let mut secs = 0.0;
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The thread's name is the second field, in parentheses.
+        let name = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')'));
+        if name.is_some_and(|(n, _)| n.starts_with("rdk:")) {
+            found = true;
+            secs += stat_cpu_secs(&stat);
+        }
+    }
+    found.then_some(secs)
 }
 
 /// Resident memory of a process now and at its peak (VmRSS, VmHWM), in KiB.
